@@ -1,0 +1,1 @@
+"""Prefect flows: they decide the order and the branches, and nothing else."""

@@ -1,0 +1,1 @@
+"""The satisfaction model: training, checkpoints and prediction. Pure of Prefect."""

@@ -1,0 +1,227 @@
+"""The ``refit`` command line. Every command has ``--json`` and exits non-zero with a one-line
+reason on failure; ``--debug`` shows the full traceback instead."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from refit.errors import RefitError
+
+app = typer.Typer(
+    help="refit keeps a fine-tuned BERT satisfaction model current: ingest feedback, detect drift, "
+    "retrain, gate against the champion, publish. Configure with REFIT_* variables (see README).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _emit(data: dict | list, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def _settings():
+    from refit.settings import load_settings
+
+    return load_settings()
+
+
+def _engine(settings):
+    from refit.db import engine_for, require_schema
+
+    engine = engine_for(settings)
+    require_schema(engine)
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: JsonOpt = False) -> None:
+    """Apply the SQL migrations in sql/ that are not applied yet (a second run is a no-op)."""
+    from refit.db import check_connection, engine_for, upgrade
+
+    settings = _settings()
+    engine = engine_for(settings)
+    check_connection(engine)
+    applied = upgrade(engine)
+    _emit(
+        {"applied": applied},
+        as_json,
+        f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date",
+    )
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="CSV or JSONL feedback file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Load a feedback file. Needs text and created_at, and one of satisfaction (0..1), rating or
+    label; feedback_id, user_id and item_id are optional; other columns are behaviour features.
+    Bad rows go to quarantine with a reason; re-ingesting a file adds nothing."""
+    import time
+
+    from refit.ingest import IngestRules, ingest_file
+
+    settings = _settings()
+    engine = _engine(settings)
+    started = time.perf_counter()
+    summary = ingest_file(engine, file, IngestRules.from_settings(settings))
+    seconds = time.perf_counter() - started
+    data = {**summary.as_dict(), "seconds": round(seconds, 3), "rows_per_second": round(summary.rows_read / seconds, 1)}
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.reasons.items())) or "none"
+    _emit(
+        data,
+        as_json,
+        f"{file}: {summary.rows_read} rows read, {summary.accepted} accepted, {summary.duplicates} duplicate, "
+        f"{summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s",
+    )
+
+
+@app.command()
+def run(
+    force: Annotated[bool, typer.Option("--force", help="Retrain even without drift.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the retrain flow once, in this process (an ephemeral Prefect API unless
+    PREFECT_API_URL points at a server)."""
+    from flows.retrain import retrain
+
+    settings = _settings()
+    _engine(settings)
+    summary = retrain(force=force)
+    _emit(summary, as_json, describe_run(summary))
+
+
+def describe_run(summary: dict) -> str:
+    lines = [f"outcome: {summary['outcome']}"]
+    drift = summary.get("drift")
+    if drift:
+        lines.append(f"drift: {drift['decision']} - {'; '.join(drift['reasons'])}")
+        if drift.get("html_uri"):
+            lines.append(f"drift report: {drift['html_uri']}")
+    gate = summary.get("gate")
+    if gate:
+        lines.append(f"gate: {gate['reason']}")
+    if summary.get("version"):
+        lines.append(f"challenger: {summary['version']} at {summary['uri']}")
+    if summary.get("champion"):
+        lines.append(f"champion: {summary['champion']}")
+    return "\n".join(lines)
+
+
+@app.command()
+def drift(as_json: JsonOpt = False) -> None:
+    """Check drift between the champion's training data and all feedback since, and record it
+    (no training)."""
+    from refit.drift import DriftPolicy, check_drift, save_drift_report
+    from refit.registry import require_champion
+    from refit.snapshots import SplitConfig, get_snapshot, read_feedback, snapshot_rows
+    from refit.store import open_store
+
+    settings = _settings()
+    engine = _engine(settings)
+    champ = require_champion(engine)
+    trained_on = get_snapshot(engine, champ["snapshot_id"])
+    reference = snapshot_rows(engine, trained_on, SplitConfig.from_settings(settings))
+    reference = reference[reference["split"] == "train"]
+    current = read_feedback(engine, after=trained_on.watermark_to)
+    result = check_drift(reference, current, DriftPolicy.from_settings(settings), settings.task)
+    saved = save_drift_report(engine, open_store(settings.store_url), result, None, champ["version"])
+    data = {**result.summary(), **saved}
+    text = f"drift: {result.decision} - {'; '.join(result.reasons)}"
+    if saved["html_uri"]:
+        text += f"\nreport: {saved['html_uri']}"
+    _emit(data, as_json, text)
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List model versions in the registry, newest first; the champion is marked."""
+    from refit.registry import list_versions
+
+    settings = _settings()
+    rows = list_versions(_engine(settings))
+    lines = [
+        f"{'*' if r['is_champion'] else ' '} {r['version']}  {r['status']:<10} {r['created_at']:%Y-%m-%d %H:%M}  "
+        + ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].get("dev", {}).items())
+        for r in rows
+    ]
+    _emit(rows, as_json, "\n".join(lines) if rows else "no model versions yet")
+
+
+@app.command()
+def predict(
+    file: Annotated[Path, typer.Argument(help="CSV or JSONL with a text column (feedback_id kept).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write .csv or .jsonl here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a feedback file with the champion. Each row keeps its feedback_id and gains
+    prediction, class probabilities (classification) and model_version."""
+    from refit.scoring import score_file
+
+    settings = _settings()
+    result = score_file(settings, file, output)
+    if output is None:
+        typer.echo(result.pop("content"), nl=False)
+        return
+    _emit(result, as_json, f"scored {result['rows']} rows with {result['model_version']} -> {output}")
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Where the embedded Postgres, store and work go.")] = Path(
+        ".refit/demo"
+    ),
+    rows: Annotated[int, typer.Option(help="Rows in each of the two phases.")] = 1200,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole loop on embedded defaults: an embedded Postgres, a file:// store, synthetic feedback
+    with a shift in it, the packaged BERT. Runs the loop before and after the shift."""
+    from refit.demo import run_demo
+
+    report = run_demo(data_dir, rows, echo=None if as_json else typer.echo)
+    if as_json:
+        _emit(report, True, "")
+
+
+def main() -> None:
+    """Entry point: one-line errors instead of tracebacks (unless --debug)."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as exc:  # the last line of defence for an operator-facing tool
+        if _state["debug"]:
+            raise
+        typer.echo(f"refit: error: {one_line(exc)}", err=True)
+        sys.exit(1)
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, RefitError):
+        return str(exc)
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"database error: {str(exc.orig).strip().splitlines()[0]}"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first} (run with --debug for the traceback)"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Batch scoring of a feedback file with the champion (``refit predict``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from models.predict import Predictor
+from refit.errors import InputError, NoChampionError
+from refit.registry import fetch_checkpoint, read_pointer
+from refit.settings import Settings
+from refit.store import ObjectStore, open_store
+
+
+def read_texts(path: Path) -> pd.DataFrame:
+    """A CSV or JSONL file with a ``text`` column, as a frame (a clear error when it is not)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if "text" not in frame.columns:
+        raise InputError(f"{path} has no 'text' column")
+    return frame
+
+
+def champion_predictor(settings: Settings, store: ObjectStore | None = None) -> Predictor:
+    """The champion named by the store's pointer, downloaded once and verified."""
+    store = store or open_store(settings.store_url)
+    pointer = read_pointer(store)
+    if pointer is None:
+        raise NoChampionError("the store has no champion pointer yet: run `refit run` first")
+    folder = Path(settings.work_dir) / "champions" / pointer["version"]
+    if not (folder / "manifest.json").exists():
+        fetch_checkpoint(store, pointer["version"], folder)
+    predictor = Predictor(folder)
+    predictor.version = pointer["version"]
+    return predictor
+
+
+def score_file(settings: Settings, path: Path, output: Path | None) -> dict:
+    """Score every row of ``path``; write CSV or JSONL to ``output`` (or return it as text)."""
+    frame = read_texts(path)
+    predictor = champion_predictor(settings)
+    prediction = predictor.predict(frame["text"].astype(str).tolist())
+    records = predictor.to_records(prediction)
+    ids = frame["feedback_id"].tolist() if "feedback_id" in frame else [None] * len(frame)
+    rows = [
+        {"feedback_id": fid, **record, "model_version": predictor.version}
+        for fid, record in zip(ids, records, strict=True)
+    ]
+    jsonl = output is not None and output.suffix.lower() in (".jsonl", ".ndjson")
+    if jsonl:
+        content = "".join(json.dumps(row) + "\n" for row in rows)
+    else:
+        buffer = io.StringIO()
+        fields = list(rows[0]) if rows else ["feedback_id", "prediction", "model_version"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        content = buffer.getvalue()
+    result = {"rows": len(rows), "model_version": predictor.version, "output": str(output) if output else None}
+    if output is None:
+        result["content"] = content
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(content, encoding="utf-8")
+    return result

@@ -1,0 +1,226 @@
+"""Object storage behind one small interface: ``s3://`` (any S3-compatible API) or ``file://``.
+
+Keys are ``/``-separated paths under the store's root. Writes are whole-object and atomic on both
+backends (an S3 PUT is atomic; a file write goes through a temporary name and ``os.replace``), and
+``put(..., if_absent=True)`` refuses to overwrite, which is what makes model versions immutable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from refit.errors import StoreError
+
+
+class AlreadyExists(StoreError):
+    """A write with ``if_absent=True`` found the key already there."""
+
+
+class ObjectStore(ABC):
+    """The operations refit needs from object storage."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        """Write ``data`` at ``key``; with ``if_absent`` refuse to overwrite (:class:`AlreadyExists`)."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Read the object at ``key`` (:class:`StoreError` when missing)."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix``, sorted."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """A URI a person or another tool can use for ``key``."""
+
+    def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> None:
+        self.put(key, Path(path).read_bytes(), if_absent=if_absent)
+
+    def get_file(self, key: str, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.get(key))
+
+
+class FileStore(ObjectStore):
+    """A folder on a local or mounted disk."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise StoreError(f"key {key!r} escapes the store root")
+        return path
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if if_absent:
+                try:
+                    os.link(tmp, path)  # atomic create-if-absent
+                except FileExistsError:
+                    raise AlreadyExists(f"{self.uri(key)} already exists") from None
+            else:
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(key)} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root
+        if not base.exists():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+
+class S3Store(ObjectStore):
+    """A bucket and prefix on any S3-compatible API (AWS, MinIO, Ceph, R2, moto).
+
+    The endpoint and credentials are boto3's own: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``,
+    and the standard credential chain.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", client=None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client(
+                "s3",
+                config=Config(
+                    connect_timeout=5,
+                    read_timeout=60,
+                    retries={"max_attempts": 4, "mode": "standard"},
+                    # Checksums on every PUT are a newer-AWS default that some S3-compatible
+                    # servers reject; refit keeps its own SHA-256 manifest instead.
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
+            )
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _fail(self, exc: Exception, action: str, key: str) -> StoreError:
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        if isinstance(exc, EndpointConnectionError):
+            return StoreError(f"cannot reach the object store to {action} {self.uri(key)}: {exc}")
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "?")
+            if code in ("NoSuchBucket",):
+                return StoreError(f"bucket {self.bucket!r} does not exist")
+            if code in ("NoSuchKey", "404"):
+                return StoreError(f"{self.uri(key)} does not exist")
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return StoreError(f"access denied to {self.uri(key)} ({code}): check the AWS credentials")
+            return StoreError(f"object store refused to {action} {self.uri(key)}: {code}")
+        return StoreError(f"object store error on {action} {self.uri(key)}: {exc}")
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(**kwargs)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if if_absent and (status == 412 or exc.response["Error"].get("Code") == "PreconditionFailed"):
+                raise AlreadyExists(f"{self.uri(key)} already exists") from None
+            raise self._fail(exc, "write", key) from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, "write", key) from None
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "read", key) from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._fail(exc, "check", key) from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, "check", key) from None
+
+    def list(self, prefix: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        keys = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "list", prefix) from None
+        return sorted(keys)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_store(url: str) -> ObjectStore:
+    """The store for a ``s3://bucket/prefix`` or ``file:///path`` URL (nothing is contacted yet)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        return S3Store(parsed.netloc, parsed.path)
+    if parsed.scheme == "file":
+        # file://./rel and file:///abs are both accepted; the first is relative to the cwd.
+        raw = unquote(parsed.netloc + parsed.path)
+        return FileStore(Path(raw))
+    raise StoreError(f"unsupported store URL {url!r}: expected s3:// or file://")

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks around refit's plain functions: retries, timeouts, logging, artifacts."""

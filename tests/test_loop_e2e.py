@@ -1,0 +1,126 @@
+"""The whole loop end to end on the real services: Postgres, moto S3 over HTTP, a Prefect API,
+and a Slack receiver. The tiny BERT keeps it fast."""
+
+import json
+
+import pytest
+from helpers import count
+from sqlalchemy import text
+
+from flows.retrain import retrain
+from refit.db import get_engine
+from refit.ingest import IngestRules, ingest_file
+from refit.registry import POINTER, champion, read_pointer
+from refit.snapshots import SplitConfig, split_of
+from refit.store import open_store
+from refit.synth import generate_feedback, write_feedback
+
+pytestmark = pytest.mark.integration
+
+
+def ingest(settings, rows, path):
+    return ingest_file(get_engine(settings.database_url), write_feedback(rows, path), IngestRules.from_settings(settings))
+
+
+def registry_rows(engine):
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text("SELECT * FROM model_versions ORDER BY created_at")).mappings()]
+
+
+def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_env, slack, tmp_path):
+    settings = refit_env
+    engine = get_engine(settings.database_url)
+    store = open_store(settings.store_url)
+
+    ingest(settings, generate_feedback(800, seed=1, id_prefix="before"), tmp_path / "before.csv")
+    first = retrain()
+    assert first["outcome"] == "promoted"
+    assert first["gate"]["against"] == "baseline"
+    assert first["gate"]["improvement"] > 0
+    v1 = first["version"]
+    # the store holds the checkpoint, its manifest, and the pointer
+    assert read_pointer(store)["version"] == v1
+    manifest = json.loads(store.get(f"models/{v1}/manifest.json"))
+    assert {"model.safetensors", "config.json", "refit.json"} <= set(manifest["files"])
+    # the registry agrees
+    assert champion(engine)["version"] == v1
+    assert slack.kinds() == ["promoted"]
+
+    # nothing new: nothing happens
+    assert retrain()["outcome"] == "no_new_data"
+
+    ingest(settings, generate_feedback(800, seed=2, shifted=True, id_prefix="after"), tmp_path / "after.jsonl")
+    slack.messages.clear()
+    second = retrain()
+    drift = second["drift"]
+    assert drift["decision"] == "retrain"
+    assert "text" in drift["drifted_columns"]
+    assert second["gate"]["against"] == "champion"
+    assert second["gate"]["champion_score"] is not None
+    v2 = second["version"]
+    assert v2 != v1
+    assert store.exists(f"models/{v2}/manifest.json")
+    assert store.exists(drift["html_uri"].split(f"{store.bucket}/{store.prefix}/", 1)[1])
+
+    rows = registry_rows(engine)
+    assert [r["version"] for r in rows] == [v1, v2]
+    assert rows[1]["parent_version"] == v1
+    expected_champion = v2 if second["gate"]["promote"] else v1
+    assert champion(engine)["version"] == expected_champion
+    assert read_pointer(store)["version"] == expected_champion
+    with engine.connect() as conn:
+        log = conn.execute(text("SELECT decision, challenger_version FROM promotion_log ORDER BY id")).all()
+        drift_rows = conn.execute(text("SELECT decision FROM drift_reports ORDER BY id")).scalars().all()
+    assert log[0] == ("promoted", v1)
+    assert log[1].challenger_version == v2
+    assert drift_rows == ["retrain", "retrain"]
+    # Slack saw the drift and the gate decision, with both metrics and the version
+    assert slack.kinds() == [second["outcome"]]
+    message = slack.messages[0]["text"]
+    assert "text" in message and v2 in message
+    assert f"{second['gate']['challenger_score']:.4f}" in message
+    assert f"{second['gate']['champion_score']:.4f}" in message
+
+
+def test_shuffled_label_challenger_is_rejected(prefect_api, refit_env, slack, tmp_path, monkeypatch):
+    settings = refit_env
+    engine = get_engine(settings.database_url)
+    store = open_store(settings.store_url)
+    ingest(settings, generate_feedback(800, seed=1, id_prefix="clean"), tmp_path / "clean.csv")
+    first = retrain()
+    assert first["outcome"] == "promoted"
+    pointer_before = store.get(POINTER)
+
+    # Same distribution, but the training rows' ratings are shuffled; dev rows keep true labels,
+    # so the gate compares on honest data.
+    split = SplitConfig.from_settings(settings)
+    rows = generate_feedback(800, seed=7, id_prefix="noise")
+    train_rows = [r for r in rows if split_of(r["feedback_id"], split) == "train"]
+    ratings = [r["rating"] for r in train_rows]
+    import random
+
+    random.Random(0).shuffle(ratings)
+    for row, rating in zip(train_rows, ratings, strict=True):
+        row["rating"] = rating
+    ingest(settings, rows, tmp_path / "noise.csv")
+    # the challenger learns from the shuffled window only
+    monkeypatch.setenv("REFIT_MAX_TRAIN_ROWS", str(len(train_rows)))
+
+    second = retrain(force=True)
+    assert second["outcome"] == "rejected"
+    assert not second["gate"]["promote"]
+    assert store.get(POINTER) == pointer_before
+    assert champion(engine)["version"] == first["version"]
+    assert count(engine, "model_versions") == 2
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM model_versions WHERE version = :v"), {"v": second["version"]}).scalar() == "rejected"
+    assert slack.kinds()[-1] == "rejected"
+
+
+def test_a_failing_run_posts_to_slack(prefect_api, refit_env, slack, monkeypatch):
+    monkeypatch.setenv("REFIT_STORE_URL", "s3://bucket-that-does-not-exist/x")
+    ingest(refit_env, generate_feedback(200, seed=1), refit_env.work_dir.parent / "f.csv")
+    with pytest.raises(Exception, match="bucket-that-does-not-exist"):
+        retrain()
+    assert slack.kinds() == ["failure"]
+    assert "bucket-that-does-not-exist" in slack.messages[0]["text"]
