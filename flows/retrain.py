@@ -7,7 +7,7 @@ from prefect import flow
 from refit.db import engine_for
 from refit.registry import champion as current_champion
 from refit.settings import load_settings
-from tasks.data import pull_snapshot
+from tasks.data import preflight, pull_snapshot
 from tasks.drift import drift_check
 from tasks.gate import gate_challenger
 from tasks.notify import notify_failure, notify_summary
@@ -27,6 +27,7 @@ def retrain(force: bool = False) -> dict:
         A summary: outcome, snapshot, drift, gate decision, version and champion.
     """
     settings = load_settings()
+    preflight(settings)
     snapshot = pull_snapshot(settings, force=force)
     if snapshot is None:
         summary = {"outcome": "no_new_data"}

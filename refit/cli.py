@@ -4,6 +4,7 @@ reason on failure; ``--debug`` shows the full traceback instead."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -199,8 +200,18 @@ def demo(
         _emit(report, True, "")
 
 
+# Defaults for the ephemeral Prefect API that `refit run` and `refit demo` start in-process;
+# an operator's own PREFECT_* values win. On 2 cores its start can take longer than Prefect's 20 s.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
 def main() -> None:
     """Entry point: one-line errors instead of tracebacks (unless --debug)."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     try:
         app()
     except SystemExit:

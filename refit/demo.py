@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,7 +32,9 @@ def start_embedded_postgres(folder: Path) -> str:
     import pgserver
 
     folder.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR notice
+        server = pgserver.get_server(folder, cleanup_mode="stop")
     uri = server.get_uri()
     return "postgresql+psycopg2://" + uri.split("://", 1)[1]
 
@@ -58,7 +61,6 @@ def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | Non
             **{k: v for k, v in DEMO_SETTINGS.items() if k not in os.environ},
         }
     )
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = load_settings()
     engine = engine_for(settings)
     upgrade(engine)

@@ -2,15 +2,30 @@
 
 
 class RefitError(Exception):
-    """Base of every error refit reports as one line."""
+    """Base of every error refit reports as one line.
+
+    ``permanent`` errors (a missing bucket, bad credentials, a bad setting) will not go away by
+    themselves, so retrying them only delays the alert.
+    """
+
+    permanent = False
+
+    def __init__(self, message: str = "", *, permanent: bool | None = None):
+        super().__init__(message)
+        if permanent is not None:
+            self.permanent = permanent
 
 
 class ConfigError(RefitError):
     """A setting is missing or invalid."""
 
+    permanent = True
+
 
 class InputError(RefitError):
     """An input file cannot be read at all (nothing was written)."""
+
+    permanent = True
 
 
 class StoreError(RefitError):
@@ -19,6 +34,8 @@ class StoreError(RefitError):
 
 class CheckpointError(RefitError):
     """A checkpoint folder is incomplete, corrupt, or does not match its manifest."""
+
+    permanent = True
 
 
 class NoChampionError(RefitError):

@@ -19,6 +19,8 @@ from refit.errors import StoreError
 class AlreadyExists(StoreError):
     """A write with ``if_absent=True`` found the key already there."""
 
+    permanent = True
+
 
 class ObjectStore(ABC):
     """The operations refit needs from object storage."""
@@ -42,6 +44,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def uri(self, key: str) -> str:
         """A URI a person or another tool can use for ``key``."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail with a clear :class:`StoreError` when the store cannot be used (checked before a
+        run spends time training)."""
 
     def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> None:
         self.put(key, Path(path).read_bytes(), if_absent=if_absent)
@@ -108,6 +115,14 @@ class FileStore(ObjectStore):
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
 
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use the store folder {self.root}: {exc.strerror}", permanent=True) from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"the store folder {self.root} is not writable", permanent=True)
+
 
 class S3Store(ObjectStore):
     """A bucket and prefix on any S3-compatible API (AWS, MinIO, Ceph, R2, moto).
@@ -151,12 +166,14 @@ class S3Store(ObjectStore):
             return StoreError(f"cannot reach the object store to {action} {self.uri(key)}: {exc}")
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "?")
-            if code in ("NoSuchBucket",):
-                return StoreError(f"bucket {self.bucket!r} does not exist")
+            if code in ("NoSuchBucket",) or (code == "404" and action == "use"):
+                return StoreError(f"bucket {self.bucket!r} does not exist", permanent=True)
             if code in ("NoSuchKey", "404"):
-                return StoreError(f"{self.uri(key)} does not exist")
-            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                return StoreError(f"access denied to {self.uri(key)} ({code}): check the AWS credentials")
+                return StoreError(f"{self.uri(key)} does not exist", permanent=True)
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                return StoreError(
+                    f"access denied to {self.uri(key)} ({code}): check the AWS credentials", permanent=True
+                )
             return StoreError(f"object store refused to {action} {self.uri(key)}: {code}")
         return StoreError(f"object store error on {action} {self.uri(key)}: {exc}")
 
@@ -212,6 +229,14 @@ class S3Store(ObjectStore):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "use", "") from None
 
 
 def open_store(url: str) -> ObjectStore:

@@ -7,12 +7,27 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from refit.db import engine_for
+from refit.db import engine_for, require_schema
 from refit.ingest import IngestRules, IngestSummary, ingest_file
 from refit.settings import Settings
 from refit.snapshots import Snapshot, SplitConfig, latest_snapshot, take_snapshot
+from refit.store import open_store
 
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
+
+def retry_transient(task, task_run, state) -> bool:
+    """Retry I/O unless the error is one that retrying cannot fix (a missing bucket, a bad setting)."""
+    error = state.result(raise_on_failure=False)
+    return not getattr(error, "permanent", False)
+
+
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "retry_condition_fn": retry_transient}
+
+
+@task(name="preflight", cache_policy=NONE, timeout_seconds=120, **IO_RETRIES)
+def preflight(settings: Settings) -> None:
+    """Check the database schema and the object store before any work is done."""
+    require_schema(engine_for(settings))
+    open_store(settings.store_url).check()
 
 
 @task(name="ingest", cache_policy=NONE, timeout_seconds=3600)

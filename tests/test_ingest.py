@@ -69,7 +69,9 @@ BAD_ROWS = [
 @pytest.mark.parametrize(("change", "reason"), BAD_ROWS, ids=[r for _, r in BAD_ROWS])
 def test_bad_row_is_quarantined_and_good_rows_land(engine, tmp_path, change, reason):
     rows = [good(1), {**good(2), **change}, good(3)]
-    path = write_csv(tmp_path / "f.csv", rows, fields=["feedback_id", "text", "created_at", "rating", "satisfaction", "label"])
+    path = write_csv(
+        tmp_path / "f.csv", rows, fields=["feedback_id", "text", "created_at", "rating", "satisfaction", "label"]
+    )
     summary = ingest_file(engine, path, RULES)
     assert summary.accepted == 2
     assert summary.reasons == {reason: 1}

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 def ingest(settings, rows, path):
-    return ingest_file(get_engine(settings.database_url), write_feedback(rows, path), IngestRules.from_settings(settings))
+    return ingest_file(
+        get_engine(settings.database_url), write_feedback(rows, path), IngestRules.from_settings(settings)
+    )
 
 
 def registry_rows(engine):
@@ -113,7 +115,12 @@ def test_shuffled_label_challenger_is_rejected(prefect_api, refit_env, slack, tm
     assert champion(engine)["version"] == first["version"]
     assert count(engine, "model_versions") == 2
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT status FROM model_versions WHERE version = :v"), {"v": second["version"]}).scalar() == "rejected"
+        assert (
+            conn.execute(
+                text("SELECT status FROM model_versions WHERE version = :v"), {"v": second["version"]}
+            ).scalar()
+            == "rejected"
+        )
     assert slack.kinds()[-1] == "rejected"
 
 
@@ -124,3 +131,6 @@ def test_a_failing_run_posts_to_slack(prefect_api, refit_env, slack, monkeypatch
         retrain()
     assert slack.kinds() == ["failure"]
     assert "bucket-that-does-not-exist" in slack.messages[0]["text"]
+    # the preflight check failed the run before any training time was spent
+    assert not (refit_env.work_dir / "checkpoints").exists()
+    assert count(get_engine(refit_env.database_url), "dataset_snapshots") == 0

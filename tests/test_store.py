@@ -56,3 +56,14 @@ def test_missing_bucket_is_named(s3_endpoint, s3_bucket):
     store = open_store("s3://no-such-bucket-here/x")
     with pytest.raises(StoreError, match="no-such-bucket-here"):
         store.put("k", b"v")
+
+
+def test_check_tells_a_missing_bucket_from_an_unreachable_endpoint(s3_bucket, monkeypatch):
+    open_store(f"s3://{s3_bucket}/x").check()
+    with pytest.raises(StoreError, match="does not exist") as missing:
+        open_store("s3://no-such-bucket-here/x").check()
+    assert missing.value.permanent  # retrying cannot fix it
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    with pytest.raises(StoreError, match="cannot reach") as unreachable:
+        open_store(f"s3://{s3_bucket}/x").check()
+    assert not unreachable.value.permanent  # may come back: worth a retry
