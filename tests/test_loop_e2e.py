@@ -2,6 +2,8 @@
 and a Slack receiver. The tiny BERT keeps it fast."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from helpers import count
@@ -22,6 +24,10 @@ def ingest(settings, rows, path):
     return ingest_file(
         get_engine(settings.database_url), write_feedback(rows, path), IngestRules.from_settings(settings)
     )
+
+
+def refit_cli(*args):
+    return subprocess.run([sys.executable, "-m", "refit.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def registry_rows(engine):
@@ -47,6 +53,14 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     # the registry agrees
     assert champion(engine)["version"] == v1
     assert slack.kinds() == ["promoted"]
+
+    # batch scoring with the champion keeps each row's id and names the model version
+    to_score = write_feedback(generate_feedback(5, seed=99, id_prefix="score"), tmp_path / "score.csv")
+    scored = refit_cli("predict", str(to_score), "--output", str(tmp_path / "scored.jsonl"))
+    assert scored.returncode == 0, scored.stderr
+    lines = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [row["feedback_id"] for row in lines] == [f"score-99-{i:07d}" for i in range(5)]
+    assert all(0 <= row["prediction"] <= 1 and row["model_version"] == v1 for row in lines)
 
     # nothing new: nothing happens
     assert retrain()["outcome"] == "no_new_data"
@@ -82,6 +96,15 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert "text" in message and v2 in message
     assert f"{second['gate']['challenger_score']:.4f}" in message
     assert f"{second['gate']['champion_score']:.4f}" in message
+
+    listed = json.loads(refit_cli("models", "--json").stdout)
+    assert [(m["version"], m["is_champion"]) for m in listed] == [
+        (v2, expected_champion == v2),
+        (v1, expected_champion == v1),
+    ]
+    checked = json.loads(refit_cli("drift", "--json").stdout)
+    # nothing has arrived since a promoted challenger's snapshot; a kept champion still sees the shift
+    assert checked["decision"] == ("insufficient_data" if expected_champion == v2 else "retrain")
 
 
 def test_shuffled_label_challenger_is_rejected(prefect_api, refit_env, slack, tmp_path, monkeypatch):
