@@ -68,29 +68,82 @@ def db_upgrade(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def ingest(
-    file: Annotated[Path, typer.Argument(help="CSV or JSONL feedback file.")],
+    file: Annotated[str, typer.Argument(help="CSV, JSONL or Parquet feedback file, or - for standard input.")],
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="refit column=file column, e.g. --map text=review_body (repeatable)."),
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from the name).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Load a feedback file. Needs text and created_at, and one of satisfaction (0..1), rating or
-    label; feedback_id, user_id and item_id are optional; other columns are behaviour features.
-    Bad rows go to quarantine with a reason; re-ingesting a file adds nothing."""
-    import time
+    """Load feedback into Postgres.
 
-    from refit.ingest import IngestRules, ingest_file
+    Needs text and created_at, and one of satisfaction (0..1), rating or label; feedback_id,
+    user_id and item_id are optional; other columns are behaviour features. Bad rows go to
+    quarantine with a reason; re-ingesting a file adds nothing.
+    """
+    from refit.ingest import IngestRules
+    from refit.ingest import ingest as run_ingest
 
     settings = _settings()
     engine = _engine(settings)
-    started = time.perf_counter()
-    summary = ingest_file(engine, file, IngestRules.from_settings(settings))
-    seconds = time.perf_counter() - started
-    data = {**summary.as_dict(), "seconds": round(seconds, 3), "rows_per_second": round(summary.rows_read / seconds, 1)}
+    rules = IngestRules.from_settings(settings, column_map=_pairs(mapping or [], "--map"))
+    show_progress = sys.stderr.isatty() and not as_json
+
+    def progress(summary) -> None:
+        if show_progress:
+            sys.stderr.write(
+                f"\r{summary.rows_read:,} rows: {summary.accepted:,} accepted, {summary.duplicates:,} duplicate,"
+                f" {summary.quarantined:,} quarantined ({summary.rows_per_second:,.0f} rows/s)"
+            )
+
+    summary = run_ingest(engine, file, rules, fmt=fmt, batch_rows=settings.ingest_batch_rows, on_progress=progress)
+    if show_progress:
+        sys.stderr.write("\n")
+    data = summary.as_dict()
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.reasons.items())) or "none"
     _emit(
         data,
         as_json,
-        f"{file}: {summary.rows_read} rows read, {summary.accepted} accepted, {summary.duplicates} duplicate, "
-        f"{summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s",
+        f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} accepted, {summary.duplicates} "
+        f"duplicate, {summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s",
     )
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key or not val:
+            raise typer.BadParameter(f"expected {option} name=value, got {value!r}")
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+@app.command()
+def quarantine(
+    requeue: Annotated[
+        bool, typer.Option("--requeue", help="Re-validate quarantined rows with the current settings.")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="How many recent rows to list.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Count quarantined rows by reason and list the latest; --requeue re-validates them after a
+    configuration change, moving the rows that now pass into feedback."""
+    from refit.quarantine import quarantine_report, requeue_quarantine
+
+    settings = _settings()
+    engine = _engine(settings)
+    if requeue:
+        result = requeue_quarantine(engine, settings)
+        _emit(result, as_json, f"requeued {result['requeued']} row(s); {result['still_quarantined']} still quarantined")
+        return
+    report = quarantine_report(engine, limit)
+    lines = [f"{n:>8}  {reason}" for reason, n in report["counts"].items()] or ["quarantine is empty"]
+    lines += [
+        f"  #{r['id']} {r['reason']} (line {r['line_no']} of {r['source']}): {r['detail']}" for r in report["latest"]
+    ]
+    _emit(report, as_json, "\n".join(lines))
 
 
 @app.command()

@@ -1,9 +1,19 @@
-"""Feedback ingestion: read a file, validate each row, load the valid rows through COPY.
+"""Feedback ingestion: read a file, validate it in bulk, load the valid rows through COPY.
 
-Rows that fail validation go to ``quarantine`` with a reason and the raw row; the valid rows in
-the same file still land. The whole load is one transaction, so an interrupted ingest leaves
-nothing behind, and a re-run skips rows already stored (by external feedback id), so loading the
-same file twice adds nothing.
+The pipeline, per batch of rows:
+
+1. **read** CSV, JSONL or Parquet (a path or standard input) into a frame of raw values;
+   a row that cannot even be parsed becomes a ``malformed_row`` rejection;
+2. **map** the team's column names onto refit's (``--map text=review_body``);
+3. **validate** column-wise (vectorized): each bad row gets the first reason that applies;
+4. **redact** PII in the text (or drop the row, or leave it, as configured);
+5. **COPY** the valid rows into a temporary staging table, then one set-based statement derives
+   the feature JSON, the content hash and the ids, quarantines conflicting duplicates, and
+   inserts the rest with ``ON CONFLICT (feedback_id) DO NOTHING``.
+
+Each batch commits on its own, so an interrupted ingest keeps what it finished and a re-run skips
+it (by feedback id, and by the raw row's hash in ``quarantine``): the table ends up the same as
+after one clean run.
 """
 
 from __future__ import annotations
@@ -13,57 +23,58 @@ import hashlib
 import io
 import json
 import math
+import sys
+import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from sqlalchemy import Engine, text
 
 from refit.db import INGEST_LOCK
 from refit.errors import InputError
+from refit.pii import redact
+from refit.settings import RESERVED
 
-RESERVED = ("feedback_id", "user_id", "item_id", "text", "created_at", "satisfaction", "rating", "label")
 FUTURE_TOLERANCE = timedelta(minutes=5)
-FEATURE_TYPES = (int, float, str, bool)
+MAX_ID_CHARS = 256
+FORMATS = ("csv", "jsonl", "parquet")
 
 
 @dataclass(frozen=True)
 class IngestRules:
-    """What makes a row valid; built from the settings."""
+    """What makes a row valid, and how the file's columns map onto refit's; from the settings."""
 
     labels: tuple[str, ...]
     rating_min: float = 1.0
     rating_max: float = 5.0
     max_text_chars: int = 5000
+    pii_mode: str = "redact"
+    feature_types: tuple[tuple[str, str], ...] = ()  # (name, "numeric" | "categorical")
+    column_map: tuple[tuple[str, str], ...] = ()  # (refit column, file column)
 
     @classmethod
-    def from_settings(cls, settings) -> IngestRules:
+    def from_settings(cls, settings, column_map: dict[str, str] | None = None) -> IngestRules:
+        mapping = {**settings.column_map, **(column_map or {})}
         return cls(
             labels=tuple(settings.labels),
             rating_min=settings.rating_min,
             rating_max=settings.rating_max,
             max_text_chars=settings.max_text_chars,
+            pii_mode=settings.pii_mode,
+            feature_types=tuple(settings.feature_types.items()),
+            column_map=tuple(mapping.items()),
         )
 
 
 @dataclass
-class FeedbackRecord:
-    feedback_id: str
-    user_id: str | None
-    item_id: str | None
-    text: str
-    satisfaction: float
-    label: str
-    features: dict[str, Any]
-    created_at: datetime
-    content_hash: str
-
-
-@dataclass
 class Rejection:
-    line_no: int
+    line_no: int | None
     reason: str
     detail: str
     raw: dict[str, Any]
@@ -78,404 +89,514 @@ class IngestSummary:
     duplicates: int = 0
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "rows_per_second": round(self.rows_per_second, 1)}
 
 
-class RowError(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+@dataclass
+class RawBatch:
+    """Raw rows as read: a frame of the file's own columns, their line numbers, parse failures."""
+
+    frame: pd.DataFrame
+    line_no: np.ndarray
+    rejections: list[Rejection] = field(default_factory=list)
 
 
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read_rows(path: Path) -> list[tuple[int, dict[str, Any] | None, str | None]]:
-    """Rows of a CSV or JSONL file as ``(line_no, row, error)``; a row that cannot be parsed has
-    ``row=None`` and the parse error. A file that cannot be read at all raises :class:`InputError`.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    # surrogateescape keeps invalid UTF-8 bytes visible per row instead of failing the file.
-    content = raw.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    if not content.strip():
-        raise InputError(f"{path} is empty")
-    suffix = path.suffix.lower()
+def detect_format(name: str, head: bytes) -> str:
+    suffix = Path(name).suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        return _read_jsonl(path, content)
-    if suffix in (".csv", ".tsv", ".txt", ""):
-        return _read_csv(path, content, delimiter="\t" if suffix == ".tsv" else ",")
-    raise InputError(f"{path}: unsupported file type {suffix!r} (expected .csv or .jsonl)")
+        return "jsonl"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".tsv", ".txt"):
+        return "csv"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.lstrip()[:1] == b"{":
+        return "jsonl"
+    return "csv"
 
 
-def _read_jsonl(path: Path, content: str) -> list[tuple[int, dict | None, str | None]]:
-    rows: list[tuple[int, dict | None, str | None]] = []
+def read_source(source: str | Path, fmt: str | None = None, stdin=None) -> tuple[str, bytes, str]:
+    """``(name, content, format)`` of a path, or of standard input when ``source`` is ``-``."""
+    if str(source) == "-":
+        content = (stdin or sys.stdin.buffer).read()
+        name = "<stdin>"
+    else:
+        path = Path(source)
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        name = str(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not content.strip():
+        raise InputError(f"{name} is empty")
+    return name, content, fmt or detect_format(name, content[:64])
+
+
+def iter_batches(name: str, content: bytes, fmt: str, batch_rows: int = 50_000) -> Iterator[RawBatch]:
+    """Batches of raw rows; see :class:`RawBatch`. Unreadable files raise :class:`InputError`."""
+    if fmt == "parquet":
+        yield from _parquet_batches(name, content, batch_rows)
+    elif fmt == "jsonl":
+        yield from _jsonl_batches(name, content, batch_rows)
+    else:
+        yield from _csv_batches(name, content, batch_rows)
+
+
+def _split_invalid_utf8(content: bytes) -> tuple[bytes, list[Rejection]]:
+    """Drop the lines that are not valid UTF-8 (each a rejection); the rest is left as it was."""
+    try:
+        content.decode("utf-8")
+        return content, []
+    except UnicodeDecodeError:
+        pass
+    kept, rejections = [], []
+    for number, line in enumerate(content.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+            kept.append(line)
+        except UnicodeDecodeError:
+            shown = line.decode("utf-8", "backslashreplace")[:2000]
+            rejections.append(Rejection(number, "invalid_utf8", "the row is not valid UTF-8", {"_line": shown}))
+    return b"\n".join(kept), rejections
+
+
+def _csv_batches(name: str, content: bytes, batch_rows: int) -> Iterator[RawBatch]:
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    if content.count(b"\x00") > len(content) // 10:
+        raise InputError(f"{name} looks binary, not CSV")
+    content, utf8_rejections = _split_invalid_utf8(content)
+    content = content.removeprefix(b"\xef\xbb\xbf")
+    header_line = content.split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
+    try:
+        header = next(csv.reader([header_line], delimiter="\t" if name.endswith(".tsv") else ","))
+    except StopIteration:
+        raise InputError(f"{name} has no header row") from None
+    if len(set(header)) != len(header) or any(not h.strip() for h in header):
+        raise InputError(f"{name}: the header has empty or repeated column names")
+    malformed: list[Rejection] = []
+
+    def on_invalid(row) -> str:
+        malformed.append(
+            Rejection(
+                row.number,
+                "malformed_row",
+                f"{row.actual_columns} fields where the header has {row.expected_columns}",
+                {"_line": (row.text or "")[:2000]},
+            )
+        )
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(
+            io.BytesIO(content),
+            read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=True),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t" if name.endswith(".tsv") else ",",
+                newlines_in_values=True,
+                invalid_row_handler=on_invalid,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={h: pa.string() for h in header},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        first_line = 2
+        pending_rejections = utf8_rejections
+        for record_batch in reader:
+            frame = record_batch.to_pandas()
+            lines = np.arange(first_line, first_line + len(frame))
+            first_line += len(frame)
+            for start in range(0, len(frame), batch_rows):
+                part = frame.iloc[start : start + batch_rows].reset_index(drop=True)
+                yield RawBatch(part, lines[start : start + batch_rows], pending_rejections + malformed)
+                pending_rejections, malformed[:] = [], []
+        if pending_rejections or malformed:
+            yield RawBatch(pd.DataFrame(columns=header), np.array([], dtype=int), pending_rejections + malformed)
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{name}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
+
+
+def _jsonl_batches(name: str, content: bytes, batch_rows: int) -> Iterator[RawBatch]:
+    content, utf8_rejections = _split_invalid_utf8(content)
+    rows: list[dict] = []
+    lines: list[int] = []
+    rejections: list[Rejection] = list(utf8_rejections)
     parsed_any = False
-    for line_no, line in enumerate(content.splitlines(), start=1):
+    for number, line in enumerate(content.decode("utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            rows.append((line_no, {"_line": line[:2000]}, f"not valid JSON: {exc.msg}"))
+            rejections.append(Rejection(number, "malformed_row", f"not valid JSON: {exc.msg}", {"_line": line[:2000]}))
             continue
         if not isinstance(value, dict):
-            rows.append((line_no, {"_line": line[:2000]}, "a JSONL row must be an object"))
+            rejections.append(
+                Rejection(number, "malformed_row", "a JSONL row must be an object", {"_line": line[:2000]})
+            )
             continue
         parsed_any = True
-        rows.append((line_no, value, None))
+        rows.append(value)
+        lines.append(number)
+        if len(rows) >= batch_rows:
+            yield RawBatch(pd.DataFrame.from_records(rows), np.array(lines), rejections)
+            rows, lines, rejections = [], [], []
     if not parsed_any:
-        raise InputError(f"{path}: no line is a JSON object; is it really JSONL?")
-    _require_columns(path, {k for _, r, e in rows if e is None for k in r})
-    return rows
+        raise InputError(f"{name}: no line is a JSON object; is it really JSONL?")
+    if rows or rejections:
+        yield RawBatch(pd.DataFrame.from_records(rows), np.array(lines, dtype=int), rejections)
 
 
-def _read_csv(path: Path, content: str, delimiter: str) -> list[tuple[int, dict | None, str | None]]:
-    if "\x00" in content[:4096] and content.count("\x00") > len(content) // 10:
-        raise InputError(f"{path} looks binary, not CSV")
-    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
+def _parquet_batches(name: str, content: bytes, batch_rows: int) -> Iterator[RawBatch]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        header = reader.fieldnames or []
-    except csv.Error as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
-    _require_columns(path, set(header))
-    rows: list[tuple[int, dict | None, str | None]] = []
-    try:
-        for row in reader:
-            line_no = reader.line_num
-            if None in row:  # more fields than the header
-                extra = row.pop(None)
-                rows.append((line_no, {**row, "_extra": extra}, "more fields than the header"))
-                continue
-            if any(v is None for v in row.values()):
-                rows.append((line_no, {k: v for k, v in row.items() if v is not None}, "fewer fields than the header"))
-                continue
-            rows.append((line_no, row, None))
-    except csv.Error as exc:
-        raise InputError(f"{path}: malformed CSV at line {reader.line_num}: {exc}") from None
-    return rows
-
-
-def _require_columns(path: Path, columns: set[str]) -> None:
-    missing = [c for c in ("text", "created_at") if c not in columns]
-    if missing:
-        shown = ", ".join(sorted(columns)[:12]) or "none"
-        raise InputError(f"{path}: required column(s) {', '.join(missing)} missing (found: {shown})")
-    if not columns & {"satisfaction", "rating", "label"}:
-        raise InputError(f"{path}: needs one of the columns satisfaction, rating or label")
+        parquet = pq.ParquetFile(io.BytesIO(content))
+        line = 1
+        for record_batch in parquet.iter_batches(batch_size=batch_rows):
+            frame = record_batch.to_pandas()
+            yield RawBatch(frame, np.arange(line, line + len(frame)))
+            line += len(frame)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{name}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
 # --- validation ------------------------------------------------------------------------------
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip() == "")
+def _blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype(str).str.strip() == "")
 
 
-def _text_field(raw: dict, name: str) -> str | None:
-    value = raw.get(name)
-    if _blank(value):
-        return None
-    return str(value).strip()
+def _nested(series: pd.Series) -> pd.Series:
+    """Where a value is a JSON object or array (only JSONL and Parquet can hold those)."""
+    if pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty", "floating", "integer", "boolean"):
+        return pd.Series(False, index=series.index)
+    return series.map(lambda v: isinstance(v, (dict, list)))
 
 
-def parse_timestamp(value: Any, now: datetime) -> datetime:
-    """An aware UTC datetime from ISO-8601 text or epoch seconds."""
-    if _blank(value):
-        raise RowError("bad_timestamp", "created_at is missing")
-    try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            stamp = datetime.fromtimestamp(float(value), tz=timezone.utc)
-        else:
-            raw = str(value).strip()
-            stamp = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except (ValueError, OverflowError, OSError):
-        raise RowError("bad_timestamp", f"cannot parse created_at {str(value)[:40]!r}") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    stamp = stamp.astimezone(timezone.utc)
-    if stamp > now + FUTURE_TOLERANCE:
-        raise RowError("future_timestamp", f"created_at {stamp.isoformat()} is in the future")
-    return stamp
+def _as_text(series: pd.Series) -> pd.Series:
+    return series.where(series.isna(), series.astype(str))
 
 
-def _number(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RowError(f"bad_{name}", f"{name} {str(value)[:40]!r} is not a number") from None
-    if not math.isfinite(number):
-        raise RowError(f"bad_{name}", f"{name} is not finite")
-    return number
+def _parse_times(series: pd.Series) -> pd.Series:
+    """UTC timestamps from ISO-8601 text or epoch seconds; NaT where neither parses."""
+    if series.empty:
+        return pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
+    numeric = pd.to_numeric(series, errors="coerce")
+    is_epoch = numeric.notna() & series.astype(str).str.fullmatch(r"\s*-?\d+(\.\d+)?\s*")
+    text_values = series.where(~is_epoch).astype("string").str.strip().str.replace("Z", "+00:00", regex=False)
+    parsed = pd.to_datetime(text_values, errors="coerce", utc=True, format="ISO8601")
+    if is_epoch.any():
+        epoch = pd.to_datetime(numeric.where(is_epoch), unit="s", utc=True, errors="coerce")
+        parsed = parsed.where(~is_epoch, epoch)
+    return parsed
+
+
+def _numeric(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Numbers, and a mask of the values that are present but not finite numbers."""
+    present = ~_blank(series)
+    values = pd.to_numeric(series.where(present), errors="coerce")
+    if values.dtype == object:
+        values = values.astype(float)
+    bad = present & ~np.isfinite(values.astype(float))
+    return values.astype(float), bad
 
 
 def label_for(satisfaction: float, labels: tuple[str, ...]) -> str:
     """The class of a satisfaction score: equal-width bins over [0, 1], in label order."""
-    index = min(int(satisfaction * len(labels)), len(labels) - 1)
-    return labels[index]
+    return labels[min(int(satisfaction * len(labels)), len(labels) - 1)]
 
 
-def satisfaction_for(label: str, labels: tuple[str, ...]) -> float:
-    """The satisfaction of a class: its position in the label order, scaled to [0, 1]."""
-    return labels.index(label) / (len(labels) - 1)
+def validate_batch(
+    batch: RawBatch, rules: IngestRules, now: datetime, feature_kinds: dict[str, str]
+) -> tuple[pd.DataFrame, list[Rejection]]:
+    """Valid rows in refit's columns, and one rejection per invalid row (the first reason wins).
 
+    ``feature_kinds`` maps feature columns to ``numeric`` or ``categorical``; columns not in it
+    yet are added, inferred from this batch (configured types always win).
+    """
+    frame = batch.frame.rename(columns={src: dst for dst, src in rules.column_map})
+    n = len(frame)
+    reason = pd.Series([None] * n, dtype=object)
+    detail = pd.Series([None] * n, dtype=object)
 
-def _features(raw: dict) -> dict[str, Any]:
-    features: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in RESERVED or key.startswith("_"):
-            continue
-        if _blank(value):
-            continue
-        if isinstance(value, (bool, int, float)):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise RowError("bad_feature", f"feature {key!r} is not finite")
-            features[key] = value
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-                features[key] = number if math.isfinite(number) else value
-            except ValueError:
-                features[key] = value.strip()
-        else:
-            raise RowError("bad_feature", f"feature {key!r} has type {type(value).__name__}")
-    return features
+    def flag(mask: pd.Series, why: str, message: str) -> None:
+        mask = mask.to_numpy(dtype=bool, na_value=False) & reason.isna().to_numpy()
+        if mask.any():
+            reason[mask] = why
+            detail[mask] = message
 
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series([None] * n, dtype=object)
 
-def content_hash(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def validate_row(raw: dict[str, Any], rules: IngestRules, now: datetime) -> FeedbackRecord:
-    """A validated record, or :class:`RowError` with the quarantine reason."""
-    body = raw.get("text")
-    if _blank(body):
-        raise RowError("missing_text", "text is missing or empty")
-    body = str(body)
-    if "\x00" in body:
-        raise RowError("invalid_text", "text contains NUL bytes")
-    try:
-        body.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RowError("invalid_utf8", "text is not valid UTF-8") from None
-    body = body.strip()
-    if len(body) > rules.max_text_chars:
-        raise RowError("text_too_long", f"text has {len(body)} characters (max {rules.max_text_chars})")
-    for name in ("feedback_id", "user_id", "item_id"):
-        value = raw.get(name)
-        if value is not None and not isinstance(value, (str, int)):
-            raise RowError(f"bad_{name}", f"{name} must be text")
-        if isinstance(value, str) and ("\x00" in value or len(value) > 256):
-            raise RowError(f"bad_{name}", f"{name} is not a valid id")
-    created_at = parse_timestamp(raw.get("created_at"), now)
-
-    satisfaction: float | None = None
-    if not _blank(raw.get("satisfaction")):
-        satisfaction = _number(raw["satisfaction"], "satisfaction")
-        if not 0.0 <= satisfaction <= 1.0:
-            raise RowError("satisfaction_out_of_range", f"satisfaction {satisfaction} is outside [0, 1]")
-    elif not _blank(raw.get("rating")):
-        rating = _number(raw["rating"], "rating")
-        if not rules.rating_min <= rating <= rules.rating_max:
-            raise RowError(
-                "rating_out_of_range", f"rating {rating} is outside [{rules.rating_min}, {rules.rating_max}]"
-            )
-        satisfaction = (rating - rules.rating_min) / (rules.rating_max - rules.rating_min)
-    label = _text_field(raw, "label")
-    if label is not None and label not in rules.labels:
-        raise RowError("unknown_label", f"label {label[:40]!r} is not one of {', '.join(rules.labels)}")
-    if satisfaction is None and label is None:
-        raise RowError("missing_target", "no satisfaction, rating or label")
-    if label is None:
-        label = label_for(satisfaction, rules.labels)
-    if satisfaction is None:
-        satisfaction = satisfaction_for(label, rules.labels)
-
-    features = _features(raw)
-    user_id, item_id = _text_field(raw, "user_id"), _text_field(raw, "item_id")
-    payload = {
-        "text": body,
-        "satisfaction": round(satisfaction, 9),
-        "label": label,
-        "features": features,
-        "user_id": user_id,
-        "item_id": item_id,
-        "created_at": created_at.isoformat(),
-    }
-    digest = content_hash(payload)
-    feedback_id = _text_field(raw, "feedback_id") or f"h-{digest[:32]}"
-    return FeedbackRecord(
-        feedback_id=feedback_id,
-        user_id=user_id,
-        item_id=item_id,
-        text=body,
-        satisfaction=satisfaction,
-        label=label,
-        features=features,
-        created_at=created_at,
-        content_hash=digest,
+    raw_body = _as_text(column("text"))
+    body = raw_body.str.strip()
+    flag(body.isna() | (body == ""), "missing_text", "text is missing or empty")
+    flag(body.str.contains("\x00", regex=False), "invalid_text", "text contains NUL bytes")
+    flag(
+        body.str.len() > rules.max_text_chars, "text_too_long", f"text is longer than {rules.max_text_chars} characters"
     )
 
+    for name in ("feedback_id", "user_id", "item_id"):
+        values = column(name)
+        as_text = _as_text(values)
+        nested = _nested(values)
+        too_long = as_text.str.len() > MAX_ID_CHARS
+        flag(nested | too_long | as_text.str.contains("\x00", regex=False), f"bad_{name}", f"{name} is not a valid id")
 
-def validate_rows(
-    rows: list[tuple[int, dict | None, str | None]], rules: IngestRules, now: datetime | None = None
-) -> tuple[list[FeedbackRecord], list[Rejection], int]:
-    """Split parsed rows into records and rejections; within-file repeats are resolved here.
+    created = _parse_times(column("created_at"))
+    flag(_blank(column("created_at")), "bad_timestamp", "created_at is missing")
+    flag(created.isna(), "bad_timestamp", "created_at is not an ISO-8601 time or epoch seconds")
+    flag(created > pd.Timestamp(now + FUTURE_TOLERANCE), "future_timestamp", "created_at is in the future")
+
+    satisfaction, bad = _numeric(column("satisfaction"))
+    flag(bad, "bad_satisfaction", "satisfaction is not a number")
+    flag((satisfaction < 0) | (satisfaction > 1), "satisfaction_out_of_range", "satisfaction is outside [0, 1]")
+    rating, bad = _numeric(column("rating"))
+    flag(bad, "bad_rating", "rating is not a number")
+    flag(
+        (rating < rules.rating_min) | (rating > rules.rating_max),
+        "rating_out_of_range",
+        f"rating is outside [{rules.rating_min:g}, {rules.rating_max:g}]",
+    )
+    satisfaction = satisfaction.fillna((rating - rules.rating_min) / (rules.rating_max - rules.rating_min))
+    label = _as_text(column("label")).str.strip()
+    label = label.where(label != "")
+    flag(label.notna() & ~label.isin(rules.labels), "unknown_label", f"label is not one of {', '.join(rules.labels)}")
+    flag(satisfaction.isna() & label.isna(), "missing_target", "no satisfaction, rating or label")
+
+    configured = dict(rules.feature_types)
+    features = [c for c in frame.columns if c not in RESERVED and not str(c).startswith("_")]
+    if configured:
+        features = [c for c in features if c in configured]
+    feature_values = {}
+    for name in features:
+        values = frame[name]
+        nested = _nested(values)
+        flag(nested, "bad_feature", f"feature {name} has a nested value")
+        kind = configured.get(name) or feature_kinds.get(name)
+        if kind is None:
+            numbers, bad = _numeric(values.where(~nested))
+            kind = "numeric" if not bad.any() and numbers.notna().any() else "categorical"
+        feature_kinds.setdefault(name, kind)
+        if kind == "numeric":
+            numbers, bad = _numeric(values.where(~nested))
+            flag(bad, "bad_feature", f"feature {name} should be a number")
+            feature_values[name] = numbers
+        else:
+            feature_values[name] = _as_text(values.where(~nested)).str.strip().replace("", None)
+
+    if rules.pii_mode != "off":
+        redacted = body.map(lambda t: redact(t) if isinstance(t, str) else t)
+        if rules.pii_mode == "drop":
+            flag(redacted != body, "contains_pii", "the text contains personal data (REFIT_PII_MODE=drop)")
+        body = redacted
+
+    ok = reason.isna().to_numpy()
+    rejections = [
+        Rejection(
+            int(batch.line_no[i]) if len(batch.line_no) else None,
+            reason[i],
+            detail[i],
+            _safe_raw(frame.iloc[i].to_dict(), rules),
+            _id_or_none(column("feedback_id").iloc[i]),
+        )
+        for i in np.flatnonzero(~ok)
+    ]
+    # Both targets are stored: a label from the score's bin, or a score from the label's position.
+    n_labels = len(rules.labels)
+    bins = np.minimum((satisfaction.fillna(0).to_numpy() * n_labels).astype(int), n_labels - 1)
+    derived_label = label.fillna(pd.Series(np.asarray(rules.labels, dtype=object)[bins], index=label.index))
+    positions = {name: i / (n_labels - 1) for i, name in enumerate(rules.labels)}
+    satisfaction = satisfaction.fillna(derived_label.map(positions))
+    valid = pd.DataFrame(
+        {
+            "line_no": batch.line_no[ok] if len(batch.line_no) else np.zeros(ok.sum(), dtype=int),
+            "feedback_id": _as_text(column("feedback_id")).str.strip()[ok],
+            "user_id": _as_text(column("user_id")).str.strip()[ok],
+            "item_id": _as_text(column("item_id")).str.strip()[ok],
+            "text": body[ok],
+            "satisfaction": satisfaction[ok].round(9),
+            "label": derived_label[ok],
+            "created_at": created[ok].dt.floor("us"),
+        }
+    ).reset_index(drop=True)
+    valid["features"] = _features_json(features, [feature_values[name][ok] for name in features], len(valid))
+    _add_identity(valid)
+    return valid, rejections
+
+
+def _features_json(names: list[str], columns: list[pd.Series], n: int) -> list[str]:
+    """One canonical JSON object per row (sorted keys, no missing values)."""
+    if not names:
+        return ["{}"] * n
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    names = [names[i] for i in order]
+    values = [columns[i].astype(object).where(columns[i].notna(), None).tolist() for i in order]
+    out = []
+    for row in zip(*values, strict=True):
+        out.append(json.dumps({k: v for k, v in zip(names, row, strict=True) if v is not None}))
+    return out
+
+
+def _add_identity(valid: pd.DataFrame) -> None:
+    """The content hash of each row, and its feedback id (a hash of the content when missing)."""
+    digests = []
+    for t, sat, label, feats, user, item, created in zip(
+        valid["text"], valid["satisfaction"], valid["label"], valid["features"],
+        valid["user_id"], valid["item_id"], valid["created_at"].astype("int64").astype(str), strict=True,
+    ):  # fmt: skip
+        key = "\x1f".join((t, repr(sat), label, feats, user or "", item or "", created))
+        digests.append(hashlib.sha256(key.encode("utf-8")).hexdigest())
+    valid["content_hash"] = digests
+    valid["feedback_id"] = valid["feedback_id"].fillna(pd.Series([f"h-{d[:32]}" for d in digests]))
+
+
+def split_repeats(valid: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Within one batch, keep each id's first row; repeats with other content are conflicts.
 
     Returns:
-        ``(records, rejections, in_file_duplicates)``.
+        ``(first rows, conflicting repeats, identical repeats)``.
     """
-    now = now or datetime.now(timezone.utc)
-    records: dict[str, FeedbackRecord] = {}
-    rejections: list[Rejection] = []
-    duplicates = 0
-    for line_no, raw, parse_error in rows:
-        if parse_error is not None:
-            rejections.append(Rejection(line_no, "malformed_row", parse_error, _safe_raw(raw or {})))
-            continue
-        try:
-            record = validate_row(raw, rules, now)
-        except RowError as exc:
-            fid = raw.get("feedback_id")
-            rejections.append(
-                Rejection(line_no, exc.reason, exc.detail, _safe_raw(raw), str(fid) if fid is not None else None)
-            )
-            continue
-        first = records.get(record.feedback_id)
-        if first is None:
-            records[record.feedback_id] = record
-        elif first.content_hash == record.content_hash:
-            duplicates += 1
-        else:
-            rejections.append(
-                Rejection(
-                    line_no,
-                    "duplicate_conflict",
-                    "feedback_id seen earlier in the file with different content; the first is kept",
-                    _safe_raw(raw),
-                    record.feedback_id,
-                )
-            )
-    return list(records.values()), rejections, duplicates
+    repeated = valid["feedback_id"].duplicated(keep="first")
+    if not repeated.any():
+        return valid, valid.iloc[0:0], 0
+    first_hash = valid.loc[~repeated].set_index("feedback_id")["content_hash"]
+    conflict = repeated & (valid["feedback_id"].map(first_hash) != valid["content_hash"])
+    return valid.loc[~repeated], valid.loc[conflict], int((repeated & ~conflict).sum())
 
 
-def _safe_raw(raw: dict) -> dict:
-    """The raw row as JSON-storable text: invalid bytes escaped, NULs made visible."""
+def _id_or_none(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or isinstance(value, (dict, list)):
+        return None
+    return str(value)[:MAX_ID_CHARS]
 
-    def clean(value: Any) -> Any:
+
+def _safe_raw(raw: dict, rules: IngestRules) -> dict:
+    """The raw row as JSON-storable values; PII is redacted from its free text (unless off)."""
+
+    def clean(key: str, value: Any) -> Any:
         if isinstance(value, str):
-            return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+            value = value.replace("\x00", "\\x00")
+            return redact(value) if rules.pii_mode != "off" and key in ("text", "_line") else value
         if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
+            return None if math.isnan(value) else str(value)
         if isinstance(value, (dict, list)):
             return json.loads(json.dumps(value, default=str))
+        if isinstance(value, (np.integer, np.floating, np.bool_)):
+            return value.item()
+        if isinstance(value, (pd.Timestamp, datetime)):
+            return value.isoformat()
         return value
 
-    return {str(k): clean(v) for k, v in raw.items()}
+    return {str(k): clean(str(k), v) for k, v in raw.items()}
 
 
 # --- loading ---------------------------------------------------------------------------------
 
-_STAGING_COLUMNS = (
-    "ord", "feedback_id", "user_id", "item_id", "text", "satisfaction", "label",
-    "features", "content_hash", "created_at",
+
+_COLUMNS = (
+    "line_no", "feedback_id", "user_id", "item_id", "text", "satisfaction", "label",
+    "created_at", "features", "content_hash",
 )  # fmt: skip
 
 
-def _copy_buffer(records: list[FeedbackRecord]) -> io.StringIO:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for ord_, r in enumerate(records):
-        writer.writerow(
-            [
-                ord_,
-                r.feedback_id,
-                r.user_id if r.user_id is not None else "\\N",
-                r.item_id if r.item_id is not None else "\\N",
-                r.text,
-                repr(r.satisfaction),
-                r.label,
-                json.dumps(r.features, sort_keys=True),
-                r.content_hash,
-                r.created_at.isoformat(),
-            ]
-        )
+def _copy_frame(conn, valid: pd.DataFrame) -> None:
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    table = pa.Table.from_pandas(valid[list(_COLUMNS)], preserve_index=False)
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer, write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     buffer.seek(0)
-    return buffer
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.copy_expert(f"COPY feedback_staging ({', '.join(_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buffer)
 
 
-def load_records(
-    engine: Engine,
-    source: str,
-    records: list[FeedbackRecord],
-    rejections: list[Rejection],
-    in_file_duplicates: int,
-    rows_read: int,
-) -> IngestSummary:
-    """Write records and rejections in one transaction; see the module docstring."""
-    started = datetime.now(timezone.utc)
-    summary = IngestSummary(source=source, rows_read=rows_read, duplicates=in_file_duplicates)
+def _conflict_rejection(row: dict, why: str) -> Rejection:
+    raw = {k: row[k] for k in ("feedback_id", "user_id", "item_id", "text", "satisfaction", "label")}
+    raw["created_at"] = row["created_at"].isoformat()
+    raw["features"] = json.loads(row["features"])
+    return Rejection(int(row["line_no"]), "duplicate_conflict", why, raw, row["feedback_id"])
+
+
+def load_batch(engine: Engine, source: str, valid: pd.DataFrame, rejections: list[Rejection]):
+    """Write one batch in one transaction; returns ``(accepted, duplicates, rejections)``."""
+    valid, repeats, duplicates = split_repeats(valid)
+    rejections = rejections + [
+        _conflict_rejection(row, "feedback_id repeated in the file with other content; the first is kept")
+        for row in repeats.to_dict("records")
+    ]
+    accepted = 0
     with engine.begin() as conn:
         # Serialize ingests so that feedback ids (the watermark) become visible in order.
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK})
-        conn.execute(
-            text(
-                "CREATE TEMP TABLE feedback_staging ("
-                " ord INTEGER, feedback_id TEXT, user_id TEXT, item_id TEXT, text TEXT,"
-                " satisfaction DOUBLE PRECISION, label TEXT, features JSONB, content_hash TEXT,"
-                " created_at TIMESTAMPTZ) ON COMMIT DROP"
-            )
-        )
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.copy_expert(
-            f"COPY feedback_staging ({', '.join(_STAGING_COLUMNS)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')",
-            _copy_buffer(records),
-        )
-        conflicts = conn.execute(
-            text(
-                "SELECT s.ord, s.feedback_id FROM feedback_staging s"
-                " JOIN feedback f ON f.feedback_id = s.feedback_id"
-                " WHERE f.content_hash <> s.content_hash ORDER BY s.ord"
-            )
-        ).all()
-        for row in conflicts:
-            record = records[row.ord]
-            rejections.append(
-                Rejection(
-                    0,
-                    "duplicate_conflict",
-                    "feedback_id already stored with different content; the stored row is kept",
-                    _safe_raw({**asdict(record), "created_at": record.created_at.isoformat()}),
-                    record.feedback_id,
+        if len(valid):
+            conn.execute(
+                text(
+                    "CREATE TEMP TABLE feedback_staging (ord SERIAL, line_no INTEGER, feedback_id TEXT,"
+                    " user_id TEXT, item_id TEXT, text TEXT, satisfaction DOUBLE PRECISION, label TEXT,"
+                    " created_at TIMESTAMPTZ, features JSONB, content_hash TEXT) ON COMMIT DROP"
                 )
             )
-        inserted = conn.execute(
-            text(
-                "INSERT INTO feedback (feedback_id, user_id, item_id, text, satisfaction, label, features,"
-                " content_hash, created_at)"
-                " SELECT feedback_id, user_id, item_id, text, satisfaction, label, features, content_hash,"
-                " created_at FROM feedback_staging ORDER BY ord"
-                " ON CONFLICT (feedback_id) DO NOTHING"
+            _copy_frame(conn, valid)
+            # An id already stored with other content keeps the stored row.
+            stored_conflicts = (
+                conn.execute(
+                    text(
+                        "SELECT s.ord FROM feedback_staging s JOIN feedback f ON f.feedback_id = s.feedback_id"
+                        " WHERE f.content_hash <> s.content_hash"
+                    )
+                )
+                .scalars()
+                .all()
             )
-        ).rowcount
-        summary.accepted = inserted
-        summary.duplicates += len(records) - inserted - len(conflicts)
+            accepted = conn.execute(
+                text(
+                    "INSERT INTO feedback (feedback_id, user_id, item_id, text, satisfaction, label, features,"
+                    " content_hash, created_at)"
+                    " SELECT feedback_id, user_id, item_id, text, satisfaction, label, features, content_hash,"
+                    " created_at FROM feedback_staging WHERE NOT (ord = ANY(:conflicts))"
+                    " ON CONFLICT (feedback_id) DO NOTHING"
+                ),
+                {"conflicts": stored_conflicts},
+            ).rowcount
+            records = valid.to_dict("records") if stored_conflicts else []
+            rejections += [
+                _conflict_rejection(records[i - 1], "feedback_id already stored with other content; it is kept")
+                for i in stored_conflicts
+            ]
+            duplicates += len(valid) - accepted - len(stored_conflicts)
         if rejections:
             conn.execute(
                 text(
-                    "INSERT INTO quarantine (source, line_no, feedback_id, reason, detail, raw)"
-                    " VALUES (:source, :line_no, :feedback_id, :reason, :detail, CAST(:raw AS JSONB))"
+                    "INSERT INTO quarantine (source, line_no, feedback_id, reason, detail, raw, raw_hash)"
+                    " VALUES (:source, :line_no, :feedback_id, :reason, :detail, CAST(:raw AS JSONB),"
+                    "  encode(sha256(convert_to(:reason || CAST(:raw AS JSONB)::text, 'UTF8')), 'hex'))"
+                    " ON CONFLICT (source, raw_hash) DO NOTHING"
                 ),
                 [
                     {
                         "source": source,
-                        "line_no": r.line_no or None,
+                        "line_no": r.line_no,
                         "feedback_id": r.feedback_id,
                         "reason": r.reason,
                         "detail": r.detail,
@@ -484,37 +605,96 @@ def load_records(
                     for r in rejections
                 ],
             )
-        summary.quarantined = len(rejections)
-        summary.reasons = dict(Counter(r.reason for r in rejections))
+    return accepted, duplicates, rejections
+
+
+def ingest(
+    engine: Engine,
+    source: str | Path,
+    rules: IngestRules,
+    *,
+    fmt: str | None = None,
+    now: datetime | None = None,
+    batch_rows: int = 50_000,
+    stdin=None,
+    on_progress: Callable[[IngestSummary], None] | None = None,
+) -> IngestSummary:
+    """Read, validate and load one feedback file (or standard input, as ``-``).
+
+    Args:
+        engine: the refit database.
+        source: a CSV, JSONL or Parquet path, or ``-`` for standard input.
+        rules: what a valid row is, and the column mapping.
+        fmt: the format, when the name does not tell (``csv``, ``jsonl``, ``parquet``).
+        now: the clock for the future-timestamp check.
+        batch_rows: rows per committed batch.
+        on_progress: called after each batch with the running summary.
+
+    Returns:
+        Counts of accepted, duplicate and quarantined rows, with the reasons and rows/s.
+    """
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc)
+    now = now or started_at
+    name, content, fmt = read_source(source, fmt, stdin)
+    summary = IngestSummary(source=name)
+    reasons: Counter = Counter()
+    kinds: dict[str, str] = {}
+    checked_columns = False
+    for batch in iter_batches(name, content, fmt, batch_rows):
+        if not checked_columns and batch.frame.empty and batch.rejections:
+            first = batch.rejections[0]
+            raise InputError(f"{name}: not a readable {fmt} file: no row parses (row {first.line_no}: {first.detail})")
+        if not checked_columns and len(batch.frame.columns):
+            _require_columns(name, set(batch.frame.columns), rules)
+            checked_columns = True
+        valid, rejections = validate_batch(batch, rules, now, kinds)
+        unparsed = [replace(r, raw=_safe_raw(r.raw, rules)) for r in batch.rejections]
+        accepted, duplicates, rejected = load_batch(engine, name, valid, unparsed + rejections)
+        summary.rows_read += len(batch.frame) + len(batch.rejections)
+        summary.accepted += accepted
+        summary.duplicates += duplicates
+        summary.quarantined += len(rejected)
+        reasons.update(r.reason for r in rejected)
+        summary.reasons = dict(reasons)
+        summary.seconds = time.perf_counter() - started
+        if on_progress:
+            on_progress(summary)
+    if not checked_columns:
+        raise InputError(f"{name}: no row could be read")
+    with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO ingest_runs (source, rows_read, accepted, duplicates, quarantined, started_at)"
                 " VALUES (:s, :r, :a, :d, :q, :t)"
             ),
             {
-                "s": source,
-                "r": rows_read,
+                "s": name,
+                "r": summary.rows_read,
                 "a": summary.accepted,
                 "d": summary.duplicates,
                 "q": summary.quarantined,
-                "t": started,
+                "t": started_at,
             },
         )
+    summary.seconds = time.perf_counter() - started
     return summary
 
 
+def _require_columns(name: str, columns: set[str], rules: IngestRules) -> None:
+    mapping = dict(rules.column_map)
+    for target, src in mapping.items():
+        if src not in columns:
+            raise InputError(f"{name}: --map {target}={src} names a column the file does not have")
+    present = {dict((v, k) for k, v in mapping.items()).get(c, c) for c in columns}
+    missing = [c for c in ("text", "created_at") if c not in present]
+    if missing:
+        shown = ", ".join(sorted(columns)[:12]) or "none"
+        raise InputError(f"{name}: required column(s) {', '.join(missing)} missing (found: {shown})")
+    if not present & {"satisfaction", "rating", "label"}:
+        raise InputError(f"{name}: needs one of the columns satisfaction, rating or label")
+
+
 def ingest_file(engine: Engine, path: Path, rules: IngestRules, now: datetime | None = None) -> IngestSummary:
-    """Read, validate and load one feedback file.
-
-    Args:
-        engine: the refit database.
-        path: a CSV or JSONL file.
-        rules: what a valid row is.
-        now: the clock for the future-timestamp check (defaults to the current time).
-
-    Returns:
-        Counts of accepted, duplicate and quarantined rows, with the quarantine reasons.
-    """
-    rows = read_rows(path)
-    records, rejections, duplicates = validate_rows(rows, rules, now)
-    return load_records(engine, str(path), records, rejections, duplicates, rows_read=len(rows))
+    """Ingest one file (see :func:`ingest`)."""
+    return ingest(engine, path, rules, now=now)

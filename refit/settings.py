@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from refit.errors import ConfigError
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
+# The columns of a feedback file that refit reads itself; every other column is a feature.
+RESERVED = ("feedback_id", "user_id", "item_id", "text", "created_at", "satisfaction", "rating", "label")
 
 
 class Settings(BaseSettings):
@@ -46,6 +48,17 @@ class Settings(BaseSettings):
     rating_min: float = 1.0
     rating_max: float = 5.0
     max_text_chars: int = Field(default=5000, gt=0)
+    ingest_batch_rows: int = Field(default=50_000, ge=1, description="Rows per committed ingest batch.")
+    pii_mode: Literal["off", "redact", "drop"] = Field(
+        default="redact", description="Emails, phones, card numbers, URLs: replaced, rows dropped, or kept."
+    )
+    feature_types: Annotated[dict[str, Literal["numeric", "categorical"]], NoDecode] = Field(
+        default_factory=dict,
+        description="name:numeric|categorical,...; when set, only these columns are features, type-checked.",
+    )
+    column_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="refit column=file column,... e.g. text=review_body,created_at=ts"
+    )
 
     # --- splits -----------------------------------------------------------------------------
     dev_fraction: float = Field(default=0.15, gt=0, lt=0.5)
@@ -84,6 +97,28 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("feature_types", "column_map", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: object, info) -> object:
+        if not isinstance(value, str):
+            return value
+        separator = ":" if info.field_name == "feature_types" else "="
+        pairs = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, val = part.partition(separator)
+            if not sep or not key.strip() or not val.strip():
+                raise ValueError(f"expected name{separator}value pairs separated by commas, got {part!r}")
+            pairs[key.strip()] = val.strip()
+        return pairs
+
+    @field_validator("column_map")
+    @classmethod
+    def _mapped_columns_are_refits(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(RESERVED))
+        if unknown:
+            raise ValueError(f"can only map refit's columns ({', '.join(RESERVED)}), not {', '.join(unknown)}")
         return value
 
     @field_validator("labels")

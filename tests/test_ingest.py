@@ -132,7 +132,7 @@ def test_in_file_conflict_keeps_the_first(engine, tmp_path):
         (b"", "empty"),
         (b"id,body\n1,hello\n", "required column"),
         (b"text,created_at\nhi,2026-01-01\n", "satisfaction, rating or label"),
-        (b'text,created_at,rating\n"unterminated,2026-01-01,4\n', "malformed CSV"),
+        (b'text,created_at,rating\n"unterminated,2026-01-01,4\n', "not a readable csv file"),
     ],
 )
 def test_unreadable_file_is_one_line_error_and_changes_nothing(engine, tmp_path, content, message):

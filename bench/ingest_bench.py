@@ -1,0 +1,63 @@
+"""Ingest throughput: `refit ingest` (validation, PII redaction, COPY, set-based insert) against a
+plain `COPY ... FROM STDIN` of the same file into a bare table, in the same run.
+
+Run: python bench/ingest_bench.py [--rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import long_feedback, scratch_database  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from refit.ingest import IngestRules, ingest  # noqa: E402
+from refit.synth import write_feedback  # noqa: E402
+
+RULES = IngestRules(labels=("negative", "neutral", "positive"), pii_mode="redact")
+
+
+def raw_copy(engine, path: Path, columns: list[str]) -> float:
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE bare ({', '.join(f'{c} TEXT' for c in columns)})"))
+    started = time.perf_counter()
+    with engine.begin() as conn, open(path, "rb") as handle:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.copy_expert("COPY bare FROM STDIN WITH (FORMAT csv, HEADER true)", handle)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    rows = long_feedback(args.rows, seed=1)
+    lengths = sorted(len(r["text"]) for r in rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_feedback(rows, Path(tmp) / "feedback.csv")
+        size_mb = path.stat().st_size / 1e6
+        print(f"{args.rows} rows, median text {statistics.median(lengths):.0f} chars, file {size_mb:.0f} MB")
+        raw_times, refit_times = [], []
+        for _ in range(args.repeat):
+            with scratch_database(migrate=False) as engine:
+                raw_times.append(raw_copy(engine, path, list(rows[0])))
+            with scratch_database() as engine:
+                summary = ingest(engine, path, RULES)
+                assert summary.accepted == args.rows, summary
+                refit_times.append(summary.seconds)
+    raw, ours = min(raw_times), min(refit_times)
+    print(f"plain COPY FROM STDIN : {args.rows / raw:>10,.0f} rows/s ({raw:.2f} s)")
+    print(f"refit ingest          : {args.rows / ours:>10,.0f} rows/s ({ours:.2f} s)")
+    print(f"ratio refit/COPY      : {raw / ours:.2f}  (goal >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

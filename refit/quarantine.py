@@ -1,0 +1,61 @@
+"""Reading and requeueing quarantined feedback."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, text
+
+from refit.ingest import IngestRules, RawBatch, load_batch, validate_batch
+
+
+def quarantine_report(engine: Engine, limit: int = 10) -> dict:
+    """Counts by reason (rows not yet requeued) and the latest rows."""
+    with engine.connect() as conn:
+        counts = conn.execute(
+            text(
+                "SELECT reason, count(*) AS n FROM quarantine WHERE requeued_at IS NULL"
+                " GROUP BY reason ORDER BY n DESC, reason"
+            )
+        ).all()
+        latest = conn.execute(
+            text(
+                "SELECT id, source, line_no, feedback_id, reason, detail, quarantined_at FROM quarantine"
+                " WHERE requeued_at IS NULL ORDER BY id DESC LIMIT :n"
+            ),
+            {"n": limit},
+        ).mappings()
+        return {"counts": {r.reason: r.n for r in counts}, "latest": [dict(r) for r in latest]}
+
+
+def requeue_quarantine(engine: Engine, settings) -> dict:
+    """Re-validate every quarantined row with the current settings; rows that pass are loaded
+    (duplicates skipped as in any ingest) and marked requeued; the others stay where they are."""
+    rules = IngestRules.from_settings(settings)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, line_no, raw FROM quarantine WHERE requeued_at IS NULL"
+                " AND reason NOT IN ('malformed_row', 'invalid_utf8', 'duplicate_conflict') ORDER BY id"
+            )
+        ).all()
+    if not rows:
+        return {"requeued": 0, "accepted": 0, "still_quarantined": _open_count(engine)}
+    frame = pd.DataFrame.from_records([r.raw for r in rows])
+    batch = RawBatch(frame, np.array([r.id for r in rows]))
+    valid, rejections = validate_batch(batch, rules, datetime.now(timezone.utc), {})
+    passed = [int(i) for i in valid["line_no"]]  # line_no carries the quarantine id here
+    accepted, _duplicates, _rejected = load_batch(engine, "requeue", valid, [])
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE quarantine SET requeued_at = now() WHERE id = ANY(:ids)"),
+            {"ids": passed},
+        )
+    return {"requeued": len(passed), "accepted": accepted, "still_quarantined": _open_count(engine)}
+
+
+def _open_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM quarantine WHERE requeued_at IS NULL")).scalar()
