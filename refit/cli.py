@@ -146,6 +146,49 @@ def quarantine(
     _emit(report, as_json, "\n".join(lines))
 
 
+devset_app = typer.Typer(help="The gate's frozen, versioned dev set.", no_args_is_help=True)
+app.add_typer(devset_app, name="devset")
+
+
+@devset_app.command("show")
+def devset_show(as_json: JsonOpt = False) -> None:
+    """Show the current dev set version: its watermark, size and hash."""
+    from refit.devset import current_devset
+
+    devset = current_devset(_engine(_settings()))
+    data = devset.as_dict() if devset else {}
+    _emit(data, as_json, f"dev set v{devset.version}: {devset.rows} rows up to id {devset.watermark} ({devset.reason})"
+          if devset else "no dev set yet: the first gate creates one")  # fmt: skip
+
+
+@devset_app.command("refresh")
+def devset_refresh(
+    reason: Annotated[str, typer.Option(help="Why the dev set grows (recorded).")] = "manual refresh",
+    as_json: JsonOpt = False,
+) -> None:
+    """Grow the dev set to every dev-split row ingested so far, as a new recorded version. The gate
+    never does this on its own."""
+    from refit.devset import refresh_devset
+    from refit.snapshots import SplitConfig
+
+    settings = _settings()
+    devset = refresh_devset(_engine(settings), SplitConfig.from_settings(settings), reason)
+    _emit(devset.as_dict(), as_json, f"dev set v{devset.version}: {devset.rows} rows up to id {devset.watermark}")
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Option("--user", help="The user id whose feedback is deleted.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a user's feedback, record that it was done, and list the models trained on it."""
+    from refit.privacy import forget_user
+
+    result = forget_user(_engine(_settings()), user)
+    affected = ", ".join(result["affected_versions"]) or "none"
+    _emit(result, as_json, f"deleted {result['rows_deleted']} row(s); models trained on them: {affected}")
+
+
 @app.command()
 def run(
     force: Annotated[bool, typer.Option("--force", help="Retrain even without drift.")] = False,
@@ -182,18 +225,15 @@ def describe_run(summary: dict) -> str:
 def drift(as_json: JsonOpt = False) -> None:
     """Check drift between the champion's training data and all feedback since, and record it
     (no training)."""
-    from refit.drift import DriftPolicy, check_drift, save_drift_report
+    from refit.drift import DriftPolicy, check_drift, reference_and_current, save_drift_report
     from refit.registry import require_champion
-    from refit.snapshots import SplitConfig, get_snapshot, read_feedback, snapshot_rows
+    from refit.snapshots import SplitConfig
     from refit.store import open_store
 
     settings = _settings()
     engine = _engine(settings)
     champ = require_champion(engine)
-    trained_on = get_snapshot(engine, champ["snapshot_id"])
-    reference = snapshot_rows(engine, trained_on, SplitConfig.from_settings(settings))
-    reference = reference[reference["split"] == "train"]
-    current = read_feedback(engine, after=trained_on.watermark_to)
+    reference, current = reference_and_current(engine, SplitConfig.from_settings(settings), champ)
     result = check_drift(reference, current, DriftPolicy.from_settings(settings), settings.task)
     saved = save_drift_report(engine, open_store(settings.store_url), result, None, champ["version"])
     data = {**result.summary(), **saved}

@@ -66,6 +66,17 @@ class DriftResult:
         return data
 
 
+def reference_and_current(engine, split, champion: dict, upto: int | None = None):
+    """The champion's training rows, and every row that arrived after the champion's snapshot."""
+    from refit.snapshots import get_snapshot, read_feedback, snapshot_rows
+
+    trained_on = get_snapshot(engine, champion["snapshot_id"])
+    reference = snapshot_rows(engine, trained_on, split)
+    reference = reference[reference["split"] == "train"]
+    current = read_feedback(engine, after=trained_on.watermark_to, upto=upto)
+    return reference, current
+
+
 def time_stratified_sample(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
     """At most ``cap`` rows, evenly spaced in ingest order, so every part of the window is seen."""
     if len(frame) <= cap:

@@ -18,6 +18,7 @@ class GateDecision:
     min_improvement: float
     against: str  # "champion" or "baseline" (no champion yet)
     reason: str
+    dev_set: int | None = None  # the dev set version both were scored on
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -52,12 +52,28 @@ def targets(frame: pd.DataFrame, task: str, labels: list[str]) -> np.ndarray:
     return frame["label"].map(index).astype(int).to_numpy()
 
 
-def training_data(rows: pd.DataFrame, task: str, labels: list[str], max_train_rows: int | None = None) -> TrainData:
-    """Train and dev data from snapshot rows that carry a ``split`` column."""
+def training_data(
+    rows: pd.DataFrame,
+    task: str,
+    labels: list[str],
+    max_train_rows: int | None = None,
+    retention_days: int | None = None,
+    dev: pd.DataFrame | None = None,
+) -> TrainData:
+    """Train and dev data from snapshot rows that carry a ``split`` column.
+
+    Args:
+        retention_days: training rows older than this (by ``created_at``) are left out; they stay
+            in the table.
+        dev: the dev rows to stop early on (the gate's dev set); default: the snapshot's dev split.
+    """
     train = rows[rows["split"] == "train"]
+    if retention_days is not None:
+        cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=retention_days)
+        train = train[train["created_at"] >= cutoff]
     if max_train_rows is not None and len(train) > max_train_rows:
         train = train.sort_values("id").tail(max_train_rows)
-    dev = rows[rows["split"] == "dev"]
+    dev = rows[rows["split"] == "dev"] if dev is None else dev
     return TrainData(
         train_texts=train["text"].tolist(),
         train_targets=targets(train, task, labels),

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     max_length: int = Field(default=128, ge=8, le=512)
     patience: int = Field(default=1, ge=0)
     seed: int = 13
+    retention_days: int | None = Field(
+        default=None, ge=1, description="Feedback older than this many days is left out of training (kept)."
+    )
     max_train_rows: int | None = Field(default=None, ge=1, description="Newest rows kept for training.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 import pandas as pd
 from sqlalchemy import Engine, text
 
 SPLITS = ("train", "dev", "test")
-_COLUMNS = "id, feedback_id, user_id, item_id, text, satisfaction, label, features, content_hash, created_at"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Snapshot:
     total_rows: int
     split_counts: dict
     content_hash: str
+    label_counts: dict | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,23 +65,79 @@ def assign_splits(frame: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     return frame
 
 
-def read_feedback(engine: Engine, after: int = 0, upto: int | None = None, chunk_rows: int = 20_000) -> pd.DataFrame:
-    """Feedback rows with ``after < id <= upto``, in id order, read with a server-side cursor."""
-    sql = f"SELECT {_COLUMNS} FROM feedback WHERE id > :after"
-    params: dict = {"after": after}
-    if upto is not None:
-        sql += " AND id <= :upto"
-        params["upto"] = upto
-    sql += " ORDER BY id"
-    chunks = []
-    with engine.connect().execution_options(stream_results=True, max_row_buffer=chunk_rows) as conn:
-        for chunk in pd.read_sql_query(text(sql), conn, params=params, chunksize=chunk_rows):
-            chunks.append(chunk)
-    if not chunks:
-        return pd.DataFrame(columns=[c.strip() for c in _COLUMNS.split(",")])
-    frame = pd.concat(chunks, ignore_index=True)
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+_FRAME_COLUMNS = (
+    "id", "feedback_id", "user_id", "item_id", "text", "satisfaction", "label", "features", "content_hash",
+    "created_at",
+)  # fmt: skip
+_COPY_COLUMNS = (
+    "id, feedback_id, user_id, item_id, text, satisfaction, label, features::text AS features, content_hash,"
+    " (extract(epoch FROM created_at) * 1000000)::bigint AS created_us"
+)
+
+
+def iter_feedback(
+    engine: Engine, after: int = 0, upto: int | None = None, chunk_rows: int = 50_000
+) -> Iterator[pd.DataFrame]:
+    """Feedback rows with ``after < id <= upto`` in id order, as frames of about ``chunk_rows``.
+
+    The rows leave Postgres through ``COPY ... TO STDOUT`` (an index range scan on ``id``) into a
+    spool file, and are parsed back in chunks by Arrow's CSV reader, so the pull runs near COPY
+    speed and its memory stays flat whatever the window's size.
+    """
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    where = "id > %(after)s" + (" AND id <= %(upto)s" if upto is not None else "")
+    with tempfile.TemporaryFile() as spool:
+        with engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            query = cursor.mogrify(
+                f"COPY (SELECT {_COPY_COLUMNS} FROM feedback WHERE {where} ORDER BY id) TO STDOUT WITH (FORMAT csv)",
+                {"after": after, "upto": upto},
+            ).decode()
+            cursor.copy_expert(query, spool)
+        if spool.tell() == 0:
+            return
+        spool.seek(0)
+        numeric = {"id": pa.int64(), "satisfaction": pa.float64(), "created_us": pa.int64()}
+        names = [*_FRAME_COLUMNS[:-1], "created_us"]  # the order of _COPY_COLUMNS
+        types = {name: numeric.get(name, pa.string()) for name in names}
+        reader = pacsv.open_csv(
+            spool,
+            read_options=pacsv.ReadOptions(
+                column_names=list(types),
+                block_size=max(1 << 16, min(16 << 20, chunk_rows * 512)),
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types=types, quoted_strings_can_be_null=False),
+        )
+        pending: list[pd.DataFrame] = []
+        size = 0
+        for batch in reader:
+            frame = batch.to_pandas()
+            pending.append(frame)
+            size += len(frame)
+            if size >= chunk_rows:
+                yield _finish(pd.concat(pending, ignore_index=True))
+                pending, size = [], 0
+        if pending:
+            yield _finish(pd.concat(pending, ignore_index=True))
+
+
+def _finish(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
     return frame
+
+
+def read_feedback(engine: Engine, after: int = 0, upto: int | None = None) -> pd.DataFrame:
+    """Feedback rows with ``after < id <= upto``, in id order, in one frame.
+
+    ``features`` is the JSON text of each row's features; :func:`features_frame` expands it.
+    """
+    chunks = list(iter_feedback(engine, after, upto))
+    if not chunks:
+        return pd.DataFrame(columns=[*_FRAME_COLUMNS])
+    return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
 
 
 def latest_snapshot(engine: Engine) -> Snapshot | None:
@@ -101,57 +163,63 @@ def _snapshot(row) -> Snapshot:
         total_rows=row["total_rows"],
         split_counts=row["split_counts"],
         content_hash=row["content_hash"],
+        label_counts=row["label_counts"],
+        window_start=row["window_start"],
+        window_end=row["window_end"],
     )
 
 
-def window_hash(previous_hash: str, content_hashes: list[str]) -> str:
-    """The snapshot hash chains the previous one with the rows of the new window, in id order."""
-    digest = hashlib.sha256(previous_hash.encode())
-    for value in content_hashes:
-        digest.update(value.encode())
-    return digest.hexdigest()
+def take_snapshot(engine: Engine, config: SplitConfig) -> Snapshot | None:
+    """Record a snapshot of the feedback new since the last one (None when nothing is new).
 
-
-def take_snapshot(engine: Engine, config: SplitConfig) -> tuple[Snapshot | None, pd.DataFrame]:
-    """Pull the feedback new since the last snapshot and record a snapshot of it.
-
-    Returns:
-        ``(snapshot, window)``: the new snapshot and the new rows with their split, or
-        ``(None, empty)`` when nothing new has arrived.
+    The window is read in chunks: counts per split and label, the feedback-time window and the
+    chained content hash are accumulated, never the rows themselves.
     """
     previous = latest_snapshot(engine)
     after = previous.watermark_to if previous else 0
-    window = read_feedback(engine, after=after)
-    if window.empty:
-        return None, assign_splits(window, config)
-    window = assign_splits(window, config)
-    counts = {s: int(n) for s, n in window["split"].value_counts().items()}
-    total_counts = dict(previous.split_counts) if previous else {}
+    split_counts = Counter({s: 0 for s in SPLITS})
+    label_counts: Counter = Counter()
+    digest = hashlib.sha256((previous.content_hash if previous else "").encode())
+    new_rows, upto, start, end = 0, after, None, None
+    for chunk in iter_feedback(engine, after=after):
+        split_counts.update(split_of(fid, config) for fid in chunk["feedback_id"])
+        label_counts.update(chunk["label"].astype(str))
+        for value in chunk["content_hash"]:
+            digest.update(value.encode())
+        new_rows += len(chunk)
+        upto = int(chunk["id"].iloc[-1])
+        low, high = chunk["created_at"].min(), chunk["created_at"].max()
+        start = low if start is None else min(start, low)
+        end = high if end is None else max(end, high)
+    if new_rows == 0:
+        return None
+    totals = dict(previous.split_counts) if previous else {}
     for split in SPLITS:
-        total_counts[split] = total_counts.get(split, 0) + counts.get(split, 0)
-    labels = {str(k): int(v) for k, v in window["label"].value_counts().items()}
-    upto = int(window["id"].max())
-    new_hash = window_hash(previous.content_hash if previous else "", window["content_hash"].tolist())
-    total = (previous.total_rows if previous else 0) + len(window)
+        totals[split] = totals.get(split, 0) + split_counts[split]
+    totals["new"] = dict(split_counts)
+    total = (previous.total_rows if previous else 0) + new_rows
     with engine.begin() as conn:
         snapshot_id = conn.execute(
             text(
-                "INSERT INTO dataset_snapshots (watermark_from, watermark_to, new_rows, total_rows,"
-                " split_counts, content_hash, split_config)"
-                " VALUES (:f, :t, :n, :total, CAST(:counts AS JSONB), :h, CAST(:cfg AS JSONB)) RETURNING id"
+                "INSERT INTO dataset_snapshots (watermark_from, watermark_to, new_rows, total_rows, split_counts,"
+                " label_counts, content_hash, split_config, window_start, window_end)"
+                " VALUES (:f, :t, :n, :total, CAST(:counts AS JSONB), CAST(:labels AS JSONB), :h,"
+                " CAST(:cfg AS JSONB), :ws, :we) RETURNING id"
             ),
             {
                 "f": after,
                 "t": upto,
-                "n": len(window),
+                "n": new_rows,
                 "total": total,
-                "counts": json.dumps({**total_counts, "new_labels": labels}),
-                "h": new_hash,
+                "counts": json.dumps(totals),
+                "labels": json.dumps(dict(label_counts)),
+                "h": digest.hexdigest(),
                 "cfg": json.dumps(asdict(config)),
+                "ws": start.to_pydatetime(),
+                "we": end.to_pydatetime(),
             },
         ).scalar_one()
-    snapshot = Snapshot(snapshot_id, after, upto, len(window), total, {**total_counts, "new_labels": labels}, new_hash)
-    return snapshot, window
+    return get_snapshot(engine, snapshot_id)
 
 
 def snapshot_rows(engine: Engine, snapshot: Snapshot, config: SplitConfig, after: int = 0) -> pd.DataFrame:
@@ -163,4 +231,5 @@ def features_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The behaviour features of feedback rows as columns (one per feature key)."""
     if frame.empty or "features" not in frame:
         return pd.DataFrame(index=frame.index)
-    return pd.DataFrame(list(frame["features"]), index=frame.index)
+    values = [json.loads(v) if isinstance(v, str) else v for v in frame["features"]]
+    return pd.DataFrame(values, index=frame.index)

@@ -41,7 +41,7 @@ def pull_snapshot(settings: Settings, force: bool = False) -> Snapshot | None:
     """Snapshot the feedback new since the last watermark; with ``force`` and nothing new,
     the latest snapshot is reused."""
     engine = engine_for(settings)
-    snapshot, _window = take_snapshot(engine, SplitConfig.from_settings(settings))
+    snapshot = take_snapshot(engine, SplitConfig.from_settings(settings))
     if snapshot is None and force:
         snapshot = latest_snapshot(engine)
     return snapshot

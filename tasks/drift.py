@@ -7,21 +7,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from refit.db import engine_for
-from refit.drift import RETRAIN, DriftPolicy, DriftResult, check_drift, save_drift_report, signals_markdown
+from refit.drift import (
+    RETRAIN,
+    DriftPolicy,
+    DriftResult,
+    check_drift,
+    reference_and_current,
+    save_drift_report,
+    signals_markdown,
+)
 from refit.settings import Settings
-from refit.snapshots import Snapshot, SplitConfig, get_snapshot, read_feedback, snapshot_rows
+from refit.snapshots import Snapshot, SplitConfig
 from refit.store import open_store
-
-
-def reference_and_current(settings: Settings, snapshot: Snapshot, champion: dict):
-    """The champion's training rows, and every row that arrived after the champion's snapshot."""
-    engine = engine_for(settings)
-    split = SplitConfig.from_settings(settings)
-    trained_on = get_snapshot(engine, champion["snapshot_id"])
-    reference = snapshot_rows(engine, trained_on, split)
-    reference = reference[reference["split"] == "train"]
-    current = read_feedback(engine, after=trained_on.watermark_to, upto=snapshot.watermark_to)
-    return reference, current
 
 
 @task(name="check-drift", cache_policy=NONE, timeout_seconds=1800)
@@ -32,7 +29,9 @@ def drift_check(settings: Settings, snapshot: Snapshot, champion: dict | None) -
         result = DriftResult(RETRAIN, ["no champion yet: the first model is trained unconditionally"])
         result.current_rows = snapshot.total_rows
     else:
-        reference, current = reference_and_current(settings, snapshot, champion)
+        reference, current = reference_and_current(
+            engine_for(settings), SplitConfig.from_settings(settings), champion, upto=snapshot.watermark_to
+        )
         result = check_drift(reference, current, DriftPolicy.from_settings(settings), settings.task)
     saved = save_drift_report(
         engine_for(settings),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -10,6 +11,7 @@ from prefect.cache_policies import NONE
 
 from models.predict import Predictor
 from refit.db import engine_for
+from refit.devset import current_devset, dev_rows, refresh_devset
 from refit.gate import GateDecision, gate
 from refit.modeling import baseline_metrics, prediction_problem, score
 from refit.registry import fetch_checkpoint
@@ -30,8 +32,11 @@ def gate_challenger(
     settings: Settings, snapshot: Snapshot, challenger: Challenger, champion: dict | None
 ) -> GateDecision:
     logger = get_run_logger()
-    rows = snapshot_rows(engine_for(settings), snapshot, SplitConfig.from_settings(settings))
-    dev = rows[rows["split"] == "dev"]
+    engine = engine_for(settings)
+    split = SplitConfig.from_settings(settings)
+    devset = current_devset(engine) or refresh_devset(engine, split, "initial: first gate", upto=snapshot.watermark_to)
+    dev = dev_rows(engine, devset, split)
+    rows = snapshot_rows(engine, snapshot, split)
     challenger_metrics, problem = evaluate_folder(challenger.folder, dev, settings)
     if champion is None:
         against, reference = (
@@ -45,10 +50,9 @@ def gate_challenger(
     metric = challenger_metric(settings)
     decision = gate(metric, challenger_metrics, reference, settings.gate_min_improvement, against=against)
     if problem:
-        decision = GateDecision(False, metric, decision.challenger_score, decision.champion_score,
-                                decision.improvement, decision.min_improvement, against,
-                                f"challenger refused: {problem}")  # fmt: skip
-    logger.info("gate on %d dev rows: %s", len(dev), decision.reason)
+        decision = replace(decision, promote=False, reason=f"challenger refused: {problem}")
+    decision = replace(decision, dev_set=devset.version)
+    logger.info("gate on dev set v%d (%d rows): %s", devset.version, len(dev), decision.reason)
     create_markdown_artifact(
         key="gate-decision",
         markdown="\n".join(
@@ -60,7 +64,7 @@ def gate_challenger(
                 *[f"| {k} | {challenger_metrics[k]:.4f} | {reference[k]:.4f} |" for k in challenger_metrics],
                 "",
                 decision.reason,
-                f"Dev rows: {len(dev)} (snapshot {snapshot.id}, watermark {snapshot.watermark_to})",
+                f"Dev set v{devset.version}: {len(dev)} rows up to watermark {devset.watermark}",
             ]
         ),
         description="refit promotion gate",

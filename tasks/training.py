@@ -10,6 +10,7 @@ from prefect.cache_policies import NONE
 
 from models.train import save_checkpoint, train
 from refit.db import engine_for
+from refit.devset import current_devset, dev_rows, refresh_devset
 from refit.modeling import train_config, training_data
 from refit.registry import new_version
 from refit.settings import Settings
@@ -31,8 +32,19 @@ class Challenger:
 def train_challenger(settings: Settings, snapshot: Snapshot, champion: dict | None) -> Challenger:
     logger = get_run_logger()
     engine = engine_for(settings)
-    rows = snapshot_rows(engine, snapshot, SplitConfig.from_settings(settings))
-    data = training_data(rows, settings.task, settings.labels, settings.max_train_rows)
+    split = SplitConfig.from_settings(settings)
+    rows = snapshot_rows(engine, snapshot, split)
+    devset = current_devset(engine) or refresh_devset(
+        engine, split, "initial: first training", upto=snapshot.watermark_to
+    )
+    data = training_data(
+        rows,
+        settings.task,
+        settings.labels,
+        settings.max_train_rows,
+        settings.retention_days,
+        dev=dev_rows(engine, devset, split),
+    )
     config = train_config(settings)
     version = new_version()
     logger.info(

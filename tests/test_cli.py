@@ -9,7 +9,18 @@ import pytest
 
 from refit.synth import generate_feedback, write_feedback
 
-COMMANDS = ["db upgrade", "ingest", "run", "drift", "models", "predict", "demo"]
+COMMANDS = [
+    "db upgrade",
+    "ingest",
+    "quarantine",
+    "run",
+    "drift",
+    "models",
+    "predict",
+    "devset refresh",
+    "forget",
+    "demo",
+]
 
 
 def refit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -3,7 +3,7 @@
 from collections import Counter
 
 from refit.ingest import IngestRules, ingest_file
-from refit.snapshots import SplitConfig, latest_snapshot, split_of, take_snapshot
+from refit.snapshots import SplitConfig, iter_feedback, latest_snapshot, read_feedback, split_of, take_snapshot
 from refit.synth import generate_feedback, write_feedback
 
 RULES = IngestRules(labels=("negative", "neutral", "positive"))
@@ -12,14 +12,15 @@ SPLIT = SplitConfig(dev_fraction=0.15, test_fraction=0.15)
 
 def test_pull_takes_only_new_rows(engine, tmp_path):
     ingest_file(engine, write_feedback(generate_feedback(200, seed=1, id_prefix="a"), tmp_path / "a.csv"), RULES)
-    first, window = take_snapshot(engine, SPLIT)
-    assert (first.watermark_from, first.new_rows, len(window)) == (0, 200, 200)
-
-    nothing, empty = take_snapshot(engine, SPLIT)
-    assert nothing is None and empty.empty
+    first = take_snapshot(engine, SPLIT)
+    assert (first.watermark_from, first.new_rows) == (0, 200)
+    assert sum(first.label_counts.values()) == 200
+    assert first.window_start < first.window_end
+    assert take_snapshot(engine, SPLIT) is None
 
     ingest_file(engine, write_feedback(generate_feedback(50, seed=2, id_prefix="b"), tmp_path / "b.csv"), RULES)
-    second, window = take_snapshot(engine, SPLIT)
+    second = take_snapshot(engine, SPLIT)
+    window = read_feedback(engine, after=second.watermark_from, upto=second.watermark_to)
     assert second.watermark_from == first.watermark_to
     assert len(window) == 50
     assert set(window["feedback_id"].str[:2]) == {"b-"}
@@ -35,7 +36,8 @@ def test_late_arriving_feedback_is_pulled_once(engine, tmp_path):
     for row in old:
         row["created_at"] = "2020-01-01T00:00:00+00:00"
     ingest_file(engine, write_feedback(old, tmp_path / "late.csv"), RULES)
-    snapshot, window = take_snapshot(engine, SPLIT)
+    snapshot = take_snapshot(engine, SPLIT)
+    window = read_feedback(engine, after=snapshot.watermark_from, upto=snapshot.watermark_to)
     assert sorted(window["feedback_id"]) == sorted(r["feedback_id"] for r in old)
 
 
@@ -59,6 +61,17 @@ def test_same_data_gives_the_same_snapshot_hash(new_database, tmp_path):
     for _ in range(2):
         engine = get_engine(new_database())
         ingest_file(engine, path, RULES)
-        hashes.append(take_snapshot(engine, SPLIT)[0].content_hash)
+        hashes.append(take_snapshot(engine, SPLIT).content_hash)
     assert hashes[0] == hashes[1]
     assert len(hashes[0]) == 64
+
+
+def test_pull_streams_in_chunks_with_the_same_rows(engine, tmp_path):
+    ingest_file(engine, write_feedback(generate_feedback(700, seed=4), tmp_path / "f.csv"), RULES)
+    whole = read_feedback(engine)
+    chunks = list(iter_feedback(engine, chunk_rows=100))
+    assert len(chunks) >= 2
+    streamed = __import__("pandas").concat(chunks, ignore_index=True)
+    assert streamed["id"].tolist() == whole["id"].tolist() == sorted(whole["id"])
+    assert streamed["text"].tolist() == whole["text"].tolist()
+    assert list(read_feedback(engine, after=int(whole["id"].iloc[-1]))["id"]) == []
