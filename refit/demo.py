@@ -44,8 +44,10 @@ def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | Non
     from flows.retrain import retrain
     from refit.cli import describe_run
     from refit.db import engine_for, upgrade
+    from refit.devset import refresh_devset
     from refit.ingest import IngestRules, ingest_file
     from refit.settings import load_settings
+    from refit.snapshots import SplitConfig
 
     say = echo or (lambda _msg: None)
     data_dir = Path(data_dir).resolve()
@@ -78,6 +80,11 @@ def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | Non
     for phase, path in files.items():
         summary = ingest_file(engine, path, rules)
         say(f"\n[{phase}] ingested {path.name}: {summary.accepted} accepted, {summary.quarantined} quarantined")
+        if phase == "after":
+            # Growing the gate's dev set is an explicit, recorded act (`refit devset refresh`):
+            # the operator decides that the new regime is what the models must be judged on.
+            devset = refresh_devset(engine, SplitConfig.from_settings(settings), "demo: the shifted regime joins")
+            say(f"  dev set refreshed to v{devset.version} ({devset.rows} rows)")
         phase_started = time.perf_counter()
         result = retrain(force=False)
         say("  " + describe_run(result).replace("\n", "\n  "))

@@ -19,6 +19,7 @@ class GateDecision:
     against: str  # "champion" or "baseline" (no champion yet)
     reason: str
     dev_set: int | None = None  # the dev set version both were scored on
+    slices: dict | None = None  # per-slice metrics of each model, reported (not yet gated on)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -72,6 +72,10 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert drift["decision"] == "retrain"
     assert "text" in drift["drifted_columns"]
     assert second["gate"]["against"] == "champion"
+    # both were scored on the frozen dev set the first gate created; the shift did not grow it
+    assert first["gate"]["dev_set"] == second["gate"]["dev_set"] == 1
+    slices = second["gate"]["slices"]
+    assert {"category=books", "length=short"} <= set(slices["challenger"]) & set(slices["champion"])
     assert second["gate"]["champion_score"] is not None
     v2 = second["version"]
     assert v2 != v1

@@ -1,0 +1,53 @@
+"""Slices of feedback for the gate and reports: new items, item category, text length."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, text
+
+from refit.snapshots import features_frame
+
+LENGTH_BUCKETS = ((0, 100, "short"), (100, 400, "medium"), (400, None, "long"))
+
+
+def known_items(engine: Engine, upto: int) -> set[str]:
+    """Item ids seen in feedback with ``id <= upto`` (for example, the champion's training data)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT DISTINCT item_id FROM feedback WHERE id <= :w AND item_id IS NOT NULL"), {"w": upto}
+        )
+        return set(rows.scalars())
+
+
+def length_bucket(lengths: pd.Series) -> pd.Series:
+    out = pd.Series("long", index=lengths.index, dtype=object)
+    for low, high, name in LENGTH_BUCKETS:
+        mask = lengths >= low if high is None else (lengths >= low) & (lengths < high)
+        out[mask] = name
+    return out
+
+
+def slice_frame(feedback: pd.DataFrame, items_seen: set[str], category_feature: str = "category") -> pd.DataFrame:
+    """One column per slice family: ``new_item`` (yes/no), ``category``, ``length``."""
+    features = features_frame(feedback)
+    category = features[category_feature] if category_feature in features else pd.Series(None, index=feedback.index)
+    return pd.DataFrame(
+        {
+            "new_item": np.where(feedback["item_id"].isin(items_seen) | feedback["item_id"].isna(), "no", "yes"),
+            "category": category.fillna("(none)").astype(str).to_numpy(),
+            "length": length_bucket(feedback["text"].str.len()).to_numpy(),
+        },
+        index=feedback.index,
+    )
+
+
+def slice_metrics(slices: pd.DataFrame, score_fn, min_rows: int = 20) -> dict[str, dict]:
+    """``score_fn(mask) -> metrics`` for every slice value with at least ``min_rows`` rows."""
+    result = {}
+    for family in slices.columns:
+        for value, rows in slices.groupby(family).groups.items():
+            if len(rows) >= min_rows:
+                mask = slices.index.isin(rows)
+                result[f"{family}={value}"] = {"rows": int(len(rows)), **score_fn(mask)}
+    return result

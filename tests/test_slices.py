@@ -1,0 +1,37 @@
+"""Slices of feedback: new items, categories, text length."""
+
+import pandas as pd
+
+from refit.slices import length_bucket, slice_frame, slice_metrics
+
+
+def frame():
+    return pd.DataFrame(
+        {
+            "item_id": ["a", "b", "c", None],
+            "text": ["short", "x" * 150, "y" * 500, "z" * 20],
+            "features": ['{"category": "books"}', '{"category": "garden"}', "{}", '{"category": "books"}'],
+        }
+    )
+
+
+def test_slices_name_new_items_categories_and_lengths():
+    slices = slice_frame(frame(), items_seen={"a"})
+    assert slices["new_item"].tolist() == ["no", "yes", "yes", "no"]
+    assert slices["category"].tolist() == ["books", "garden", "(none)", "books"]
+    assert slices["length"].tolist() == ["short", "medium", "long", "short"]
+
+
+def test_length_buckets_have_edges():
+    assert length_bucket(pd.Series([0, 99, 100, 399, 400])).tolist() == ["short", "short", "medium", "medium", "long"]
+
+
+def test_slice_metrics_skip_small_slices():
+    slices = slice_frame(frame(), items_seen={"a"})
+    metrics = slice_metrics(slices, lambda mask: {"n": int(mask.sum())}, min_rows=2)
+    assert metrics == {
+        "new_item=no": {"rows": 2, "n": 2},
+        "new_item=yes": {"rows": 2, "n": 2},
+        "category=books": {"rows": 2, "n": 2},
+        "length=short": {"rows": 2, "n": 2},
+    }
