@@ -41,7 +41,9 @@ def scratch_database(migrate: bool = True):
 def long_feedback(n: int, seed: int = 0, median_chars: int = 400, pii_share: float = 0.02) -> list[dict]:
     """Feedback rows whose texts have a median length of about ``median_chars``, some with PII."""
     rng = np.random.default_rng(seed)
-    rows = generate_feedback(n, seed=seed, start=datetime.now(timezone.utc) - timedelta(days=400))
+    # the generator spaces rows about 7 minutes apart; all of them must lie in the past
+    start = datetime.now(timezone.utc) - timedelta(minutes=8 * n + 60)
+    rows = generate_feedback(n, seed=seed, start=start)
     phrases = [p for words in SENTIMENT.values() for p in words] + FILLER
     targets = np.exp(rng.normal(np.log(median_chars), 0.45, size=n)).astype(int)
     for row, target in zip(rows, targets, strict=True):

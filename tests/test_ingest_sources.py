@@ -178,3 +178,20 @@ def test_killed_ingest_then_rerun_equals_one_clean_run(new_database, tmp_path):
     clean_engine = get_engine(clean)
     assert stored(engine) == stored(clean_engine)
     assert quarantine_reasons(engine) == quarantine_reasons(clean_engine) == {"rating_out_of_range": 24}
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("utf16.csv", "text,created_at,rating\nhello,2026-01-01,4\n".encode("utf-16")),
+        ("random.csv", bytes(range(256)) * 40),
+    ],
+    ids=["wrong-encoding", "not-csv"],
+)
+def test_unreadable_file_is_one_line_and_changes_nothing(engine, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError) as info:
+        ingest(engine, path, RULES)
+    assert "\n" not in str(info.value)
+    assert count(engine, "feedback") == count(engine, "quarantine") == count(engine, "ingest_runs") == 0
