@@ -106,7 +106,7 @@ def iter_feedback(
             spool,
             read_options=pacsv.ReadOptions(
                 column_names=list(types),
-                block_size=max(1 << 16, min(16 << 20, chunk_rows * 512)),
+                block_size=max(1 << 16, min(2 << 20, chunk_rows * 512)),
             ),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(column_types=types, quoted_strings_can_be_null=False),
