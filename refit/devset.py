@@ -36,13 +36,22 @@ def current_devset(engine: Engine) -> DevSet | None:
     return DevSet(**row) if row else None
 
 
+def _dev_chunks(engine: Engine, split: SplitConfig, upto: int):
+    """The dev-split rows with ``id <= upto``, chunk by chunk, in id order."""
+    for chunk in iter_feedback(engine, after=0, upto=upto):
+        chunk = assign_splits(chunk, split)
+        yield chunk[chunk["split"] == "dev"]
+
+
 def dev_rows(engine: Engine, devset: DevSet, split: SplitConfig) -> pd.DataFrame:
-    """The rows of a dev set version, in id order."""
-    frames = [
-        chunk[chunk["split"] == "dev"]
-        for chunk in (assign_splits(c, split) for c in iter_feedback(engine, after=0, upto=devset.watermark))
-    ]
+    """The rows of a dev set version, in id order, indexed from 0."""
+    frames = list(_dev_chunks(engine, split, devset.watermark))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ensure_devset(engine: Engine, split: SplitConfig, upto: int, reason: str) -> DevSet:
+    """The current dev set; the first one is created (and recorded) up to ``upto`` when none exists."""
+    return current_devset(engine) or refresh_devset(engine, split, reason, upto=upto)
 
 
 def refresh_devset(engine: Engine, split: SplitConfig, reason: str, upto: int | None = None) -> DevSet:
@@ -52,9 +61,7 @@ def refresh_devset(engine: Engine, split: SplitConfig, reason: str, upto: int | 
             upto if upto is not None else conn.execute(text("SELECT coalesce(max(id), 0) FROM feedback")).scalar()
         )
     digest, rows = hashlib.sha256(), 0
-    for chunk in iter_feedback(engine, after=0, upto=watermark):
-        chunk = assign_splits(chunk, split)
-        dev = chunk[chunk["split"] == "dev"]
+    for dev in _dev_chunks(engine, split, watermark):
         rows += len(dev)
         for value in dev["content_hash"]:
             digest.update(value.encode())

@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 
 from models.predict import Predictor
 from refit.db import engine_for
-from refit.devset import current_devset, dev_rows, refresh_devset
+from refit.devset import dev_rows, ensure_devset
 from refit.gate import GateDecision, gate
 from refit.modeling import baseline_metrics, prediction_problem, score
 from refit.registry import fetch_checkpoint
@@ -47,13 +47,13 @@ def gate_challenger(
     logger = get_run_logger()
     engine = engine_for(settings)
     split = SplitConfig.from_settings(settings)
-    devset = current_devset(engine) or refresh_devset(engine, split, "initial: first gate", upto=snapshot.watermark_to)
+    devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first gate")
     dev = dev_rows(engine, devset, split)
-    rows = snapshot_rows(engine, snapshot, split)
-    dev = dev.reset_index(drop=True)
     challenger_metrics, problem, challenger_pred = evaluate_folder(challenger.folder, dev, settings)
     predictions = {"challenger": challenger_pred}
     if champion is None:
+        # only the no-champion case reads the training rows (for the trivial baseline)
+        rows = snapshot_rows(engine, snapshot, split)
         train = rows[rows["split"] == "train"]
         against, reference = "baseline", baseline_metrics(train, dev, settings.task, settings.labels)
         seen_upto = 0

@@ -10,7 +10,7 @@ from prefect.cache_policies import NONE
 
 from models.train import save_checkpoint, train
 from refit.db import engine_for
-from refit.devset import current_devset, dev_rows, refresh_devset
+from refit.devset import dev_rows, ensure_devset
 from refit.modeling import train_config, training_data
 from refit.registry import new_version
 from refit.settings import Settings
@@ -34,9 +34,7 @@ def train_challenger(settings: Settings, snapshot: Snapshot, champion: dict | No
     engine = engine_for(settings)
     split = SplitConfig.from_settings(settings)
     rows = snapshot_rows(engine, snapshot, split)
-    devset = current_devset(engine) or refresh_devset(
-        engine, split, "initial: first training", upto=snapshot.watermark_to
-    )
+    devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first training")
     data = training_data(
         rows,
         settings.task,
