@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import MANIFEST, read_metadata, verify_folder
-from models.train import encode, predict_ids
+from models.train import collate, encode, predict_ids
 from refit.errors import CheckpointError
 
 
@@ -42,6 +42,23 @@ class Predictor:
         """Scores in [0, 1] (regression) or class probabilities, one row per text."""
         ids = encode(self.tokenizer, [str(t) for t in texts], self.max_length)
         return predict_ids(self.model, ids, self.task, self.tokenizer.pad_token_id or 0, self.device)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """The model's own sentence embeddings: its encoder's last hidden state, mean-pooled over
+        the real tokens, one row per text (in the input order)."""
+        ids = encode(self.tokenizer, [str(t) for t in texts], self.max_length)
+        encoder = self.model.base_model
+        pad_id = self.tokenizer.pad_token_id or 0
+        order = np.argsort([len(seq) for seq in ids], kind="stable")
+        out = np.zeros((len(ids), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(self.device) for k, v in collate([ids[i] for i in idx], pad_id).items()}
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
+        return out
 
     def to_records(self, prediction: np.ndarray) -> list[dict]:
         """Prediction rows as users read them: the score or label, plus per-class probabilities."""
