@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.transactions import transaction
 
 from refit.db import engine_for
 from refit.registry import champion as current_champion
 from refit.settings import load_settings
+from tasks.approval import await_approval
 from tasks.data import preflight, pull_snapshot
 from tasks.drift import drift_check
-from tasks.gate import gate_challenger
+from tasks.gate import gate_challenger, write_model_card
 from tasks.notify import notify_failure, notify_summary
 from tasks.publish import record, upload
 from tasks.training import train_challenger
@@ -35,25 +37,31 @@ def retrain(force: bool = False) -> dict:
         return summary
 
     champion = current_champion(engine_for(settings))
-    drift = drift_check(settings, snapshot, champion)
+    drift = drift_check(settings, snapshot, champion, force=force)
     summary = {"snapshot": snapshot.as_dict(), "drift": drift, "champion": champion and champion["version"]}
-    if not (force or drift["decision"] == "retrain"):
+    if drift["decision"] != "retrain":
         summary["outcome"] = "no_retrain"
         notify_summary(settings, summary)
         return summary
 
     challenger = train_challenger(settings, snapshot, champion)
     decision = gate_challenger(settings, snapshot, challenger, champion)
-    published = upload(settings, challenger)
-    record(settings, published, snapshot, challenger, decision, champion)
+    if decision.promote and settings.gate_approval:
+        decision = await_approval(
+            decision, challenger.version, settings.gate_approval_timeout_s, settings.gate_approval_poll_s
+        )
+    write_model_card(challenger, decision, snapshot)
+    with transaction():  # a failure to record withdraws the upload; the pointer moves last, in record
+        published = upload(settings, challenger)
+        outcome = record(settings, published, snapshot, challenger, decision, champion)
 
     summary.update(
-        outcome="promoted" if decision.promote else "rejected",
+        outcome=outcome,
         version=published.version,
         uri=published.uri,
         gate=decision.as_dict(),
         dev_metrics=challenger.dev_metrics,
-        champion=published.version if decision.promote else champion and champion["version"],
+        champion=published.version if outcome == "promoted" else champion and champion["version"],
     )
     notify_summary(settings, summary)
     return summary

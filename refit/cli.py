@@ -222,40 +222,142 @@ def describe_run(summary: dict) -> str:
 
 
 @app.command()
-def drift(as_json: JsonOpt = False) -> None:
-    """Check drift between the champion's training data and all feedback since, and record it
-    (no training)."""
-    from refit.drift import DriftPolicy, check_drift, reference_and_current, save_drift_report
+def drift(
+    force: Annotated[bool, typer.Option("--force", help="Record a forced retrain decision.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check drift between the champion's training data and the current window (all feedback since
+    the champion, or the last REFIT_DRIFT_WINDOW_DAYS days) and record it, with every signal's score,
+    threshold and verdict and the decision's reasons (no training). Slack hears of a retrain."""
+    from refit.drift import run_drift_check
     from refit.registry import require_champion
-    from refit.snapshots import SplitConfig
-    from refit.store import open_store
 
     settings = _settings()
     engine = _engine(settings)
-    champ = require_champion(engine)
-    reference, current = reference_and_current(engine, SplitConfig.from_settings(settings), champ)
-    result = check_drift(reference, current, DriftPolicy.from_settings(settings), settings.task)
-    saved = save_drift_report(engine, open_store(settings.store_url), result, None, champ["version"])
-    data = {**result.summary(), **saved}
-    text = f"drift: {result.decision} - {'; '.join(result.reasons)}"
-    if saved["html_uri"]:
-        text += f"\nreport: {saved['html_uri']}"
-    _emit(data, as_json, text)
+    summary = run_drift_check(settings, require_champion(engine), force=force)
+    lines = [f"drift: {summary['decision']} - {'; '.join(summary['reasons'])}"]
+    lines += [
+        f"  {'*' if s['drifted'] else ' '} {s['column']:<24} {s['method']:<24} "
+        + ("-" if s["score"] is None else f"{s['score']:.4g}")
+        + f" (threshold {s['threshold']})"
+        for s in summary["signals"]
+    ]
+    if summary["html_uri"]:
+        lines.append(f"report: {summary['html_uri']}")
+    _emit(summary, as_json, "\n".join(lines))
 
 
-@app.command()
-def models(as_json: JsonOpt = False) -> None:
-    """List model versions in the registry, newest first; the champion is marked."""
+models_app = typer.Typer(help="The model registry: versions, decisions, lineage.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List model versions, newest first, with status and key metrics; the champion is marked."""
+    if ctx.invoked_subcommand is not None:
+        return
     from refit.registry import list_versions
 
     settings = _settings()
     rows = list_versions(_engine(settings))
     lines = [
         f"{'*' if r['is_champion'] else ' '} {r['version']}  {r['status']:<10} {r['created_at']:%Y-%m-%d %H:%M}  "
-        + ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].get("dev", {}).items())
+        + ", ".join(f"{k}={v:.4f}" for k, v in (r["metrics"].get("dev") or {}).items() if v is not None)
         for r in rows
     ]
     _emit(rows, as_json, "\n".join(lines) if rows else "no model versions yet")
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="The model version, e.g. v20261127-190512-123456.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """A version's registry record, lineage, and every decision about it (the gate's table)."""
+    from refit.records import decision_markdown
+    from refit.registry import get_version, lineage
+
+    engine = _engine(_settings())
+    record = get_version(engine, version)
+    record["lineage"] = lineage(engine, version)
+    lines = [
+        f"{record['version']}  status {record['status']}  created {record['created_at']:%Y-%m-%d %H:%M:%S}"
+        f"  promoted {record['promoted_at'] or '-'}",
+        f"store: {record['uri']}  manifest sha256 {record['manifest_sha256']}",
+        f"snapshot {record['snapshot_id']}  config {record['config_hash'] or '-'}  run {record['flow_run_id'] or '-'}",
+        "lineage: " + " <- ".join(f"{r['version']} ({r['status']})" for r in record["lineage"]),
+        "",
+    ]
+    for entry in record["log"]:
+        lines.append(
+            f"## {entry['decided_at']:%Y-%m-%d %H:%M:%S} {entry['decision']} by {entry['actor']}: "
+            f"{entry['challenger_version']} (champion before: {entry['champion_version'] or 'none'})"
+        )
+        details = entry["details"] or {}
+        lines.append(
+            decision_markdown(details, entry["challenger_version"]) if "promote" in details else entry["reason"]
+        )
+        lines.append("")
+    _emit(record, as_json, "\n".join(lines).rstrip())
+
+
+@app.command()
+def rollback(
+    version: Annotated[str | None, typer.Argument(help="Version to restore (default: the previous champion).")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the promotion log.")] = "",
+    by: Annotated[str | None, typer.Option("--by", help="Who is rolling back (default: $USER).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an earlier champion the champion again, after checking its files against their checksums."""
+    from refit.registry import rollback as roll_back
+    from refit.store import store_for
+
+    if not reason.strip():
+        raise RefitError("say why with --reason; it goes in the promotion log")
+    settings = _settings()
+    actor = by or os.environ.get("USER") or "operator"
+    engine, store = _engine(settings), store_for(settings)
+    moved = roll_back(engine, store, version, reason, actor, settings.work_dir, settings.model_name)
+    _emit(moved, as_json, f"rolled back: {moved['from']} -> {moved['to']} (champion is {moved['to']})")
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; change nothing.")] = False,
+    keep: Annotated[int | None, typer.Option(help="Newest versions kept (default: REFIT_KEEP_VERSIONS).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old rejected versions from the store and mark them archived. Kept: the newest
+    REFIT_KEEP_VERSIONS versions and every version that was ever champion."""
+    from refit.registry import collect_garbage
+    from refit.store import store_for
+
+    settings = _settings()
+    keep = settings.keep_versions if keep is None else keep
+    if keep < 1:
+        raise RefitError("--keep must be at least 1")
+    gone = collect_garbage(_engine(settings), store_for(settings), keep, dry_run, settings.model_name)
+    verb = "would delete" if dry_run else "deleted"
+    lines = [f"{verb} {len(gone)} version(s), keeping the newest {keep} and every champion"]
+    lines += [f"  {g['version']}  {g['status']}  {g['created_at']:%Y-%m-%d %H:%M}" for g in gone]
+    _emit({"dry_run": dry_run, "keep": keep, "versions": gone}, as_json, "\n".join(lines))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default: REFIT_SERVE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: REFIT_SERVE_PORT).")] = None,
+) -> None:
+    """Serve the champion over HTTP (POST /predict, /explain, /reload; GET /healthz, /readyz,
+    /version, /metrics), following the champion pointer and swapping models without downtime."""
+    import logging
+
+    from refit.serving import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    overrides = {k: v for k, v in {"serve_host": host, "serve_port": port}.items() if v is not None}
+    run_server(settings.model_copy(update=overrides))
 
 
 @app.command()

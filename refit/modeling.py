@@ -13,6 +13,7 @@ import pandas as pd
 from models.metrics import baseline_prediction, task_metrics
 from models.train import TrainConfig, TrainData
 from refit.settings import PACKAGED_MODEL, Settings
+from refit.snapshots import features_frame
 
 
 def resolve_base_model(name: str) -> str:
@@ -24,7 +25,8 @@ def resolve_base_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
-def train_config(settings: Settings, base_model: str | None = None) -> TrainConfig:
+def train_config(settings: Settings, base_model: str | None = None, init_from: str | None = None) -> TrainConfig:
+    """The trainer's config from the settings; ``init_from`` is the champion's folder for a warm start."""
     return TrainConfig(
         task=settings.task,
         labels=list(settings.labels),
@@ -34,10 +36,23 @@ def train_config(settings: Settings, base_model: str | None = None) -> TrainConf
         learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
         warmup_ratio=settings.warmup_ratio,
+        max_grad_norm=settings.max_grad_norm,
         max_length=settings.max_length,
         patience=settings.patience,
+        min_delta=settings.min_delta,
+        metric=settings.early_stopping_metric or settings.gate_metric or "",
         seed=settings.seed,
         device=settings.device,
+        loss=settings.regression_loss if settings.task == "regression" else "",
+        class_weights=settings.class_weights,
+        grad_accum_steps=settings.grad_accum_steps,
+        strategy=settings.fine_tune,
+        freeze_layers=settings.freeze_layers,
+        lora_r=settings.lora_r,
+        lora_alpha=2 * settings.lora_r,
+        feature_types=dict(settings.feature_types),
+        init_from=str(init_from) if init_from and settings.warm_start else None,
+        num_threads=settings.num_threads,
     )
 
 
@@ -59,18 +74,26 @@ def training_data(
     max_train_rows: int | None = None,
     retention_days: int | None = None,
     dev: pd.DataFrame | None = None,
+    new_after: int | None = None,
+    replay_fraction: float | None = None,
+    seed: int = 0,
 ) -> TrainData:
-    """Train and dev data from snapshot rows that carry a ``split`` column.
+    """Train and dev data (texts, targets, features) from snapshot rows that carry a ``split`` column.
 
     Args:
         retention_days: training rows older than this (by ``created_at``) are left out; they stay
             in the table.
         dev: the dev rows to stop early on (the gate's dev set); default: the snapshot's dev split.
+        new_after, replay_fraction: for a warm start, train on the rows with ``id > new_after`` (the
+            window new since the champion) plus a seeded sample of ``replay_fraction`` times as
+            many older rows, so the model does not forget; without them, on every training row.
     """
     train = rows[rows["split"] == "train"]
     if retention_days is not None:
         cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=retention_days)
         train = train[train["created_at"] >= cutoff]
+    if new_after is not None and replay_fraction is not None:
+        train = replay_window(train, new_after, replay_fraction, seed)
     if max_train_rows is not None and len(train) > max_train_rows:
         train = train.sort_values("id").tail(max_train_rows)
     dev = rows[rows["split"] == "dev"] if dev is None else dev
@@ -79,7 +102,18 @@ def training_data(
         train_targets=targets(train, task, labels),
         dev_texts=dev["text"].tolist(),
         dev_targets=targets(dev, task, labels),
+        train_features=features_frame(train).reset_index(drop=True),
+        dev_features=features_frame(dev).reset_index(drop=True),
     )
+
+
+def replay_window(train: pd.DataFrame, new_after: int, replay_fraction: float, seed: int) -> pd.DataFrame:
+    """The rows new since ``new_after`` plus a seeded replay sample of older ones, in id order."""
+    new = train[train["id"] > new_after]
+    old = train[train["id"] <= new_after]
+    n_replay = min(len(old), round(replay_fraction * len(new)))
+    replay = old.sample(n=n_replay, random_state=seed) if n_replay else old.iloc[:0]
+    return pd.concat([replay, new]).sort_values("id")
 
 
 def prediction_problem(prediction: np.ndarray, task: str) -> str | None:

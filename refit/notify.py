@@ -52,10 +52,17 @@ def run_summary_message(summary: dict) -> dict:
         lines.extend(f"  • {reason}" for reason in drift.get("reasons", []))
     if gate:
         lines.append(
-            f"*Gate*: {'PROMOTED' if gate['promote'] else 'REJECTED'} vs {gate['against']}: "
+            f"*Gate*: {'PASSED' if gate['promote'] else 'FAILED'} vs {gate['against']}: "
             f"challenger {gate['metric']}={gate['challenger_score']:.4f}, "
             f"{gate['against']} {gate['metric']}={gate['champion_score']:.4f}"
         )
+        if gate.get("interval"):
+            low, high = gate["interval"]
+            level = f"{gate.get('confidence', 0.95):.0%}"
+            lines.append(f"  • improvement {gate['improvement']:+.4f}, {level} interval {low:+.4f} to {high:+.4f}")
+        if gate.get("failed_slices"):
+            lines.append(f"  • worse on slices: {', '.join(gate['failed_slices'])}")
+        lines.append(f"  • {gate['reason']}")
     if summary.get("version"):
         lines.append(f"*Version*: `{summary['version']}`")
     if summary.get("champion"):
@@ -64,6 +71,7 @@ def run_summary_message(summary: dict) -> dict:
     titles = {
         "promoted": "refit: challenger promoted",
         "rejected": "refit: challenger rejected",
+        "superseded": "refit: challenger superseded (another run promoted first)",
         "no_retrain": "refit: no retrain needed",
         "no_new_data": "refit: no new feedback",
     }

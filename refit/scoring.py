@@ -11,9 +11,9 @@ import pandas as pd
 
 from models.predict import Predictor
 from refit.errors import InputError, NoChampionError
-from refit.registry import fetch_checkpoint, read_pointer
+from refit.registry import checkout, read_pointer
 from refit.settings import Settings
-from refit.store import ObjectStore, open_store
+from refit.store import ObjectStore, store_for
 
 
 def read_texts(path: Path) -> pd.DataFrame:
@@ -35,14 +35,11 @@ def read_texts(path: Path) -> pd.DataFrame:
 
 def champion_predictor(settings: Settings, store: ObjectStore | None = None) -> Predictor:
     """The champion named by the store's pointer, downloaded once and verified."""
-    store = store or open_store(settings.store_url)
-    pointer = read_pointer(store)
+    store = store or store_for(settings)
+    pointer = read_pointer(store, settings.model_name)
     if pointer is None:
         raise NoChampionError("the store has no champion pointer yet: run `refit run` first")
-    folder = Path(settings.work_dir) / "champions" / pointer["version"]
-    if not (folder / "manifest.json").exists():
-        fetch_checkpoint(store, pointer["version"], folder)
-    predictor = Predictor(folder)
+    predictor = Predictor(checkout(settings, pointer["version"]))
     predictor.version = pointer["version"]
     return predictor
 
@@ -51,7 +48,8 @@ def score_file(settings: Settings, path: Path, output: Path | None) -> dict:
     """Score every row of ``path``; write CSV or JSONL to ``output`` (or return it as text)."""
     frame = read_texts(path)
     predictor = champion_predictor(settings)
-    prediction = predictor.predict(frame["text"].astype(str).tolist())
+    # behaviour features are the file's other columns, by name (a text-only model ignores them)
+    prediction = predictor.predict(frame["text"].astype(str).tolist(), frame.reset_index(drop=True))
     records = predictor.to_records(prediction)
     ids = frame["feedback_id"].tolist() if "feedback_id" in frame else [None] * len(frame)
     rows = [

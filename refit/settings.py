@@ -36,6 +36,45 @@ class Settings(BaseSettings):
         description="Object store root: s3://bucket/prefix or file:///path.",
     )
     work_dir: Path = Field(default=Path(".refit/work"), description="Local scratch for checkpoints.")
+
+    # --- publishing (issue 7) -----------------------------------------------------------------
+    model_name: str = Field(
+        default="satisfaction",
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="Name of the model in the store: models/<name>/versions/<version>/, models/<name>/champion.json.",
+    )
+    store_multipart_mb: int = Field(default=8, ge=5, description="Files above this many MB move in parts.")
+    store_part_mb: int = Field(default=8, ge=5, description="Part size of multipart transfers, in MB.")
+    store_max_concurrency: int = Field(default=10, ge=1, le=64, description="Parts moved in parallel.")
+    store_send_checksums: bool = Field(
+        default=False, description="Send each file's SHA-256 as the S3 checksum (AWS; many S3-compatibles refuse)."
+    )
+    store_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="S3 addressing; 'path' for MinIO, Ceph and most self-hosted stores."
+    )
+    keep_versions: int = Field(
+        default=10, ge=1, description="`refit gc` keeps this many newest versions, plus every version ever champion."
+    )
+
+    # --- serving (issue 7) --------------------------------------------------------------------
+    serve_host: str = Field(default="127.0.0.1", description="Where `refit serve` listens.")
+    serve_port: int = Field(default=8080, ge=1, le=65535)
+    serve_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /predict, /explain and /reload (health checks stay open)."
+    )
+    serve_poll_s: float = Field(default=30, gt=0, description="How often the champion pointer is checked.")
+    serve_batch_size: int = Field(default=32, ge=1, le=1024, description="Texts gathered into one model call.")
+    serve_batch_wait_ms: float = Field(default=5, ge=0, le=1000, description="How long a call waits to gather.")
+    serve_max_items: int = Field(default=64, ge=1, description="Items allowed in one request.")
+    serve_max_text_chars: int = Field(default=5000, ge=16, description="Longer texts are cut (and flagged).")
+    serve_quantize: bool = Field(default=False, description="Serve an int8 copy of the linear layers (CPU speed).")
+    serve_quantize_tolerance: float = Field(
+        default=0.05, gt=0, description="int8 is refused when it moves a prediction by more than this."
+    )
+    serve_log_predictions: bool = Field(
+        default=False, description="Write predictions (text hash and length, not the text) to prediction_log."
+    )
+    serve_log_flush_s: float = Field(default=2.0, gt=0, description="How often logged predictions are written.")
     slack_webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL.")
 
     # --- the model ---------------------------------------------------------------------------
@@ -64,13 +103,58 @@ class Settings(BaseSettings):
     dev_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
 
-    # --- drift -------------------------------------------------------------------------------
+    # --- drift (issue 4) ----------------------------------------------------------------------
+    # The drift decision policy; README "Drift policy" explains each one.
     drift_min_rows: int = Field(default=100, ge=1, description="Below this, drift says 'insufficient data'.")
-    drift_sample_cap: int = Field(default=2000, ge=10, description="Rows per side fed to Evidently.")
-    drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted columns that triggers.")
-    drift_trigger_columns: Annotated[list[str], NoDecode] = Field(
-        default=["text", "target"], description="A drift in any of these columns triggers on its own."
+    drift_sample_cap: int = Field(default=2000, ge=10, description="Rows per side measured (time-stratified).")
+    drift_embedding_rows: int = Field(
+        default=1000, ge=10, description="Rows per side given to EmbeddingsDrift (its t-SNE view grows with it)."
     )
+    drift_embeddings_picture: bool = Field(
+        default=True, description="Render EmbeddingsDrift's t-SNE picture in the report (about 6-12 s a check)."
+    )
+    drift_window_days: float | None = Field(
+        default=None, gt=0, description="Current window: the last N days of feedback instead of all since the champion."
+    )
+    drift_triggers: Annotated[list[str], NoDecode] = Field(
+        default=["performance", "embeddings", "text", "descriptors", "labels", "predictions", "features"],
+        description="Signal groups whose drift triggers a retrain on its own.",
+    )
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted signals that triggers.")
+    drift_numeric_threshold: float = Field(default=0.2, gt=0, description="Normed Wasserstein distance for drift.")
+    drift_categorical_threshold: float = Field(default=0.1, gt=0, le=1, description="Jensen-Shannon distance.")
+    drift_text_auc: float = Field(default=0.56, gt=0.5, lt=1, description="Text domain classifier ROC AUC.")
+    drift_embeddings_auc: float = Field(default=0.56, gt=0.5, lt=1, description="Embeddings classifier ROC AUC.")
+    drift_performance_min_degradation: float = Field(
+        default=0.1, gt=0, description="Relative loss of the champion's metric on current vs dev that counts."
+    )
+    drift_performance_confidence: float = Field(default=0.99, gt=0.5, lt=1, description="Bootstrap confidence.")
+    drift_performance_rows: int = Field(
+        default=10_000, ge=10, description="Labelled rows per side scored for the performance signal."
+    )
+    drift_bootstrap_rounds: int = Field(default=300, ge=50, le=10_000)
+    drift_confirm_n: int = Field(default=1, ge=1, description="Retrain when drift was seen in N ...")
+    drift_confirm_m: int = Field(default=1, ge=1, description="... of the last M checks against this champion.")
+    drift_cooldown_hours: float = Field(default=0, ge=0, description="No drift-triggered retrain this soon after one.")
+    drift_short_text_chars: int = Field(default=10, ge=1, description="Texts shorter than this count as very short.")
+
+    @field_validator("drift_triggers")
+    @classmethod
+    def _known_drift_triggers(cls, value: list[str]) -> list[str]:
+        from refit.drift import GROUPS
+
+        unknown = sorted(set(value) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"unknown signal group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _drift_confirmation(self) -> Settings:
+        if self.drift_confirm_n > self.drift_confirm_m:
+            raise ValueError("REFIT_DRIFT_CONFIRM_N cannot exceed REFIT_DRIFT_CONFIRM_M")
+        return self
+
+    # --- end drift (issue 4) -------------------------------------------------------------------
 
     # --- training ----------------------------------------------------------------------------
     epochs: int = Field(default=3, ge=1)
@@ -87,15 +171,64 @@ class Settings(BaseSettings):
     max_train_rows: int | None = Field(default=None, ge=1, description="Newest rows kept for training.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    # --- model (issue 5) -----------------------------------------------------------------------
+    fine_tune: Literal["full", "freeze", "lora"] = Field(
+        default="full", description="full; freeze the lower REFIT_FREEZE_LAYERS layers; or LoRA adapters (merged)."
+    )
+    freeze_layers: int = Field(default=0, ge=0, description="Encoder layers kept fixed with REFIT_FINE_TUNE=freeze.")
+    lora_r: int = Field(default=8, ge=1, description="LoRA rank with REFIT_FINE_TUNE=lora.")
+    grad_accum_steps: int = Field(default=1, ge=1, description="Batches per optimizer step.")
+    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0: no clipping).")
+    min_delta: float = Field(default=0.0, ge=0, description="Smallest dev-metric change that counts as better.")
+    early_stopping_metric: Literal["mse", "mae", "spearman", "accuracy", "macro_f1"] | None = Field(
+        default=None, description="Dev metric for early stopping (default: the gate's metric)."
+    )
+    regression_loss: Literal["mse", "bce"] = "mse"
+    class_weights: Literal["none", "balanced"] = "none"
+    warm_start: bool = Field(default=True, description="Start from the champion when its architecture matches.")
+    replay_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        description="Warm start: train on the rows new since the champion plus this share of older rows (unset: all).",
+    )
+    num_threads: int | None = Field(default=None, ge=1, description="CPU threads for training (unset: torch's).")
+
     # --- the gate ----------------------------------------------------------------------------
     gate_metric: Literal["mse", "mae", "spearman", "accuracy", "macro_f1"] | None = Field(
         default=None, description="Primary metric of the gate (default: mse, or macro_f1 for classification)."
     )
     gate_min_improvement: float = Field(
-        default=0.0, ge=0, description="The challenger must beat the champion by more than this."
+        default=0.0,
+        ge=0,
+        description="The lower end of the bootstrap interval of the improvement must be above this.",
     )
+    gate_resamples: int = Field(default=1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+    gate_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Level of the bootstrap interval.")
+    gate_slice_min_rows: int = Field(default=50, ge=5, description="Slices smaller than this are not gated on.")
+    gate_slice_features: Annotated[list[str], NoDecode] = Field(
+        default=["category"], description="Behaviour features the gate slices by (numbers in quartile ranges)."
+    )
+    gate_slice_tolerance: float | None = Field(
+        default=None,
+        ge=0,
+        description="How much worse (in the metric's units) a slice may be; default per metric (mse 0.01, "
+        "mae 0.03, spearman 0.05, accuracy 0.03, macro_f1 0.05).",
+    )
+    gate_calibration_tolerance: float = Field(
+        default=0.03, ge=0, description="How much the calibration error (or |mean residual|) may grow."
+    )
+    gate_first_baselines: Annotated[list[Literal["trivial", "tfidf"]], NoDecode] = Field(
+        default=["trivial", "tfidf"], min_length=1, description="Baselines a first model (no champion) must beat."
+    )
+    gate_approval: bool = Field(
+        default=False, description="Pause after a passing gate for an operator's approve or reject in the Prefect UI."
+    )
+    gate_approval_timeout_s: int = Field(
+        default=24 * 3600, ge=1, description="Seconds to wait for approval; then the challenger is rejected."
+    )
+    gate_approval_poll_s: int = Field(default=10, ge=1, description="How often a paused run checks for an answer.")
 
-    @field_validator("labels", "drift_trigger_columns", mode="before")
+    @field_validator("labels", "drift_triggers", "gate_first_baselines", "gate_slice_features", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -166,6 +299,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"REFIT_GATE_METRIC={self.gate_metric} does not fit REFIT_TASK={self.task}")
         if self.dev_fraction + self.test_fraction >= 0.8:
             raise ValueError("REFIT_DEV_FRACTION + REFIT_TEST_FRACTION leave too little for training")
+        # --- model (issue 5)
+        if self.early_stopping_metric is not None:
+            fits = {"regression": ("mse", "mae", "spearman"), "classification": ("accuracy", "macro_f1")}
+            if self.early_stopping_metric not in fits[self.task]:
+                raise ValueError(
+                    f"REFIT_EARLY_STOPPING_METRIC={self.early_stopping_metric} does not fit REFIT_TASK={self.task}"
+                )
         return self
 
     def require_database(self) -> str:

@@ -1,4 +1,4 @@
-"""Slices of feedback for the gate and reports: new items, item category, text length."""
+"""Slices of feedback for the gate and reports: new items, text length, and configured features."""
 
 from __future__ import annotations
 
@@ -28,18 +28,29 @@ def length_bucket(lengths: pd.Series) -> pd.Series:
     return out
 
 
-def slice_frame(feedback: pd.DataFrame, items_seen: set[str], category_feature: str = "category") -> pd.DataFrame:
-    """One column per slice family: ``new_item`` (yes/no), ``category``, ``length``."""
-    features = features_frame(feedback)
-    category = features[category_feature] if category_feature in features else pd.Series(None, index=feedback.index)
-    return pd.DataFrame(
-        {
-            "new_item": np.where(feedback["item_id"].isin(items_seen) | feedback["item_id"].isna(), "no", "yes"),
-            "category": category.fillna("(none)").astype(str).to_numpy(),
-            "length": length_bucket(feedback["text"].str.len()).to_numpy(),
-        },
-        index=feedback.index,
-    )
+def feature_slice(values: pd.Series, buckets: int = 4) -> pd.Series:
+    """A feature as slice values: categories as they are; numbers in quartile ranges."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().sum() >= buckets and numbers.notna().mean() > 0.9:
+        ranges = pd.qcut(numbers, buckets, duplicates="drop")
+        return ranges.astype(str).where(numbers.notna(), "(none)")
+    return values.fillna("(none)").astype(str)
+
+
+def slice_frame(
+    feedback: pd.DataFrame, items_seen: set[str], features: tuple[str, ...] | list[str] = ("category",)
+) -> pd.DataFrame:
+    """One column per slice family: ``new_item`` (yes/no), ``length``, and one per configured
+    behaviour feature (``category`` by default; numeric features in quartile ranges)."""
+    given = features_frame(feedback)
+    columns = {
+        "new_item": np.where(feedback["item_id"].isin(items_seen) | feedback["item_id"].isna(), "no", "yes"),
+        "length": length_bucket(feedback["text"].str.len()).to_numpy(),
+    }
+    for name in features:
+        values = given[name] if name in given else pd.Series(None, index=feedback.index, dtype=object)
+        columns[name] = feature_slice(values).to_numpy()
+    return pd.DataFrame(columns, index=feedback.index)
 
 
 def slice_metrics(slices: pd.DataFrame, score_fn, min_rows: int = 20) -> dict[str, dict]:

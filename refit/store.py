@@ -7,9 +7,12 @@ backends (an S3 PUT is atomic; a file write goes through a temporary name and ``
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -20,6 +23,32 @@ class AlreadyExists(StoreError):
     """A write with ``if_absent=True`` found the key already there."""
 
     permanent = True
+
+
+class Conflict(StoreError):
+    """A conditional write (``if_match``) found the object changed since it was read."""
+
+    permanent = True
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a store knows about an object without reading it."""
+
+    size: int
+    etag: str
+    sha256: str | None  # the SHA-256 refit recorded when it wrote the object, if any
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """How large files move: multipart above the threshold, parts in parallel."""
+
+    multipart_threshold: int = 8 * 1024 * 1024
+    part_size: int = 8 * 1024 * 1024
+    max_concurrency: int = 10
+    send_checksums: bool = False  # send SHA-256 as the S3 checksum (AWS; many S3-compatibles refuse)
+    addressing_style: str = "auto"  # "path" for MinIO, Ceph and most self-hosted stores
 
 
 class ObjectStore(ABC):
@@ -46,11 +75,25 @@ class ObjectStore(ABC):
         """A URI a person or another tool can use for ``key``."""
 
     @abstractmethod
+    def head(self, key: str) -> Head | None:
+        """Size, ETag and recorded SHA-256 of the object at ``key``, or None when there is none."""
+
+    @abstractmethod
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> None:
+        """Write ``data`` only if the object still has ``etag`` (None: only if there is none);
+        otherwise raise :class:`Conflict`."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete the object at ``key`` (no error when it is already gone)."""
+
+    @abstractmethod
     def check(self) -> None:
         """Fail with a clear :class:`StoreError` when the store cannot be used (checked before a
         run spends time training)."""
 
-    def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> None:
+    def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> None:
+        """Upload a file; ``sha256`` is recorded with the object (and checked by stores that can)."""
         self.put(key, Path(path).read_bytes(), if_absent=if_absent)
 
     def get_file(self, key: str, path: Path) -> None:
@@ -106,7 +149,7 @@ class FileStore(ObjectStore):
             return []
         keys = []
         for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file() and not path.name.startswith((".tmp-", ".lock-")):
                 key = path.relative_to(base).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)
@@ -114,6 +157,26 @@ class FileStore(ObjectStore):
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
+
+    def head(self, key: str) -> Head | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return Head(path.stat().st_size, digest, digest)
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".lock-{path.name}", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # compare and replace as one step among refit processes
+            current = self.head(key)
+            if (current.etag if current else None) != etag:
+                raise Conflict(f"{self.uri(key)} changed since it was read; not overwritten")
+            self.put(key, data)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def check(self) -> None:
         try:
@@ -131,10 +194,11 @@ class S3Store(ObjectStore):
     and the standard credential chain.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", client=None):
+    def __init__(self, bucket: str, prefix: str = "", client=None, transfer: TransferOptions | None = None):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._client = client
+        self.transfer = transfer or TransferOptions()
 
     @property
     def client(self):
@@ -152,6 +216,8 @@ class S3Store(ObjectStore):
                     # servers reject; refit keeps its own SHA-256 manifest instead.
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
+                    s3={"addressing_style": self.transfer.addressing_style},
+                    max_pool_connections=max(10, self.transfer.max_concurrency + 2),
                 ),
             )
         return self._client
@@ -193,6 +259,87 @@ class S3Store(ObjectStore):
         except BotoCoreError as exc:
             raise self._fail(exc, "write", key) from None
 
+    def _transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.transfer.multipart_threshold,
+            multipart_chunksize=self.transfer.part_size,
+            max_concurrency=self.transfer.max_concurrency,
+        )
+
+    def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> None:
+        """Upload a file, multipart above the threshold with parts in parallel.
+
+        Multipart uploads cannot all be conditional on S3-compatible stores, so ``if_absent``
+        checks first; the manifest, written last with ``If-None-Match``, is what seals a version.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if if_absent and self.exists(key):
+            raise AlreadyExists(f"{self.uri(key)} already exists")
+        extra = {"Metadata": {"sha256": sha256}} if sha256 else {}
+        if self.transfer.send_checksums:
+            extra["ChecksumAlgorithm"] = "SHA256"
+        try:
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=self._transfer_config()
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "write", key) from None
+        except Exception as exc:  # boto3's S3UploadFailedError wraps the ClientError
+            if isinstance(exc.__cause__ or exc.__context__, ClientError):
+                raise self._fail(exc.__cause__ or exc.__context__, "write", key) from None
+            raise
+
+    def get_file(self, key: str, path: Path) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path), Config=self._transfer_config())
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "read", key) from None
+
+    def head(self, key: str) -> Head | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            meta = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail(exc, "check", key) from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, "check", key) from None
+        return Head(meta["ContentLength"], meta["ETag"], meta.get("Metadata", {}).get("sha256"))
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412) or exc.response["Error"].get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
+                raise Conflict(f"{self.uri(key)} changed since it was read; not overwritten") from None
+            raise self._fail(exc, "write", key) from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, "write", key) from None
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "delete", key) from None
+
     def get(self, key: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -202,17 +349,7 @@ class S3Store(ObjectStore):
             raise self._fail(exc, "read", key) from None
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._fail(exc, "check", key) from None
-        except BotoCoreError as exc:
-            raise self._fail(exc, "check", key) from None
+        return self.head(key) is not None
 
     def list(self, prefix: str) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -239,13 +376,27 @@ class S3Store(ObjectStore):
             raise self._fail(exc, "use", "") from None
 
 
-def open_store(url: str) -> ObjectStore:
+def open_store(url: str, transfer: TransferOptions | None = None) -> ObjectStore:
     """The store for a ``s3://bucket/prefix`` or ``file:///path`` URL (nothing is contacted yet)."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        return S3Store(parsed.netloc, parsed.path)
+        return S3Store(parsed.netloc, parsed.path, transfer=transfer)
     if parsed.scheme == "file":
         # file://./rel and file:///abs are both accepted; the first is relative to the cwd.
         raw = unquote(parsed.netloc + parsed.path)
         return FileStore(Path(raw))
     raise StoreError(f"unsupported store URL {url!r}: expected s3:// or file://")
+
+
+def store_for(settings) -> ObjectStore:
+    """The store the settings name, with their transfer options."""
+    return open_store(
+        settings.store_url,
+        TransferOptions(
+            multipart_threshold=settings.store_multipart_mb * 1024 * 1024,
+            part_size=settings.store_part_mb * 1024 * 1024,
+            max_concurrency=settings.store_max_concurrency,
+            send_checksums=settings.store_send_checksums,
+            addressing_style=settings.store_addressing_style,
+        ),
+    )

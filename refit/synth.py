@@ -73,6 +73,9 @@ def generate_feedback(
     shifted: bool = False,
     start: datetime | None = None,
     id_prefix: str = "fb",
+    *,
+    mix: list[float] | None = None,
+    new_category_share: float | None = None,
 ) -> list[dict]:
     """``n`` feedback rows as dicts with the columns ``refit ingest`` reads.
 
@@ -82,6 +85,10 @@ def generate_feedback(
         shifted: the later regime (new category, slang, longer texts, lower ratings).
         start: timestamp of the first row; rows are spread over the following days.
         id_prefix: prefix of ``feedback_id`` (give each batch its own).
+        mix: the rating mix (probabilities of 1..5 stars) instead of the regime's own; one
+            change alone, for the drift scenarios.
+        new_category_share: the share of rows in the new category (with its own products)
+            instead of the regime's own (0, or 0.2 when shifted).
     """
     rng = np.random.default_rng(seed)
     start = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -90,8 +97,13 @@ def generate_feedback(
     if shifted:
         categories.update(NEW_CATEGORY)
         weights = [0.2, 0.2, 0.2, 0.2, 0.2]
+    if new_category_share is not None:
+        if not 0 <= new_category_share < 1:
+            raise ValueError(f"new_category_share must be in [0, 1), got {new_category_share}")
+        categories = {**CATEGORIES, **NEW_CATEGORY}
+        weights = [(1 - new_category_share) / len(CATEGORIES)] * len(CATEGORIES) + [new_category_share]
     names = list(categories)
-    mix = SHIFTED_MIX if shifted else BASE_MIX
+    mix = mix if mix is not None else SHIFTED_MIX if shifted else BASE_MIX
     rows = []
     for i in range(n):
         category = names[rng.choice(len(names), p=weights)]

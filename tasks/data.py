@@ -11,12 +11,17 @@ from refit.db import engine_for, require_schema
 from refit.ingest import IngestRules, IngestSummary, ingest_file
 from refit.settings import Settings
 from refit.snapshots import Snapshot, SplitConfig, latest_snapshot, take_snapshot
-from refit.store import open_store
+from refit.store import store_for
 
 
 def retry_transient(task, task_run, state) -> bool:
-    """Retry I/O unless the error is one that retrying cannot fix (a missing bucket, a bad setting)."""
+    """Retry I/O unless the error is one that retrying cannot fix: a missing bucket, a bad
+    setting, or a statement the database refused (only lost connections are retried)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
     error = state.result(raise_on_failure=False)
+    if isinstance(error, DBAPIError):
+        return isinstance(error, (OperationalError, InterfaceError))
     return not getattr(error, "permanent", False)
 
 
@@ -27,7 +32,7 @@ IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "retry_condition_
 def preflight(settings: Settings) -> None:
     """Check the database schema and the object store before any work is done."""
     require_schema(engine_for(settings))
-    open_store(settings.store_url).check()
+    store_for(settings).check()
 
 
 @task(name="ingest", cache_policy=NONE, timeout_seconds=3600)

@@ -2,109 +2,94 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from models.checkpoint import read_metadata
 from models.predict import Predictor
+from refit.baselines import baseline_predictions
 from refit.db import engine_for
 from refit.devset import dev_rows, ensure_devset
-from refit.gate import GateDecision, gate
-from refit.modeling import baseline_metrics, prediction_problem, score
-from refit.registry import fetch_checkpoint
+from refit.gate import GateDecision, GatePolicy, gate
+from refit.modeling import targets, training_data
+from refit.records import MODEL_CARD, decision_markdown, model_card
+from refit.registry import checkout
 from refit.settings import Settings
-from refit.slices import known_items, slice_frame, slice_metrics
-from refit.snapshots import Snapshot, SplitConfig, get_snapshot, snapshot_rows
-from refit.store import open_store
+from refit.slices import known_items, slice_frame
+from refit.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from tasks.training import Challenger
 
 
-def evaluate_folder(folder: Path, dev, settings: Settings):
-    """Metrics on the dev rows, what is wrong with the predictions (if anything), and the predictions."""
-    predictor = Predictor(folder)
-    prediction = predictor.predict(dev["text"].tolist())
-    metrics = score(prediction, dev, settings.task, settings.labels)
-    return metrics, prediction_problem(prediction, settings.task), prediction
-
-
-def per_slice(dev, slices, predictions: dict, settings: Settings) -> dict:
-    """Each model's metrics on every slice of the dev rows that is big enough to read."""
-    return {
-        name: slice_metrics(
-            slices, lambda mask, p=prediction: score(p[mask], dev[mask], settings.task, settings.labels)
-        )
-        for name, prediction in predictions.items()
-    }
+def predict_folder(folder: Path, dev) -> np.ndarray:
+    """A checkpoint's predictions on the dev rows, with their behaviour features (its files are
+    verified when it loads)."""
+    return Predictor(folder).predict(dev["text"].tolist(), features_frame(dev).reset_index(drop=True))
 
 
 @task(name="gate", cache_policy=NONE, timeout_seconds=3600)
 def gate_challenger(
     settings: Settings, snapshot: Snapshot, challenger: Challenger, champion: dict | None
 ) -> GateDecision:
+    """Score the challenger and the champion (or the baselines) on the frozen dev set, and decide."""
     logger = get_run_logger()
     engine = engine_for(settings)
     split = SplitConfig.from_settings(settings)
     devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first gate")
     dev = dev_rows(engine, devset, split)
-    challenger_metrics, problem, challenger_pred = evaluate_folder(challenger.folder, dev, settings)
-    predictions = {"challenger": challenger_pred}
+    n_labels = 1 if settings.task == "regression" else len(settings.labels)
     if champion is None:
-        # only the no-champion case reads the training rows (for the trivial baseline)
-        rows = snapshot_rows(engine, snapshot, split)
-        train = rows[rows["split"] == "train"]
-        against, reference = "baseline", baseline_metrics(train, dev, settings.task, settings.labels)
+        # Only the first gate reads training rows: the baselines learn from what the challenger did.
+        data = training_data(
+            snapshot_rows(engine, snapshot, split),
+            settings.task,
+            settings.labels,
+            settings.max_train_rows,
+            settings.retention_days,
+            dev=dev,
+        )
+        texts = dev["text"].tolist()
+        references = baseline_predictions(
+            settings.gate_first_baselines, settings.task, data.train_texts, data.train_targets, texts, n_labels
+        )
         seen_upto = 0
     else:
-        folder = Path(settings.work_dir) / "champions" / champion["version"]
-        fetch_checkpoint(open_store(settings.store_url), champion["version"], folder)
-        against, (reference, _, predictions["champion"]) = "champion", evaluate_folder(folder, dev, settings)
+        references = {"champion": predict_folder(checkout(settings, champion["version"]), dev)}
         seen_upto = get_snapshot(engine, champion["snapshot_id"]).watermark_to
-    slices = per_slice(dev, slice_frame(dev, known_items(engine, seen_upto)), predictions, settings)
-    metric = challenger_metric(settings)
-    decision = gate(metric, challenger_metrics, reference, settings.gate_min_improvement, against=against)
-    if problem:
-        decision = replace(decision, promote=False, reason=f"challenger refused: {problem}")
-    decision = replace(decision, dev_set=devset.version, slices=slices)
-    logger.info("gate on dev set v%d (%d rows): %s", devset.version, len(dev), decision.reason)
-    create_markdown_artifact(
-        key="gate-decision",
-        markdown="\n".join(
-            [
-                f"**{'PROMOTE' if decision.promote else 'REJECT'}** challenger `{challenger.version}` vs {against}",
-                "",
-                "| metric | challenger | " + against + " |",
-                "|---|---|---|",
-                *[f"| {k} | {challenger_metrics[k]:.4f} | {reference[k]:.4f} |" for k in challenger_metrics],
-                "",
-                decision.reason,
-                f"Dev set v{devset.version}: {len(dev)} rows up to watermark {devset.watermark}",
-                "",
-                *slice_table(slices, metric),
-            ]
-        ),
-        description="refit promotion gate",
+    decision = gate(
+        GatePolicy.from_settings(settings),
+        settings.task,
+        targets(dev, settings.task, settings.labels),
+        predict_folder(challenger.folder, dev),
+        references,
+        n_labels,
+        slice_frame(dev, known_items(engine, seen_upto), settings.gate_slice_features),
     )
+    decision = replace(decision, dev_set=devset.version)
+    logger.info("gate on dev set v%d (%d rows): %s", devset.version, len(dev), decision.reason)
+    markdown = decision_markdown(decision.as_dict(), challenger.version)
+    create_markdown_artifact(key="gate-decision", markdown=markdown, description="refit promotion gate")
     return decision
 
 
-def challenger_metric(settings: Settings) -> str:
-    from models.metrics import DEFAULT_METRIC
+@task(name="model-card", cache_policy=NONE, timeout_seconds=60)
+def write_model_card(challenger: Challenger, decision: GateDecision, snapshot: Snapshot) -> str:
+    """Write the model card into the checkpoint folder (so it is published and checksummed with it)."""
+    card = model_card(challenger.version, read_metadata(challenger.folder), decision.as_dict(), snapshot.as_dict())
+    (Path(challenger.folder) / MODEL_CARD).write_text(card)
+    create_markdown_artifact(key="model-card", markdown=card, description=f"model card of {challenger.version}")
+    return card
 
-    return settings.gate_metric or DEFAULT_METRIC[settings.task]
 
+def config_hash(folder: Path) -> str:
+    """A short hash of the training config in a checkpoint (equal configs, equal hashes)."""
+    import hashlib
 
-def slice_table(slices: dict, metric: str) -> list[str]:
-    """Markdown rows of each slice's primary metric for every model scored."""
-    models = list(slices)
-    names = sorted({name for by_model in slices.values() for name in by_model})
-    if not names:
-        return []
-    lines = ["| slice | rows | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
-    for name in names:
-        cells = [f"{slices[m][name][metric]:.4f}" if name in slices[m] else "-" for m in models]
-        rows = next(slices[m][name]["rows"] for m in models if name in slices[m])
-        lines.append(f"| {name} | {rows} | " + " | ".join(cells) + " |")
-    return lines
+    config = read_metadata(folder).get("train_config", {})
+    config = {k: v for k, v in config.items() if k != "base_model"}  # a path differs per machine
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

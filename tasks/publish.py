@@ -4,22 +4,40 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+from prefect.transactions import get_transaction
 
 from refit.db import engine_for
 from refit.gate import GateDecision
-from refit.registry import Published, publish_checkpoint, record_decision
+from refit.registry import Published, publish_checkpoint, record_decision, withdraw_unregistered
 from refit.settings import Settings
 from refit.snapshots import Snapshot
-from refit.store import open_store
+from refit.store import store_for
 from tasks.data import IO_RETRIES
+from tasks.gate import config_hash
 from tasks.training import Challenger
 
 
 @task(name="upload-checkpoint", cache_policy=NONE, timeout_seconds=3600, **IO_RETRIES)
 def upload(settings: Settings, challenger: Challenger) -> Published:
-    published = publish_checkpoint(open_store(settings.store_url), challenger.folder, challenger.version)
+    """Publish the checkpoint (a retry after a crash completes it). Inside a transaction, a later
+    failure withdraws it again (see :func:`withdraw`)."""
+    published = publish_checkpoint(store_for(settings), challenger.folder, challenger.version, settings.model_name)
     get_run_logger().info("published %s to %s", published.version, published.uri)
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("settings", settings)
+        txn.set("published_version", published.version)
     return published
+
+
+@upload.on_rollback
+def withdraw(txn) -> None:
+    """The transaction failed after the upload: remove the version from the store unless the
+    registry recorded it (then it stays, as every recorded version does)."""
+    settings, version = txn.get("settings"), txn.get("published_version")
+    removed = withdraw_unregistered(engine_for(settings), store_for(settings), version, settings.model_name)
+    get_run_logger().warning("publish of %s rolled back: %d object(s) removed from the store", version, removed)
 
 
 @task(name="record-decision", cache_policy=NONE, timeout_seconds=300, **IO_RETRIES)
@@ -30,14 +48,23 @@ def record(
     challenger: Challenger,
     decision: GateDecision,
     champion: dict | None,
-) -> None:
-    record_decision(
+) -> str:
+    """Record the version and the decision; promote by compare-and-swap. Returns the outcome:
+    ``promoted``, ``rejected``, or ``superseded`` (another run promoted first)."""
+    run_id = flow_run.get_id()
+    outcome = record_decision(
         engine_for(settings),
-        open_store(settings.store_url),
+        store_for(settings),
         published,
         snapshot_id=snapshot.id,
         task=settings.task,
-        metrics={"dev": challenger.dev_metrics, "gate": decision.as_dict()},
+        metrics={"dev": challenger.dev_metrics, "gate": decision.metrics},
         decision=decision,
         champion_version=champion["version"] if champion else None,
+        config_hash=config_hash(challenger.folder),
+        flow_run_id=run_id,
+        actor=f"flow-run {run_id}" if run_id else "refit",
+        model_name=settings.model_name,
     )
+    get_run_logger().info("%s: %s", published.version, outcome)
+    return outcome

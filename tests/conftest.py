@@ -24,6 +24,13 @@ TINY_TRAINING = {
     "REFIT_PATIENCE": "1",
     "REFIT_DRIFT_MIN_ROWS": "50",
     "REFIT_DRIFT_SAMPLE_CAP": "600",
+    # A random 2-layer BERT trained for seconds does not beat TF-IDF on the templated synthetic
+    # reviews; the loop tests gate a first model on the trivial baseline only. tests/test_gate.py
+    # covers the TF-IDF rule, and the demo's real BERT is gated on both.
+    "REFIT_GATE_FIRST_BASELINES": "trivial",
+    # --- model (issue 5): one training thread. On a shared 2-core machine, torch's 2 threads next
+    # to another busy process ran the tiny model at 25 samples/s instead of ~1,000.
+    "REFIT_NUM_THREADS": "1",
 }
 
 
@@ -267,3 +274,31 @@ def refit_env(monkeypatch, tmp_path, db_url, s3_bucket, slack, tiny_model):
     from refit.settings import load_settings
 
     return load_settings()
+
+
+# --- drift (issue 4) -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def drift_dev():
+    """The calibration champion's dev rows (the base regime, fixed)."""
+    from refit.scenarios import dev_frame
+
+    return dev_frame()
+
+
+@pytest.fixture(scope="session")
+def drift_champion(tiny_model, tmp_path_factory, drift_dev):
+    """A tiny BERT fine-tuned on the scenarios' base regime, loaded for inference: a champion with
+    real skill, so that label noise raises its error (about 10 s on 2 cores)."""
+    import torch
+
+    from models.predict import Predictor
+    from refit.scenarios import train_champion
+
+    torch.set_num_threads(1)
+    folder = train_champion(tiny_model, tmp_path_factory.mktemp("drift-champion"), dev=drift_dev)
+    return Predictor(folder)
+
+
+# --- end drift (issue 4) -------------------------------------------------------------------------

@@ -66,8 +66,8 @@ def test_forget_deletes_a_users_rows_and_names_affected_models(engine, tmp_path)
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO model_versions (version, snapshot_id, task, uri, manifest_sha256, metrics, status)"
-                " VALUES ('v1', :s, 'regression', 's3://b/models/v1', 'x', '{}', 'champion')"
+                "INSERT INTO model_versions (version, snapshot_id, task, uri, manifest_sha256, metrics, status,"
+                " is_champion) VALUES ('v1', :s, 'regression', 's3://b/models/v1', 'x', '{}', 'champion', TRUE)"
             ),
             {"s": snapshot.id},
         )

@@ -1,30 +1,183 @@
-"""The gate as a pure function of two metric sets."""
+"""The gate as a pure function of the dev targets and each model's predictions (no Prefect)."""
 
-import math
+import numpy as np
+import pandas as pd
+import pytest
 
-from refit.gate import gate
+from refit.baselines import baseline_predictions, tfidf_predictions
+from refit.gate import GatePolicy, calibration_error, gate
+from refit.synth import generate_feedback
+
+MSE = GatePolicy(metric="mse", resamples=1000, seed=0)
 
 
-def test_lower_is_better_metric_promotes_a_real_improvement():
-    decision = gate("mse", {"mse": 0.020}, {"mse": 0.030}, min_improvement=0.005)
-    assert decision.promote
-    assert math.isclose(decision.improvement, 0.010)
+def noisy(y: np.ndarray, sd: float, seed: int, bias: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(y + bias + rng.normal(0, sd, len(y)), 0, 1)
 
 
-def test_improvement_within_the_margin_is_rejected():
-    decision = gate("mse", {"mse": 0.028}, {"mse": 0.030}, min_improvement=0.005)
+@pytest.fixture(scope="module")
+def y() -> np.ndarray:
+    return np.random.default_rng(42).random(600)
+
+
+def test_a_clearly_better_challenger_is_promoted(y):
+    decision = gate(MSE, "regression", y, noisy(y, 0.05, 1), {"champion": noisy(y, 0.15, 2)})
+    assert decision.promote, decision.reasons
+    low, high = decision.interval
+    assert 0 < low <= decision.improvement <= high
+    assert decision.against == "champion"
+    assert decision.comparisons["champion"]["passed"]
+    assert set(decision.metrics) == {"challenger", "champion"}
+
+
+def test_an_identical_model_is_never_promoted(y):
+    same = noisy(y, 0.1, 3)
+    decision = gate(MSE, "regression", y, same.copy(), {"champion": same})
     assert not decision.promote
-    assert "does not beat" in decision.reason
+    assert decision.interval == (0.0, 0.0)
+    assert "is not > 0" in decision.reason
 
 
-def test_higher_is_better_metric():
-    assert gate("macro_f1", {"macro_f1": 0.61}, {"macro_f1": 0.55}, 0.0).promote
-    assert not gate("macro_f1", {"macro_f1": 0.55}, {"macro_f1": 0.61}, 0.0).promote
+def test_a_small_improvement_inside_the_noise_is_rejected(y):
+    champion = noisy(y, 0.10, 4)
+    # a challenger that is the champion plus a hair of independent noise: the interval covers zero
+    decision = gate(
+        MSE,
+        "regression",
+        y,
+        np.clip(champion + np.random.default_rng(5).normal(0, 0.01, len(y)), 0, 1),
+        {"champion": champion},
+    )
+    assert not decision.promote
+    low, high = decision.interval
+    assert low < 0 < high
 
 
-def test_a_tie_is_not_an_improvement():
-    assert not gate("mse", {"mse": 0.03}, {"mse": 0.03}, 0.0).promote
+def test_better_overall_but_worse_on_one_slice_is_rejected_and_the_slice_named(y):
+    slices = pd.DataFrame({"category": ["A"] * 500 + ["B"] * 100, "length": ["short", "long"] * 300})
+    champion = noisy(y, 0.15, 6)
+    challenger = np.concatenate([noisy(y[:500], 0.02, 7), noisy(y[500:], 0.25, 8)])
+    decision = gate(MSE, "regression", y, challenger, {"champion": champion}, slices=slices)
+    assert decision.comparisons["champion"]["passed"]  # clearly better overall...
+    assert not decision.promote  # ...but not everywhere
+    assert decision.failed_slices == ["category=B"]
+    assert "category=B" in decision.reason
+    assert decision.slice_checks["category=A"]["passed"]
+    assert decision.slices["challenger"]["category=B"]["rows"] == 100
 
 
-def test_non_finite_metric_is_never_promoted():
-    assert not gate("mse", {"mse": float("nan")}, {"mse": 0.03}, 0.0).promote
+def test_slices_below_the_minimum_are_reported_but_not_gated(y):
+    slices = pd.DataFrame({"category": ["A"] * 570 + ["B"] * 30})
+    champion = noisy(y, 0.15, 6)
+    challenger = np.concatenate([noisy(y[:570], 0.02, 7), noisy(y[570:], 0.4, 8)])
+    decision = gate(MSE, "regression", y, challenger, {"champion": champion}, slices=slices)
+    assert decision.promote
+    assert "category=B" not in decision.slice_checks
+    assert "category=B" in decision.slices["challenger"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [(np.nan, "non-finite predictions on 1 dev row"), (np.inf, "non-finite"), (1.5, "outside [0, 1] on 1 dev row")],
+)
+def test_invalid_predictions_on_any_row_are_refused(y, bad, why):
+    challenger = noisy(y, 0.01, 9)
+    challenger[17] = bad
+    decision = gate(MSE, "regression", y, challenger, {"champion": noisy(y, 0.2, 10)})
+    assert not decision.promote
+    assert why in decision.reason
+
+
+def test_a_worse_calibrated_challenger_is_refused(y):
+    # lower MSE than the champion, but systematically 0.08 too high
+    decision = gate(MSE, "regression", y, noisy(y, 0.02, 11, bias=0.08), {"champion": noisy(y, 0.2, 12)})
+    assert decision.comparisons["champion"]["passed"]
+    assert not decision.promote
+    assert not decision.calibration["passed"]
+    assert decision.calibration["measure"] == "mean residual"
+    assert "calibration" in decision.reason
+
+
+def test_classification_gates_on_macro_f1_and_expected_calibration_error():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 900)
+
+    def model(accuracy: float, seed: int) -> np.ndarray:
+        r = np.random.default_rng(seed)
+        guess = np.where(r.random(len(y)) < accuracy, y, r.integers(0, 3, len(y)))
+        hit_rate = accuracy + (1 - accuracy) / 3  # a random guess is right a third of the time
+        probs = np.full((len(y), 3), (1 - hit_rate) / 2)
+        probs[np.arange(len(y)), guess] = hit_rate  # calibrated: confidence equals the hit rate
+        return probs
+
+    policy = GatePolicy(metric="macro_f1", resamples=1000)
+    better = gate(policy, "classification", y, model(0.85, 1), {"champion": model(0.6, 2)}, n_labels=3)
+    assert better.promote, better.reasons
+    assert better.calibration["measure"] == "expected calibration error"
+    assert not gate(policy, "classification", y, model(0.6, 2), {"champion": model(0.85, 1)}, n_labels=3).promote
+
+
+def test_expected_calibration_error_of_a_calibrated_and_an_overconfident_model():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 20_000)
+    right = rng.random(len(y)) < 0.7
+    guess = np.where(right, y, 1 - y)
+    calibrated = np.where(guess[:, None] == np.arange(2), 0.7, 0.3)
+    overconfident = np.where(guess[:, None] == np.arange(2), 0.99, 0.01)
+    assert calibration_error("classification", y, calibrated) < 0.02
+    assert calibration_error("classification", y, overconfident) == pytest.approx(0.29, abs=0.02)
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    """Synthetic reviews split in train and dev, as the first gate sees them."""
+    rows = generate_feedback(1500, seed=3)
+    texts = [r["text"] for r in rows]
+    y = np.array([(r["rating"] - 1) / 4 for r in rows])
+    return texts[:1200], y[:1200], texts[1200:], y[1200:]
+
+
+def test_a_shuffled_label_challenger_is_rejected(reviews):
+    train_texts, train_y, dev_texts, dev_y = reviews
+    champion = tfidf_predictions("regression", train_texts, train_y, dev_texts, 1)
+    shuffled = np.random.default_rng(0).permutation(train_y)
+    challenger = tfidf_predictions("regression", train_texts, shuffled, dev_texts, 1)
+    decision = gate(MSE, "regression", dev_y, challenger, {"champion": champion})
+    assert not decision.promote
+    assert decision.interval[1] < 0  # clearly worse, not just not better
+
+
+def test_a_first_model_must_beat_the_trivial_and_the_tfidf_baselines(reviews):
+    train_texts, train_y, dev_texts, dev_y = reviews
+    baselines = baseline_predictions(["trivial", "tfidf"], "regression", train_texts, train_y, dev_texts, 1)
+    trivial_mse = float(np.mean((baselines["trivial"] - dev_y) ** 2))
+    tfidf_mse = float(np.mean((baselines["tfidf"] - dev_y) ** 2))
+    assert tfidf_mse < trivial_mse / 5  # the templated reviews are easy for TF-IDF
+
+    strong = gate(MSE, "regression", dev_y, noisy(dev_y, 0.01, 1), baselines)
+    assert strong.promote, strong.reasons
+    assert strong.against == "baseline"
+    assert set(strong.comparisons) == {"trivial", "tfidf"}
+    assert strong.champion_score == pytest.approx(tfidf_mse)  # the hardest baseline is reported
+
+    # better than the mean predictor, but not better than TF-IDF: rejected, and it says why
+    middling = gate(MSE, "regression", dev_y, noisy(dev_y, 0.12, 2), baselines)
+    assert middling.comparisons["trivial"]["passed"]
+    assert not middling.comparisons["tfidf"]["passed"]
+    assert not middling.promote
+    assert "vs tfidf" in middling.reason
+
+
+def test_the_tfidf_baseline_classifies_with_every_label_column():
+    texts = ["great", "awful", "fine", "great stuff", "awful stuff", "fine stuff"] * 10
+    y = np.array([2, 0, 1, 2, 0, 1] * 10)
+    probs = tfidf_predictions("classification", texts, y, ["great thing", "awful thing"], 4)
+    assert probs.shape == (2, 4)
+    assert probs.argmax(axis=1).tolist() == [2, 0]
+    assert np.allclose(probs.sum(axis=1), 1)
+
+
+def test_the_policy_refuses_an_unknown_metric():
+    with pytest.raises(ValueError, match="unknown gate metric"):
+        GatePolicy(metric="auc")

@@ -7,12 +7,14 @@ import sys
 
 import pytest
 from helpers import count
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from sqlalchemy import text
 
 from flows.retrain import retrain
 from refit.db import get_engine
 from refit.ingest import IngestRules, ingest_file
-from refit.registry import POINTER, champion, read_pointer
+from refit.registry import POINTER, champion, model_prefix, read_pointer
 from refit.snapshots import SplitConfig, split_of
 from refit.store import open_store
 from refit.synth import generate_feedback, write_feedback
@@ -48,9 +50,15 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     v1 = first["version"]
     # the store holds the checkpoint, its manifest, and the pointer
     assert read_pointer(store)["version"] == v1
-    manifest = json.loads(store.get(f"models/{v1}/manifest.json"))
-    assert {"model.safetensors", "config.json", "refit.json"} <= set(manifest["files"])
-    # the registry agrees
+    manifest = json.loads(store.get(f"{model_prefix(v1)}/manifest.json"))
+    assert {"model.safetensors", "config.json", "refit.json", "MODEL_CARD.md"} <= set(manifest["files"])
+    card = store.get(f"{model_prefix(v1)}/MODEL_CARD.md").decode()
+    assert "## Intended use" in card and "## Known limits" in card and f"PROMOTE challenger `{v1}`" in card
+    # the operator's view in the Prefect UI: the gate's table as an artifact
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gate-decision"])))
+    decided = [a.data for a in artifacts if f"PROMOTE challenger `{v1}` vs baseline" in a.data]
+    assert decided and "| trivial |" in decided[0] and "95% interval" in decided[0]
     assert champion(engine)["version"] == v1
     assert slack.kinds() == ["promoted"]
 
@@ -79,7 +87,7 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert second["gate"]["champion_score"] is not None
     v2 = second["version"]
     assert v2 != v1
-    assert store.exists(f"models/{v2}/manifest.json")
+    assert store.exists(f"{model_prefix(v2)}/manifest.json")
     assert store.exists(drift["html_uri"].split(f"{store.bucket}/{store.prefix}/", 1)[1])
 
     rows = registry_rows(engine)
@@ -95,8 +103,9 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert log[1].challenger_version == v2
     assert drift_rows == ["retrain", "retrain"]
     # Slack saw the drift and the gate decision, with both metrics and the version
-    assert slack.kinds() == [second["outcome"]]
-    message = slack.messages[0]["text"]
+    # the drift check announced the retrain first; the run's outcome followed
+    assert slack.kinds() == ["drift", second["outcome"]]
+    message = slack.messages[1]["text"]
     assert "text" in message and v2 in message
     assert f"{second['gate']['challenger_score']:.4f}" in message
     assert f"{second['gate']['champion_score']:.4f}" in message
@@ -106,6 +115,11 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
         (v2, expected_champion == v2),
         (v1, expected_champion == v1),
     ]
+    shown = refit_cli("models", "show", v2)
+    assert shown.returncode == 0, shown.stderr
+    assert f"lineage: {v2}" in shown.stdout and f"<- {v1}" in shown.stdout
+    assert "| vs | challenger mse | reference mse | improvement | 95% interval | passed |" in shown.stdout
+    assert "by flow-run " in shown.stdout  # the run that decided is recorded as the actor
     checked = json.loads(refit_cli("drift", "--json").stdout)
     # nothing has arrived since a promoted challenger's snapshot; a kept champion still sees the shift
     assert checked["decision"] == ("insufficient_data" if expected_champion == v2 else "retrain")

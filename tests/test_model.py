@@ -28,7 +28,15 @@ def data(n: int = 800, task: str = "regression", seed: int = 1) -> TrainData:
 
 
 def tiny_config(tiny_model, **overrides) -> TrainConfig:
-    values = {"base_model": str(tiny_model), "epochs": 3, "learning_rate": 1e-3, "max_length": 64, "seed": 3}
+    # one thread: the tests share two cores, and oversubscribed threads run many times slower
+    values = {
+        "base_model": str(tiny_model),
+        "epochs": 3,
+        "learning_rate": 1e-3,
+        "max_length": 64,
+        "seed": 3,
+        "num_threads": 1,
+    }
     return TrainConfig(**{**values, **overrides})
 
 

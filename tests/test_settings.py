@@ -82,3 +82,24 @@ def test_importing_refit_has_no_side_effects(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    """An operator finds every REFIT_* variable in the README (a table row or the text)."""
+    import re
+    from pathlib import Path
+
+    from refit.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"REFIT_[A-Z0-9_]+", readme))
+    missing = sorted(
+        f"REFIT_{name.upper()}" for name in Settings.model_fields if f"REFIT_{name.upper()}" not in documented
+    )
+    assert missing == []
+    # and the README names no setting that does not exist (other REFIT_ variables are the tests',
+    # the benchmarks' and the deployments')
+    known = {f"REFIT_{name.upper()}" for name in Settings.model_fields}
+    others = {"REFIT_TEST_ADMIN_URL", "REFIT_BENCH_ADMIN_URL", "REFIT_HOME"}
+    stale = sorted(name for name in documented - known - others if not name.endswith("_"))
+    assert stale == []

@@ -35,3 +35,18 @@ def test_slice_metrics_skip_small_slices():
         "category=books": {"rows": 2, "n": 2},
         "length=short": {"rows": 2, "n": 2},
     }
+
+
+def test_configured_features_become_slices_and_numbers_fall_in_quartiles():
+    feedback = pd.DataFrame(
+        {
+            "item_id": ["a"] * 8,
+            "text": ["t"] * 8,
+            "features": [f'{{"device": "{d}", "sessions_7d": {n}}}' for d, n in zip("iaiaiaia", range(8), strict=True)],
+        }
+    )
+    slices = slice_frame(feedback, set(), features=["device", "sessions_7d", "missing"])
+    assert list(slices.columns) == ["new_item", "length", "device", "sessions_7d", "missing"]
+    assert slices["device"].tolist() == list("iaiaiaia")
+    assert slices["sessions_7d"].nunique() == 4  # quartile ranges, two rows each
+    assert set(slices["missing"]) == {"(none)"}

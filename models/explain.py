@@ -1,0 +1,152 @@
+"""Why the model scored a review the way it did: integrated gradients.
+
+Token attributions integrate the gradient of the output along a straight path from a baseline
+input to the real one, in the space of the input embeddings: the baseline replaces every word
+piece by ``[PAD]`` (keeping ``[CLS]`` and ``[SEP]``), and a fixed number of midpoint steps
+approximates the integral. Behaviour features are integrated along the same path, from "every
+feature missing" (numeric features at their training mean, categories unknown, no vector) to their
+real values, so the token and feature attributions together add up to the change of the output
+between the baseline and the input (``delta`` reports how far the approximation is from that).
+The output explained is the satisfaction score (regression) or one class's probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from models.fusion import take
+from models.predict import Predictor
+
+
+@dataclass
+class Explanation:
+    """Attributions of one prediction. ``words`` merges the word pieces of each word."""
+
+    text: str
+    target: str
+    output: float
+    baseline_output: float
+    tokens: list[tuple[str, float]]
+    words: list[tuple[str, float]]
+    features: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> float:
+        """Completeness error: attributions' sum minus (output - baseline output)."""
+        total = sum(score for _, score in self.tokens) + sum(self.features.values())
+        return total - (self.output - self.baseline_output)
+
+    def top_words(self, k: int = 5, by: str = "abs") -> list[str]:
+        """The ``k`` words with the largest attribution (``by="abs"``, ``"positive"`` or ``"negative"``)."""
+        keys = {"abs": lambda w: -abs(w[1]), "positive": lambda w: -w[1], "negative": lambda w: w[1]}
+        return [word for word, _ in sorted(self.words, key=keys[by])[:k]]
+
+
+def _feature_slices(predictor: Predictor) -> list[tuple[str, slice]]:
+    """Where each behaviour feature sits in the fusion head's joined feature vector."""
+    schema, head = predictor.model.schema, predictor.model.head
+    slices, start = [], 0
+    for name in schema.numeric:
+        slices.append((name, slice(start, start + 1)))
+        start += 1
+    for name, emb in zip(schema.categorical, head.embeddings, strict=True):
+        slices.append((name, slice(start, start + emb.embedding_dim)))
+        start += emb.embedding_dim
+    if schema.vector:
+        width = head.vector.out_features + 1  # the projection and the presence flag
+        slices.append((schema.vector, slice(start, start + width)))
+    return slices
+
+
+def explain(
+    predictor: Predictor,
+    text: str,
+    features: dict | None = None,
+    steps: int = 32,
+    label: str | None = None,
+) -> Explanation:
+    """Integrated-gradients attributions of one review's prediction.
+
+    Args:
+        predictor: a loaded checkpoint.
+        text: the review.
+        features: its behaviour features (name -> value); missing ones read as missing.
+        steps: integration steps (fixed, so the same input gives the same attributions).
+        label: the class whose probability is explained (default: the predicted one); regression
+            explains the score.
+
+    Returns:
+        Per-token and per-word attributions, per-feature attributions, and the outputs.
+    """
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    model, tokenizer = predictor.model, predictor.tokenizer
+    device = next(model.parameters()).device
+    encoding = tokenizer(str(text), truncation=True, max_length=predictor.max_length, return_offsets_mapping=True)
+    ids = torch.tensor([encoding["input_ids"]], device=device)
+    mask = torch.ones_like(ids)
+    special = set(tokenizer.all_special_ids) - {tokenizer.pad_token_id}
+    pad_id = tokenizer.pad_token_id or 0
+    baseline_ids = torch.where(
+        torch.isin(ids, torch.tensor(sorted(special), device=device)), ids, torch.full_like(ids, pad_id)
+    )
+    embedding = model.encoder.get_input_embeddings()
+    alphas = ((torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps).view(-1, 1, 1)
+    with torch.no_grad():
+        real, base = embedding(ids), embedding(baseline_ids)
+    path = (base + alphas * (real - base)).detach().requires_grad_(True)
+
+    feature_real = feature_base = feature_path = None
+    if model.fused:
+        frame = pd.DataFrame([features or {}])
+        with torch.no_grad():
+            feature_real = model.head.feature_vector(take(model.schema.encode(frame, 1), [0], device))
+            feature_base = model.head.feature_vector(take(model.schema.encode(None, 1), [0], device))
+        feature_path = (feature_base + alphas.view(-1, 1) * (feature_real - feature_base)).detach()
+        feature_path.requires_grad_(True)
+
+    def output(logits: torch.Tensor) -> torch.Tensor:
+        if predictor.task == "regression":
+            return torch.sigmoid(logits.squeeze(-1))
+        return torch.softmax(logits, dim=-1)[:, target_index]
+
+    model.eval()
+    with torch.no_grad():
+        full_logits = model(inputs_embeds=real, attention_mask=mask, feature_input=feature_real)
+        target_index = 0
+        if predictor.task == "classification":
+            target_index = predictor.labels.index(label) if label else int(full_logits.argmax(-1))
+        base_logits = model(inputs_embeds=base, attention_mask=mask, feature_input=feature_base)
+        out_real, out_base = float(output(full_logits)), float(output(base_logits))
+    with torch.enable_grad():
+        logits = model(inputs_embeds=path, attention_mask=mask.expand(steps, -1), feature_input=feature_path)
+        output(logits).sum().backward()
+    token_scores = ((real - base) * path.grad.mean(0, keepdim=True)).sum(-1)[0].tolist()
+    feature_scores = {}
+    if feature_path is not None:
+        per_dim = ((feature_real - feature_base) * feature_path.grad.mean(0, keepdim=True))[0]
+        feature_scores = {name: float(per_dim[where].sum()) for name, where in _feature_slices(predictor)}
+
+    pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
+    tokens = list(zip(pieces, token_scores, strict=True))
+    words: dict[int, list] = {}
+    for position, word in enumerate(encoding.word_ids()):
+        if word is None:
+            continue  # [CLS], [SEP]: their baseline is themselves, so their attribution is 0
+        start, end = encoding["offset_mapping"][position]
+        span = words.setdefault(word, [start, end, 0.0])
+        span[1] = end
+        span[2] += token_scores[position]
+    target = "score" if predictor.task == "regression" else predictor.labels[target_index]
+    return Explanation(
+        text=str(text),
+        target=target,
+        output=out_real,
+        baseline_output=out_base,
+        tokens=tokens,
+        words=[(str(text)[s:e], score) for s, e, score in words.values()],
+        features=feature_scores,
+    )

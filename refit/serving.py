@@ -1,0 +1,442 @@
+"""``refit serve``: a FastAPI app that always serves the current champion, verified.
+
+- **The champion.** At start the pointer names a version; it is downloaded to the local cache,
+  every file is checked against the manifest, and it is loaded. A version that fails the check
+  is refused and the previous one keeps serving.
+- **Hot reload.** A watcher polls the pointer's ETag; on a change it loads the new version beside
+  the old one, warms it up, swaps one reference, and drops the old one. Requests already batched
+  finish on the model they started with.
+- **Micro-batching.** Concurrent requests are gathered into one model call, up to
+  ``REFIT_SERVE_BATCH_SIZE`` texts or ``REFIT_SERVE_BATCH_WAIT_MS``.
+- **Limits and auth.** Bodies are validated (422 with the reason, never a 500); batches and texts
+  are bounded; predict, explain and reload need the bearer token when one is set.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from refit.errors import NoChampionError, RefitError
+
+log = logging.getLogger("refit.serve")
+
+
+@dataclass
+class Loaded:
+    """One loaded version: what a batch runs on from start to end."""
+
+    version: str
+    predictor: Any
+    etag: str | None
+    loaded_at: float = field(default_factory=time.time)
+
+
+class Champion:
+    """The model being served and how it changes: load, verify, warm up, swap."""
+
+    def __init__(self, settings, store=None):
+        from refit.store import store_for
+
+        self.settings = settings
+        self.store = store or store_for(settings)
+        self.current: Loaded | None = None
+        self.reloads = 0
+        self.reload_failures = 0
+        self.last_error: str | None = None
+        self._lock = threading.Lock()  # one load at a time
+
+    def _pointer(self) -> tuple[dict | None, str | None]:
+        from refit.registry import pointer_key, read_pointer
+
+        head = self.store.head(pointer_key(self.settings.model_name))
+        if head is None:
+            return None, None
+        return read_pointer(self.store, self.settings.model_name), head.etag
+
+    def load(self, version: str, etag: str | None) -> Loaded:
+        """Download (or reuse the verified cache of) ``version``, load and warm it up."""
+        from models.predict import Predictor
+        from refit.registry import checkout
+
+        predictor = Predictor(checkout(self.settings, version))
+        if self.settings.serve_quantize:
+            predictor = quantized(predictor, self.settings.serve_quantize_tolerance)
+        predictor.predict(["warm-up text for a new model"])  # first-call costs before the swap
+        return Loaded(version, predictor, etag)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Check the pointer; load and swap when it moved. Returns whether the model changed.
+
+        A version that cannot be loaded (checksum mismatch, unreadable files) is refused: the
+        reason is logged and counted, and the current model keeps serving.
+        """
+        with self._lock:
+            pointer, etag = self._pointer()
+            if pointer is None:
+                if self.current is None:
+                    raise NoChampionError("the store has no champion pointer yet: run `refit run` first")
+                return False
+            current = self.current
+            if current is not None and not force and (etag == current.etag or pointer["version"] == current.version):
+                if current.etag != etag:
+                    current.etag = etag
+                return False
+            try:
+                loaded = self.load(pointer["version"], etag)
+            except RefitError as exc:
+                self.reload_failures += 1
+                self.last_error = f"refused {pointer['version']}: {exc}"
+                log.error("%s; still serving %s", self.last_error, current.version if current else "nothing")
+                if current is None:
+                    raise
+                return False
+            self.current = loaded  # the swap: one reference
+            self.reloads += 1
+            self.last_error = None
+            log.info("now serving %s (was %s)", loaded.version, current.version if current else "none")
+            return True
+
+
+def quantized(predictor, tolerance: float, sample: list[str] | None = None):
+    """int8 dynamic quantization of the linear layers, kept only if its predictions stay within
+    ``tolerance`` of the float model's on a sample of texts (the largest absolute difference)."""
+    import copy
+
+    import torch
+
+    float_model = predictor.model
+    texts = sample or QUANTIZATION_CHECK_TEXTS
+    before = predictor.predict(texts)
+    quant = copy.copy(predictor)
+    quant.model = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(float_model), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    after = quant.predict(texts)
+    gap = float(np.max(np.abs(after - before)))
+    if gap > tolerance:
+        raise RefitError(f"int8 predictions differ from float by {gap:.4f} > {tolerance}; serving float instead")
+    quant.quantization_gap = gap
+    log.info("int8 model within %.4f of float on %d texts", gap, len(texts))
+    return quant
+
+
+QUANTIZATION_CHECK_TEXTS = [
+    "The headphones are excellent, love it, arrived on time.",
+    "Terrible charger, broke after a day, returned it.",
+    "The kettle is okay, does the job, nothing special.",
+    "Solid jacket, works well, would recommend to my friends.",
+    "Cheaply made and flimsy; customer service never answered.",
+    "Absolutely fantastic cookbook, best purchase ever.",
+    "Meh quality, not worth the price, shipping was slow.",
+    "Good blender but the lid leaks a little.",
+]
+
+
+class PredictionLog:
+    """Predictions written to ``prediction_log`` in batches, off the request path.
+
+    A request only appends to a buffer; a thread writes it every ``flush_s`` seconds or
+    ``batch`` rows. If the database is down the rows wait (up to ``cap``; beyond that the oldest
+    are dropped and counted), and serving never fails because of logging.
+    """
+
+    def __init__(self, engine, flush_s: float = 2.0, batch: int = 500, cap: int = 100_000):
+        self.engine, self.flush_s, self.batch, self.cap = engine, flush_s, batch, cap
+        self.rows: list[dict] = []
+        self.written = self.dropped = 0
+        self._lock, self._wake, self._stop = threading.Lock(), threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="refit-prediction-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.flush()
+
+    def add(self, version: str, texts: list[str], records: list[dict]) -> None:
+        import hashlib
+        import json
+
+        rows = []
+        for text_, record in zip(texts, records, strict=True):
+            probabilities = {k[2:]: v for k, v in record.items() if k.startswith("p_")}
+            regression = not probabilities
+            rows.append(
+                {
+                    "v": version,
+                    "h": hashlib.sha256(text_.encode()).hexdigest(),
+                    "n": len(text_),
+                    "s": record["prediction"] if regression else None,
+                    "l": None if regression else record["prediction"],
+                    "p": json.dumps(probabilities) if probabilities else None,
+                }
+            )
+        with self._lock:
+            self.rows.extend(rows)
+            if len(self.rows) > self.cap:
+                self.dropped += len(self.rows) - self.cap
+                del self.rows[: len(self.rows) - self.cap]
+            if len(self.rows) >= self.batch:
+                self._wake.set()
+
+    def flush(self) -> int:
+        from sqlalchemy import text
+
+        with self._lock:
+            rows, self.rows = self.rows, []
+        if not rows:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO prediction_log (model_version, text_sha256, text_chars, satisfaction, label,"
+                        " probabilities) VALUES (:v, :h, :n, :s, :l, CAST(:p AS JSONB))"
+                    ),
+                    rows,
+                )
+        except Exception as exc:  # the database is away: keep the rows for the next try
+            log.warning("prediction log not written (%d rows kept): %s", len(rows), str(exc).splitlines()[0])
+            with self._lock:
+                self.rows[:0] = rows
+            return 0
+        self.written += len(rows)
+        return len(rows)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            self.flush()
+
+
+# --- the request and response bodies ---------------------------------------------------------
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="The feedback text.")
+    features: dict[str, Any] | None = Field(default=None, description="Behaviour features by name.")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Item] = Field(min_length=1, description="What to score.")
+
+
+class Batcher:
+    """Gathers concurrent requests into one model call (one call at a time, off the event loop)."""
+
+    def __init__(self, champion: Champion, max_size: int, wait_ms: float):
+        self.champion, self.max_size, self.wait = champion, max_size, wait_ms / 1000
+        self.queue: asyncio.Queue | None = None
+        self.calls = 0
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._task.cancel()
+
+    async def submit(self, texts: list[str], features: list[dict] | None):
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, features, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0][0])
+            deadline = loop.time() + self.wait
+            while size < self.max_size:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                size += len(job[0])
+            loaded = self.champion.current
+            texts = [t for job in jobs for t in job[0]]
+            features = [f for job in jobs for f in (job[1] or [{}] * len(job[0]))]
+            try:
+                prediction = await loop.run_in_executor(None, _predict, loaded.predictor, texts, features)
+            except Exception as exc:  # a model failure fails its requests, not the server
+                for job in jobs:
+                    job[2].set_exception(exc)
+                continue
+            self.calls += 1
+            start = 0
+            for job_texts, _, future in jobs:
+                future.set_result((prediction[start : start + len(job_texts)], loaded))
+                start += len(job_texts)
+
+
+def _predict(predictor, texts: list[str], features: list[dict]) -> np.ndarray:
+    with_features = any(features) and predictor.feature_names
+    return predictor.predict(texts, features if with_features else None)
+
+
+def create_app(settings, champion: Champion | None = None):
+    """The FastAPI app; ``champion`` must already hold a loaded model (see :func:`serve`)."""
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import PlainTextResponse
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    champion = champion or Champion(settings)
+    token = settings.serve_token.get_secret_value() if settings.serve_token else None
+    batcher = Batcher(champion, settings.serve_batch_size, settings.serve_batch_wait_ms)
+    registry = CollectorRegistry()
+    requests = Counter("refit_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=registry)
+    latency = Histogram("refit_request_seconds", "Request latency", ["endpoint"], registry=registry)
+    reloads = Gauge("refit_model_reloads", "Model swaps since start", registry=registry)
+    failures = Gauge("refit_model_reload_failures", "Versions refused since start", registry=registry)
+    info = Gauge("refit_model_info", "The version being served", ["version"], registry=registry)
+    stop = threading.Event()
+    prediction_log = None
+    if settings.serve_log_predictions:
+        from refit.db import engine_for
+
+        prediction_log = PredictionLog(engine_for(settings), settings.serve_log_flush_s)
+
+    def watch() -> None:
+        while not stop.wait(settings.serve_poll_s):
+            try:
+                champion.refresh()
+            except Exception as exc:  # the store is down: keep serving, try again later
+                log.warning("pointer check failed: %s", exc)
+
+    async def lifespan(app):
+        await batcher.start()
+        watcher = threading.Thread(target=watch, name="refit-pointer-watch", daemon=True)
+        watcher.start()
+        if prediction_log:
+            prediction_log.start()
+        yield
+        stop.set()
+        await batcher.stop()
+        if prediction_log:
+            prediction_log.stop()
+
+    app = FastAPI(title="refit", summary="The current champion satisfaction model.", lifespan=lifespan)
+
+    def authorized(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        latency.labels(request.url.path).observe(time.perf_counter() - started)
+        requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    @app.post("/predict", dependencies=[Depends(authorized)])
+    async def predict(body: PredictRequest) -> dict:
+        if len(body.items) > settings.serve_max_items:
+            raise HTTPException(422, f"at most {settings.serve_max_items} items per request, got {len(body.items)}")
+        limit = settings.serve_max_text_chars
+        texts = [item.text[:limit] for item in body.items]
+        truncated = [len(item.text) > limit for item in body.items]
+        features = [item.features or {} for item in body.items]
+        prediction, loaded = await batcher.submit(texts, features)
+        records = loaded.predictor.to_records(prediction)
+        if prediction_log:
+            prediction_log.add(loaded.version, texts, records)
+        out = []
+        for record, cut in zip(records, truncated, strict=True):
+            probabilities = {k[2:]: v for k, v in record.items() if k.startswith("p_")}
+            row = {"label": record["prediction"], "probabilities": probabilities}
+            if loaded.predictor.task == "regression":
+                row = {"satisfaction": record["prediction"]}
+            out.append({**row, "truncated": cut})
+        return {"predictions": out, "model_version": loaded.version}
+
+    @app.post("/explain", dependencies=[Depends(authorized)])
+    async def explain(body: PredictRequest) -> dict:
+        try:
+            from models.explain import explain as explain_one
+        except ImportError:
+            raise HTTPException(501, "explanations are not available in this build") from None
+        if len(body.items) > 8:
+            raise HTTPException(422, "at most 8 items per explain request")
+        loaded = champion.current
+        loop = asyncio.get_running_loop()
+        results = []
+        for item in body.items:
+            text = item.text[: settings.serve_max_text_chars]
+            found = await loop.run_in_executor(None, explain_one, loaded.predictor, text, item.features)
+            results.append({**asdict(found), "completeness_error": found.delta})
+        return {"explanations": results, "model_version": loaded.version}
+
+    @app.post("/reload", dependencies=[Depends(authorized)])
+    async def reload() -> dict:
+        changed = await asyncio.get_running_loop().run_in_executor(None, champion.refresh)
+        return {"changed": changed, "model_version": champion.current.version, "error": champion.last_error}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict:
+        if champion.current is None:
+            raise HTTPException(503, "no model loaded yet")
+        return {"status": "ready", "model_version": champion.current.version}
+
+    @app.get("/version")
+    async def version() -> dict:
+        current = champion.current
+        return {
+            "model_version": current and current.version,
+            "loaded_at": current and current.loaded_at,
+            "reloads": champion.reloads,
+            "reload_failures": champion.reload_failures,
+            "last_error": champion.last_error,
+            "quantized": bool(current and getattr(current.predictor, "quantization_gap", None) is not None),
+            "model_calls": batcher.calls,
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        reloads.set(champion.reloads)
+        failures.set(champion.reload_failures)
+        info.clear()
+        if champion.current:
+            info.labels(champion.current.version).set(1)
+        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+
+    app.state.champion, app.state.batcher, app.state.prediction_log = champion, batcher, prediction_log
+    return app
+
+
+def serve(settings) -> None:
+    """Load the champion (exit with the reason when it cannot be), then run uvicorn."""
+    import uvicorn
+
+    champion = Champion(settings)
+    champion.refresh()  # raises: no pointer, or the first champion fails verification
+    log.info("serving %s on %s:%d", champion.current.version, settings.serve_host, settings.serve_port)
+    uvicorn.run(create_app(settings, champion), host=settings.serve_host, port=settings.serve_port, log_level="info")

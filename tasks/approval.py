@@ -1,0 +1,69 @@
+"""Optional manual approval: after a passing gate, the flow pauses until an operator approves or
+rejects in the Prefect UI (a form with the decision and a note), or until the timeout rejects."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from prefect import get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from refit.gate import GateDecision
+
+
+class Approval(RunInput):
+    """The form an operator fills in the Prefect UI to resume the paused retrain."""
+
+    approve: bool = Field(description="Promote this challenger to champion?")
+    note: str = Field(default="", description="Why; recorded in the promotion log.")
+    by: str = Field(default="", description="Your name, for the record.")
+
+
+def await_approval(decision: GateDecision, version: str, timeout_s: int, poll_s: int = 10) -> GateDecision:
+    """Pause the flow run for an operator's verdict on a challenger that passed the gate.
+
+    Call from a flow (not a task). Returns the decision with the operator's verdict and note
+    recorded; a rejection or a timeout turns it into a rejection.
+    """
+    logger = get_run_logger()
+    description = (
+        f"**Challenger `{version}` passed the gate.** {decision.reason}\n\n"
+        f"Approve to promote it to champion; reject to keep the current champion. "
+        f"Without an answer in {timeout_s} s it is rejected."
+    )
+    logger.info("waiting up to %d s for an operator to approve %s", timeout_s, version)
+    try:
+        answer = pause_flow_run(
+            wait_for_input=Approval.with_initial_data(description=description, approve=True),
+            timeout=timeout_s,
+            poll_interval=poll_s,
+            key=f"approve-{version}",
+        )
+    except FlowPauseTimeout:
+        _resume_own_run()  # the run goes on to record the rejection instead of ending paused
+        approval = {"verdict": "timed out", "by": None, "note": f"no answer within {timeout_s} s"}
+        logger.warning("no approval for %s within %d s: rejected", version, timeout_s)
+        return replace(
+            decision, promote=False, reason=f"reject: no operator approval within {timeout_s} s", approval=approval
+        )
+    approval = {"verdict": "approved" if answer.approve else "rejected", "by": answer.by, "note": answer.note}
+    logger.info("operator %s %s %s: %s", answer.by or "?", approval["verdict"], version, answer.note)
+    if answer.approve:
+        return replace(decision, approval=approval)
+    who = answer.by or "an operator"
+    return replace(
+        decision, promote=False, reason=f"reject: {who} rejected it: {answer.note or 'no note'}", approval=approval
+    )
+
+
+def _resume_own_run() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Running
+
+    context = FlowRunContext.get()
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(context.flow_run.id, Running(), force=True)

@@ -1,0 +1,45 @@
+"""Small synthetic training sets and tiny-model configs shared by the model tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from models.train import TrainConfig, TrainData
+from refit.synth import generate_feedback
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def review_data(n: int = 800, task: str = "regression", seed: int = 1, features: bool = False) -> TrainData:
+    """Synthetic reviews whose words follow their rating; 80% train, 20% dev."""
+    rows = generate_feedback(n, seed=seed)
+    texts = [r["text"] for r in rows]
+    if task == "regression":
+        y = np.array([(r["rating"] - 1) / 4 for r in rows])
+    else:
+        y = np.array([0 if r["rating"] <= 2 else 1 if r["rating"] == 3 else 2 for r in rows])
+    cut = int(n * 0.8)
+    frame = pd.DataFrame([{k: r[k] for k in ("category", "device", "sessions_7d")} for r in rows]) if features else None
+    return TrainData(
+        texts[:cut],
+        y[:cut],
+        texts[cut:],
+        y[cut:],
+        frame.iloc[:cut].reset_index(drop=True) if features else None,
+        frame.iloc[cut:].reset_index(drop=True) if features else None,
+    )
+
+
+def tiny_config(tiny_model, **overrides) -> TrainConfig:
+    """Fast settings for the tiny BERT. One thread: the tests share two cores, and oversubscribed
+    threads run many times slower."""
+    values = {
+        "base_model": str(tiny_model),
+        "epochs": 3,
+        "learning_rate": 1e-3,
+        "max_length": 64,
+        "seed": 3,
+        "num_threads": 1,
+    }
+    return TrainConfig(**{**values, **overrides})
