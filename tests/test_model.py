@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from model_helpers import tiny_config
 
 from models.checkpoint import MANIFEST, build_manifest, verify_folder
 from models.predict import Predictor
@@ -25,19 +26,6 @@ def data(n: int = 800, task: str = "regression", seed: int = 1) -> TrainData:
         y = np.array([0 if r["rating"] <= 2 else 1 if r["rating"] == 3 else 2 for r in rows])
     cut = int(n * 0.8)
     return TrainData(texts[:cut], y[:cut], texts[cut:], y[cut:])
-
-
-def tiny_config(tiny_model, **overrides) -> TrainConfig:
-    # one thread: the tests share two cores, and oversubscribed threads run many times slower
-    values = {
-        "base_model": str(tiny_model),
-        "epochs": 3,
-        "learning_rate": 1e-3,
-        "max_length": 64,
-        "seed": 3,
-        "num_threads": 1,
-    }
-    return TrainConfig(**{**values, **overrides})
 
 
 def test_collate_pads_to_the_batch_longest():
