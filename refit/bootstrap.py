@@ -5,7 +5,8 @@ draw; the spread of the challenger-minus-champion differences gives the interval
 vectorized: a resample is a row of counts, and every metric that is a function of per-row sums
 (MSE, MAE, accuracy, and macro-F1 through per-class TP/FP/FN counts) is one matrix product of
 the counts with a per-row statistics matrix. Spearman's ranks under a resample come from
-the counts too (see :class:`_Ranker`).
+the counts too (see :class:`_Ranker`). ``resampled_metric`` is the same for one model alone
+(the drift check's performance signal).
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ def _labels(prediction: np.ndarray) -> np.ndarray:
 def row_statistics(metric: str, y_true: np.ndarray, prediction: np.ndarray, n_labels: int) -> np.ndarray:
     """Per-row columns whose sums over any resample determine the metric on that resample."""
     y_true = np.asarray(y_true)
-    if metric == "mse":
-        return ((np.asarray(prediction, dtype=float) - y_true) ** 2)[:, None]
-    if metric == "mae":
-        return np.abs(np.asarray(prediction, dtype=float) - y_true)[:, None]
+    if metric in ("mse", "mae"):
+        errors = np.asarray(prediction, dtype=float).reshape(len(y_true)) - y_true
+        return (errors**2 if metric == "mse" else np.abs(errors))[:, None]
     predicted = _labels(prediction)
     if metric == "accuracy":
         return (predicted == y_true).astype(float)[:, None]
@@ -110,6 +110,50 @@ def _counts(rng: np.random.Generator, resamples: int, n_rows: int) -> np.ndarray
     return np.bincount((draws + offsets).ravel(), minlength=resamples * n_rows).reshape(resamples, n_rows)
 
 
+class _Scorer:
+    """One model's metric on any resample of the rows, given as a matrix of per-row counts."""
+
+    def __init__(self, metric: str, y_true: np.ndarray, prediction: np.ndarray, n_labels: int, truth=None):
+        self.metric, self.n_rows = metric, len(y_true)
+        if metric == "spearman":
+            self.truth = truth or _Ranker(np.asarray(y_true, dtype=float))
+            self.predicted = _Ranker(np.asarray(prediction, dtype=float).reshape(self.n_rows))
+        else:
+            self.stats = row_statistics(metric, y_true, prediction, n_labels)
+
+    @property
+    def chunk(self) -> int:
+        """Resamples per block of counts."""
+        cells = RANK_CHUNK_CELLS if self.metric == "spearman" else CHUNK_CELLS
+        return max(1, cells // self.n_rows)
+
+    def __call__(self, counts: np.ndarray, truth_ranks: np.ndarray | None = None) -> np.ndarray:
+        if self.metric == "spearman":
+            return _weighted_spearman(self.truth, self.predicted, counts, truth_ranks)
+        return metric_from_sums(self.metric, counts @ self.stats, self.n_rows)
+
+
+def resampled_metric(
+    metric: str,
+    y_true: np.ndarray,
+    prediction: np.ndarray,
+    n_labels: int = 1,
+    resamples: int = 1000,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """One model's metric on each of ``resamples`` bootstrap resamples of its rows (unpaired).
+
+    Args:
+        rng: the generator to draw from; draw two samples from one generator for a fixed seed.
+    """
+    if metric not in DIRECTION:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(DIRECTION)}")
+    rng = rng or np.random.default_rng(0)
+    scorer = _Scorer(metric, np.asarray(y_true), prediction, n_labels)
+    blocks = range(0, resamples, scorer.chunk)
+    return np.concatenate([scorer(_counts(rng, min(scorer.chunk, resamples - s), scorer.n_rows)) for s in blocks])
+
+
 def paired_bootstrap(
     metric: str,
     y_true: np.ndarray,
@@ -144,34 +188,18 @@ def paired_bootstrap(
         raise ValueError("the paired bootstrap needs at least one row")
     sign = 1.0 if DIRECTION[metric] else -1.0
     rng = np.random.default_rng(seed)
-    chunk = max(1, CHUNK_CELLS // n_rows)
-    differences = []
-    if metric == "spearman":
-        truth = _Ranker(y_true.astype(float))
-        new_ranks, old_ranks = _Ranker(np.asarray(challenger, float)), _Ranker(np.asarray(reference, float))
+    new = _Scorer(metric, y_true, challenger, n_labels)
+    old = _Scorer(metric, y_true, reference, n_labels, truth=getattr(new, "truth", None))
 
-        def improvement_of(counts: np.ndarray) -> np.ndarray:
-            ry = truth.ranks(counts)
-            new = _weighted_spearman(truth, new_ranks, counts, ry)
-            return sign * (new - _weighted_spearman(truth, old_ranks, counts, ry))
+    def improvement_of(counts: np.ndarray) -> np.ndarray:
+        ranks = new.truth.ranks(counts) if metric == "spearman" else None  # shared by both models
+        return sign * (new(counts, ranks) - old(counts, ranks))
 
-        point = improvement_of(np.ones((1, n_rows), dtype=np.int64))[0]
-        chunk = max(1, RANK_CHUNK_CELLS // n_rows)
-        for start in range(0, resamples, chunk):
-            differences.append(improvement_of(_counts(rng, min(chunk, resamples - start), n_rows)))
-    else:
-        stats = np.hstack(
-            [row_statistics(metric, y_true, challenger, n_labels), row_statistics(metric, y_true, reference, n_labels)]
-        )
-        width = stats.shape[1] // 2
-
-        def improvement_of(sums: np.ndarray) -> np.ndarray:
-            new = metric_from_sums(metric, sums[:, :width], n_rows)
-            return sign * (new - metric_from_sums(metric, sums[:, width:], n_rows))
-
-        point = improvement_of(stats.sum(axis=0)[None])[0]
-        for start in range(0, resamples, chunk):
-            differences.append(improvement_of(_counts(rng, min(chunk, resamples - start), n_rows) @ stats))
+    point = improvement_of(np.ones((1, n_rows), dtype=np.int64))[0]
+    differences = [
+        improvement_of(_counts(rng, min(new.chunk, resamples - start), n_rows))
+        for start in range(0, resamples, new.chunk)
+    ]
     differences = np.concatenate(differences)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(differences, [alpha, 1 - alpha])

@@ -472,17 +472,6 @@ def _metric_value(metric: str, y_true: np.ndarray, prediction: np.ndarray, n_lab
     return task_metrics(task, y_true, prediction, n_labels)[metric]
 
 
-def _row_losses(metric: str, y_true: np.ndarray, prediction: np.ndarray) -> np.ndarray | None:
-    """Per-row values whose mean is the metric, where one exists (fast bootstrap)."""
-    if metric == "mse":
-        return (np.asarray(prediction, dtype=float).reshape(-1) - y_true) ** 2
-    if metric == "mae":
-        return np.abs(np.asarray(prediction, dtype=float).reshape(-1) - y_true)
-    if metric == "accuracy":
-        return (np.asarray(prediction).argmax(axis=1) == y_true).astype(float)
-    return None
-
-
 def performance_signal(
     metric: str,
     dev_true: np.ndarray,
@@ -500,21 +489,14 @@ def performance_signal(
     one-sided lower bound of the loss at ``performance_confidence`` is above zero.
     """
     from models.metrics import DIRECTION
+    from refit.bootstrap import resampled_metric
 
     higher_better = DIRECTION[metric]
     dev_value = _metric_value(metric, dev_true, dev_prediction, n_labels)
     cur_value = _metric_value(metric, current_true, current_prediction, n_labels)
-    rng = np.random.default_rng(seed)
-    rounds = policy.bootstrap_rounds
-    dev_idx = rng.integers(0, len(dev_true), size=(rounds, len(dev_true)))
-    cur_idx = rng.integers(0, len(current_true), size=(rounds, len(current_true)))
-    dev_rows, cur_rows = _row_losses(metric, dev_true, dev_prediction), _row_losses(metric, current_true,
-                                                                                       current_prediction)  # fmt: skip
-    if dev_rows is not None and cur_rows is not None:
-        dev_boot, cur_boot = dev_rows[dev_idx].mean(axis=1), cur_rows[cur_idx].mean(axis=1)
-    else:
-        dev_boot = np.array([_metric_value(metric, dev_true[i], dev_prediction[i], n_labels) for i in dev_idx])
-        cur_boot = np.array([_metric_value(metric, current_true[i], current_prediction[i], n_labels) for i in cur_idx])
+    rng = np.random.default_rng(seed)  # one generator: the dev side draws first, then the current side
+    dev_boot = resampled_metric(metric, dev_true, dev_prediction, n_labels, policy.bootstrap_rounds, rng)
+    cur_boot = resampled_metric(metric, current_true, current_prediction, n_labels, policy.bootstrap_rounds, rng)
     sign = -1.0 if higher_better else 1.0
     loss = sign * (cur_value - dev_value)  # positive: worse on the current window
     boot = sign * (cur_boot - dev_boot)

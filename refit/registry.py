@@ -101,6 +101,12 @@ def withdraw_unregistered(engine: Engine, store: ObjectStore, version: str, mode
     with engine.connect() as conn:
         if conn.execute(text("SELECT 1 FROM model_versions WHERE version = :v"), {"v": version}).first():
             return 0
+    return delete_version(store, version, model_name)
+
+
+def delete_version(store: ObjectStore, version: str, model_name: str = DEFAULT_MODEL) -> int:
+    """Delete every object of a version, its manifest first, so a half-deleted version is never
+    taken for a published one. Returns how many objects went."""
     keys = store.list(f"{model_prefix(version, model_name)}/")
     for key in sorted(keys, key=lambda k: not k.endswith(MANIFEST)):
         store.delete(key)
@@ -464,10 +470,7 @@ def collect_garbage(
     if dry_run:
         return gone
     for row in doomed:
-        prefix = model_prefix(row["version"], model_name)
-        keys = store.list(f"{prefix}/")
-        for key in sorted(keys, key=lambda k: not k.endswith(MANIFEST)):
-            store.delete(key)
+        delete_version(store, row["version"], model_name)
         with engine.begin() as conn:
             conn.execute(
                 text("UPDATE model_versions SET status = 'archived' WHERE version = :v"), {"v": row["version"]}

@@ -53,14 +53,6 @@ class Champion:
         self.last_error: str | None = None
         self._lock = threading.Lock()  # one load at a time
 
-    def _pointer(self) -> tuple[dict | None, str | None]:
-        from refit.registry import pointer_key, read_pointer
-
-        head = self.store.head(pointer_key(self.settings.model_name))
-        if head is None:
-            return None, None
-        return read_pointer(self.store, self.settings.model_name), head.etag
-
     def load(self, version: str, etag: str | None) -> Loaded:
         """Download (or reuse the verified cache of) ``version``, load and warm it up."""
         from models.predict import Predictor
@@ -78,16 +70,21 @@ class Champion:
         A version that cannot be loaded (checksum mismatch, unreadable files) is refused: the
         reason is logged and counted, and the current model keeps serving.
         """
+        from refit.registry import pointer_key, read_pointer
+
         with self._lock:
-            pointer, etag = self._pointer()
+            current = self.current
+            head = self.store.head(pointer_key(self.settings.model_name))
+            if head is not None and current is not None and not force and head.etag == current.etag:
+                return False  # the pointer has not moved: nothing to read
+            pointer = read_pointer(self.store, self.settings.model_name) if head is not None else None
             if pointer is None:
-                if self.current is None:
+                if current is None:
                     raise NoChampionError("the store has no champion pointer yet: run `refit run` first")
                 return False
-            current = self.current
-            if current is not None and not force and (etag == current.etag or pointer["version"] == current.version):
-                if current.etag != etag:
-                    current.etag = etag
+            etag = head.etag
+            if current is not None and not force and pointer["version"] == current.version:
+                current.etag = etag  # rewritten, same version
                 return False
             try:
                 loaded = self.load(pointer["version"], etag)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,12 +83,3 @@ def write_model_card(challenger: Challenger, decision: GateDecision, snapshot: S
     (Path(challenger.folder) / MODEL_CARD).write_text(card)
     create_markdown_artifact(key="model-card", markdown=card, description=f"model card of {challenger.version}")
     return card
-
-
-def config_hash(folder: Path) -> str:
-    """A short hash of the training config in a checkpoint (equal configs, equal hashes)."""
-    import hashlib
-
-    config = read_metadata(folder).get("train_config", {})
-    config = {k: v for k, v in config.items() if k != "base_model"}  # a path differs per machine
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

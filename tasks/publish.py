@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.transactions import get_transaction
 
+from models.checkpoint import read_metadata
 from refit.db import engine_for
 from refit.gate import GateDecision
 from refit.registry import Published, publish_checkpoint, record_decision, withdraw_unregistered
@@ -14,7 +19,6 @@ from refit.settings import Settings
 from refit.snapshots import Snapshot
 from refit.store import store_for
 from tasks.data import IO_RETRIES
-from tasks.gate import config_hash
 from tasks.training import Challenger
 
 
@@ -68,3 +72,10 @@ def record(
     )
     get_run_logger().info("%s: %s", published.version, outcome)
     return outcome
+
+
+def config_hash(folder: Path) -> str:
+    """A short hash of the training config in a checkpoint (equal configs, equal hashes)."""
+    config = read_metadata(folder).get("train_config", {})
+    config = {k: v for k, v in config.items() if k != "base_model"}  # a path differs per machine
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

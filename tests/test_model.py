@@ -4,28 +4,14 @@ import json
 
 import numpy as np
 import pytest
-from model_helpers import tiny_config
+from model_helpers import LABELS, review_data, tiny_config
 
 from models.checkpoint import MANIFEST, build_manifest, verify_folder
 from models.predict import Predictor
-from models.train import TrainConfig, TrainData, collate, length_bucketed_batches, save_checkpoint, train
+from models.train import TrainConfig, collate, length_bucketed_batches, save_checkpoint, train
 from refit.errors import CheckpointError
 from refit.modeling import resolve_base_model
 from refit.settings import PACKAGED_MODEL
-from refit.synth import generate_feedback
-
-LABELS = ["negative", "neutral", "positive"]
-
-
-def data(n: int = 800, task: str = "regression", seed: int = 1) -> TrainData:
-    rows = generate_feedback(n, seed=seed)
-    texts = [r["text"] for r in rows]
-    if task == "regression":
-        y = np.array([(r["rating"] - 1) / 4 for r in rows])
-    else:
-        y = np.array([0 if r["rating"] <= 2 else 1 if r["rating"] == 3 else 2 for r in rows])
-    cut = int(n * 0.8)
-    return TrainData(texts[:cut], y[:cut], texts[cut:], y[cut:])
 
 
 def test_collate_pads_to_the_batch_longest():
@@ -50,7 +36,7 @@ def test_length_buckets_cover_every_row_once_and_pad_less_than_random():
 
 
 def test_training_learns_and_keeps_the_best_epoch(tiny_model, tmp_path):
-    d = data()
+    d = review_data()
     result = train(tiny_config(tiny_model, epochs=4), d)
     baseline_mse = float(np.mean((d.dev_targets - d.train_targets.mean()) ** 2))
     scores = [h["dev_mse"] for h in result.history]
@@ -65,14 +51,14 @@ def test_training_learns_and_keeps_the_best_epoch(tiny_model, tmp_path):
 
 def test_early_stopping_stops_on_patience(tiny_model):
     # a learning rate this high makes the dev metric stall or worsen quickly
-    result = train(tiny_config(tiny_model, epochs=8, learning_rate=0.05, patience=0), data(200))
+    result = train(tiny_config(tiny_model, epochs=8, learning_rate=0.05, patience=0), review_data(200))
     assert result.stopped_early
     assert len(result.history) < 8
     assert len(result.history) == result.best_epoch + 1
 
 
 def test_same_seed_gives_the_same_metrics(tiny_model):
-    d = data(200)
+    d = review_data(200)
     first = train(tiny_config(tiny_model, epochs=2), d)
     second = train(tiny_config(tiny_model, epochs=2), d)
     for a, b in zip(first.history, second.history, strict=True):
@@ -80,7 +66,9 @@ def test_same_seed_gives_the_same_metrics(tiny_model):
 
 
 def test_classification_checkpoint_describes_itself(tiny_model, tmp_path):
-    result = train(tiny_config(tiny_model, task="classification", labels=LABELS, epochs=2), data(300, "classification"))
+    result = train(
+        tiny_config(tiny_model, task="classification", labels=LABELS, epochs=2), review_data(300, "classification")
+    )
     assert set(result.dev_metrics) == {"accuracy", "macro_f1"}
     folder = save_checkpoint(result, tmp_path / "ckpt", lineage={"version": "v-cls", "snapshot_id": 7})
     meta = json.loads((folder / "refit.json").read_text())
@@ -93,7 +81,7 @@ def test_classification_checkpoint_describes_itself(tiny_model, tmp_path):
 
 
 def test_corrupt_checkpoint_is_refused(tiny_model, tmp_path):
-    result = train(tiny_config(tiny_model, epochs=1), data(100))
+    result = train(tiny_config(tiny_model, epochs=1), review_data(100))
     folder = save_checkpoint(result, tmp_path / "ckpt", lineage={"version": "v1"})
     (folder / MANIFEST).write_text(json.dumps(build_manifest(folder, "v1")))
     verify_folder(folder)
@@ -107,7 +95,7 @@ def test_corrupt_checkpoint_is_refused(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_real_packaged_bert_trains_a_few_steps(tmp_path):
-    d = data(60)
+    d = review_data(60)
     config = TrainConfig(
         base_model=resolve_base_model(PACKAGED_MODEL), epochs=1, batch_size=16, max_length=48, learning_rate=5e-5
     )
