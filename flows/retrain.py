@@ -1,6 +1,8 @@
-"""The retrain loop: pull, drift, train, gate, publish, notify."""
+"""The retrain loop: pull (or take the drift check's snapshot), drift, train, gate, publish, notify."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from prefect import flow
 from prefect.transactions import transaction
@@ -9,51 +11,76 @@ from refit.db import engine_for
 from refit.registry import champion as current_champion
 from refit.settings import load_settings
 from tasks.approval import await_approval
-from tasks.data import preflight, pull_snapshot
-from tasks.drift import drift_check
+from tasks.artifacts import retrain_summary_artifact, training_curve_artifact
+from tasks.data import load_snapshot, preflight, pull_snapshot
+from tasks.drift import drift_check, triggered_by
 from tasks.gate import gate_challenger, write_model_card
-from tasks.notify import notify_failure, notify_summary
+from tasks.notify import notify_failure, notify_gate, notify_retrain_started, notify_summary
 from tasks.publish import record, upload
 from tasks.training import train_challenger
 
 
-@flow(name="retrain", on_failure=[notify_failure], on_crashed=[notify_failure], log_prints=True)
-def retrain(force: bool = False) -> dict:
+def _finish(settings, summary: dict) -> dict:
+    """Every way out of a run: the outcome to Slack and a summary row to the UI."""
+    notify_summary(settings, summary)
+    retrain_summary_artifact(settings, summary)
+    return summary
+
+
+@flow(name="retrain", on_failure=[notify_failure], on_crashed=[notify_failure], log_prints=True, persist_result=True)
+def retrain(
+    force: bool = False,
+    snapshot_id: int | None = None,
+    drift_report_id: int | None = None,
+    strategy: Literal["full", "freeze", "lora"] | None = None,
+    warm_start: bool | None = None,
+) -> dict:
     """One cycle of the loop.
 
     Args:
-        force: retrain even when drift does not call for it (and reuse the last snapshot when no
+        force: Retrain even when drift does not call for it (and reuse the last snapshot when no
             new feedback has arrived).
+        snapshot_id: Train on this recorded snapshot instead of pulling new feedback; the drift
+            trigger passes the snapshot its drift check decided on.
+        drift_report_id: The drift report that triggered this run (recorded in the summary).
+        strategy: Fine-tuning strategy for this run: full, freeze (train the head only) or lora.
+            Empty: REFIT_FINE_TUNE.
+        warm_start: Start from the champion (true) or from the base model (false). Empty:
+            REFIT_WARM_START.
 
     Returns:
         A summary: outcome, snapshot, drift, gate decision, version and champion.
     """
     settings = load_settings()
+    overrides = {"fine_tune": strategy, "warm_start": warm_start}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     preflight(settings)
-    snapshot = pull_snapshot(settings, force=force)
-    if snapshot is None:
-        summary = {"outcome": "no_new_data"}
-        notify_summary(settings, summary)
-        return summary
-
     champion = current_champion(engine_for(settings))
-    drift = drift_check(settings, snapshot, champion, force=force)
+    if snapshot_id is not None:
+        snapshot = load_snapshot(settings, snapshot_id)
+        drift = triggered_by(drift_report_id, snapshot)
+    else:
+        snapshot = pull_snapshot(settings, force=force)
+        if snapshot is None:
+            return _finish(settings, {"outcome": "no_new_data"})
+        drift = drift_check(settings, snapshot, champion, force=force)
     summary = {"snapshot": snapshot.as_dict(), "drift": drift, "champion": champion and champion["version"]}
     if drift["decision"] != "retrain":
-        summary["outcome"] = "no_retrain"
-        notify_summary(settings, summary)
-        return summary
+        return _finish(settings, {**summary, "outcome": "no_retrain"})
 
+    notify_retrain_started(settings, snapshot, champion, drift, force)
     challenger = train_challenger(settings, snapshot, champion)
     decision = gate_challenger(settings, snapshot, challenger, champion)
     if decision.promote and settings.gate_approval:
         decision = await_approval(
             decision, challenger.version, settings.gate_approval_timeout_s, settings.gate_approval_poll_s
         )
+    notify_gate(settings, decision, challenger.version)
     write_model_card(challenger, decision, snapshot)
     with transaction():  # a failure to record withdraws the upload; the pointer moves last, in record
         published = upload(settings, challenger)
         outcome = record(settings, published, snapshot, challenger, decision, champion)
+    training_curve_artifact(settings, challenger, published)
 
     summary.update(
         outcome=outcome,
@@ -63,5 +90,4 @@ def retrain(force: bool = False) -> dict:
         dev_metrics=challenger.dev_metrics,
         champion=published.version if outcome == "promoted" else champion and champion["version"],
     )
-    notify_summary(settings, summary)
-    return summary
+    return _finish(settings, summary)

@@ -36,10 +36,22 @@ def build_manifest(folder: Path, version: str) -> dict:
         if rel == MANIFEST:
             continue
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    missing = [name for name in REQUIRED if name not in files]
+    missing = [name for name in required_files(folder) if name not in files]
     if missing:
         raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
     return {"version": version, "files": files}
+
+
+def required_files(folder: Path) -> list[str]:
+    """The files a checkpoint cannot do without: for an ensemble (models/ensemble.py), its
+    ``refit.json`` and every member's weights, config and ``refit.json``."""
+    try:
+        members = (read_metadata(folder).get("ensemble") or {}).get("members")
+    except CheckpointError:
+        members = None
+    if not members:
+        return list(REQUIRED)
+    return [METADATA, *(f"{member}/{name}" for member in members for name in REQUIRED)]
 
 
 def manifest_digest(manifest: dict) -> str:

@@ -295,6 +295,7 @@ def architecture(model: SatisfactionModel, n_outputs: int, fusion_width: int) ->
         "fusion_width": fusion_width if model.fused else None,
         "n_outputs": n_outputs,
         "features": model.schema.signature(),
+        **({"pruned_heads": pruned} if (pruned := getattr(cfg, "refit_pruned_heads", None)) else {}),
     }
 
 
@@ -308,6 +309,7 @@ def load_model_folder(folder: Path, dropout: float | None = None):
     from transformers import AutoConfig, AutoTokenizer
 
     from models.checkpoint import read_metadata
+    from models.prune import apply_recorded_pruning
 
     folder = Path(folder)
     meta = read_metadata(folder)
@@ -318,6 +320,7 @@ def load_model_folder(folder: Path, dropout: float | None = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         encoder = _encoder_from(None, dropout, config=AutoConfig.from_pretrained(folder))
+        apply_recorded_pruning(encoder)  # a head-pruned checkpoint's weights have fewer heads
         schema = FeatureSchema.from_dict(meta.get("features"))
         width = arch.get("fusion_width") or 64
         head_dropout = 0.1 if dropout is None else dropout

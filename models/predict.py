@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.checkpoint import MANIFEST, verify_folder
+from models.checkpoint import MANIFEST, read_metadata, verify_folder
 from models.fusion import load_model_folder
 from models.train import collate, encode, predict_texts
 
@@ -16,13 +16,24 @@ from models.train import collate, encode, predict_texts
 class Predictor:
     """A loaded checkpoint. Its folder alone is enough: task, labels, lengths and the feature
     schema come from ``refit.json``; the files are verified against ``manifest.json`` when there
-    is one."""
+    is one. An ensemble folder (:mod:`models.ensemble`) loads as one model that predicts the mean
+    of its members. With ``int8``, the folder's published int8 artifact (:mod:`models.quantize`)
+    is loaded instead of the float weights."""
 
-    def __init__(self, folder: Path, device: str = "cpu", verify: bool = True):
+    def __init__(self, folder: Path, device: str = "cpu", verify: bool = True, int8: bool = False):
         self.folder = Path(folder)
         if verify and (self.folder / MANIFEST).exists():
             verify_folder(self.folder)
-        model, self.tokenizer, self.meta = load_model_folder(self.folder)
+        if read_metadata(self.folder).get("ensemble"):
+            from models.ensemble import load_ensemble
+
+            model, self.tokenizer, self.meta = load_ensemble(self.folder)
+        else:
+            model, self.tokenizer, self.meta = load_model_folder(self.folder)
+        if int8:
+            from models.quantize import load_int8
+
+            model = load_int8(model, self.folder)
         self.task: str = self.meta["task"]
         self.labels: list[str] | None = self.meta.get("labels")
         self.max_length: int = int(self.meta.get("max_length", 128))

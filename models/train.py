@@ -42,6 +42,9 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from models.adversarial import METHODS as ADVERSARIAL
+from models.adversarial import EmbeddingAttack
+from models.augment import AugmentConfig, Paraphraser, augment_texts
 from models.checkpoint import METADATA, read_metadata
 from models.fusion import (
     FeatureSchema,
@@ -53,6 +56,7 @@ from models.fusion import (
     take,
 )
 from models.metrics import DEFAULT_METRIC, DIRECTION, task_metrics
+from models.prune import drop_layers, head_counts, head_importance, least_important, prune_heads, remaining_heads
 
 log = logging.getLogger("refit.train")
 STATE_FILE = "last_epoch.pt"
@@ -95,6 +99,17 @@ class TrainConfig:
     init_from: str | None = None  # a champion checkpoint folder to warm-start from
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's default
     unpad: bool = True  # BERT encoders compute real tokens only (models/unpad.py); same result
+    # --- defences and compression (issue 10) ------------------------------------------------
+    augment_delete_rate: float = 0.0  # training texts only (models/augment.py)
+    augment_swap_rate: float = 0.0
+    augment_synonym_rate: float = 0.0
+    augment_paraphrase_rate: float = 0.0  # needs a paraphrase hook passed to train()
+    adversarial: str = "none"  # none | fgm | pgd, on the word embeddings (models/adversarial.py)
+    adversarial_epsilon: float = 1.0
+    adversarial_steps: int = 3  # PGD only
+    keep_layers: int | None = None  # keep the bottom L encoder layers (models/prune.py)
+    prune_heads: int = 0  # attention heads removed by importance after prune_after_epoch
+    prune_after_epoch: int = 1
 
     def __post_init__(self) -> None:
         if self.task not in ("regression", "classification"):
@@ -115,6 +130,23 @@ class TrainConfig:
                 raise ValueError(f"class_weights must be none, balanced or a list, not {self.class_weights!r}")
         elif len(self.class_weights) != len(self.labels):
             raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(self.labels)} labels")
+        _ = self.augmentation  # validates the rates
+        if self.adversarial not in ADVERSARIAL:
+            raise ValueError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, not {self.adversarial!r}")
+        if self.keep_layers is not None and self.keep_layers < 1:
+            raise ValueError("keep_layers must be at least 1")
+        if self.prune_heads < 0:
+            raise ValueError("prune_heads must not be negative")
+        if self.prune_heads and not 1 <= self.prune_after_epoch < self.epochs:
+            raise ValueError("pruning heads needs prune_after_epoch in [1, epochs) (then it fine-tunes)")
+        if self.prune_heads and self.strategy == "lora":
+            raise ValueError("head pruning and LoRA do not combine: pruning rebuilds the projections LoRA wraps")
+
+    @property
+    def augmentation(self) -> AugmentConfig:
+        return AugmentConfig(
+            self.augment_delete_rate, self.augment_swap_rate, self.augment_synonym_rate, self.augment_paraphrase_rate
+        )
 
     @property
     def n_outputs(self) -> int:
@@ -304,6 +336,8 @@ def warm_start_problem(config: TrainConfig, schema: FeatureSchema) -> str | None
     except Exception as exc:  # noqa: BLE001 - any unreadable champion means a cold start, with the reason
         return str(exc).splitlines()[0]
     arch = meta.get("architecture")
+    if meta.get("ensemble"):
+        return f"the champion is an ensemble of {len(meta['ensemble']['members'])} models"
     if not arch:
         return "the champion's checkpoint predates format 2"
     if meta.get("task") != config.task:
@@ -314,9 +348,11 @@ def warm_start_problem(config: TrainConfig, schema: FeatureSchema) -> str | None
     mine = {
         "model_type": base.model_type,
         "hidden_size": base.hidden_size,
-        "num_hidden_layers": base.num_hidden_layers,
+        "num_hidden_layers": min(base.num_hidden_layers, config.keep_layers or base.num_hidden_layers),
         "vocab_size": base.vocab_size,
     }
+    if arch.get("pruned_heads"):
+        return "the champion has pruned attention heads"
     if arch["encoder"] != mine:
         return f"encoder differs ({arch['encoder']} vs {mine})"
     theirs = FeatureSchema.from_dict(meta.get("features"))
@@ -428,6 +464,9 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     resume_dir: Path | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    tensorboard_dir: Path | None = None,
+    paraphrase: Paraphraser | None = None,
+    on_epoch_texts: Callable[[int, list[str]], None] | None = None,
 ) -> TrainResult:
     """Fine-tune on ``data`` with early stopping on the dev metric.
 
@@ -438,6 +477,10 @@ def train(
         resume_dir: where the state is written after every epoch; a run started again with the
             same config, data and folder resumes after the last finished epoch. Removed on success.
         on_step: called after every optimizer step with (epoch, step in epoch).
+        tensorboard_dir: where TensorBoard event files go (per-step loss and learning rate,
+            per-epoch dev metrics); None writes none.
+        paraphrase: the back-translation hook for ``augment_paraphrase_rate`` (refit ships none).
+        on_epoch_texts: called with (epoch, the training texts of that epoch after augmentation).
 
     Returns:
         The model with its best-epoch weights (LoRA merged), the per-epoch history, the dev metrics.
@@ -450,22 +493,32 @@ def train(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(config, data, on_epoch, resume_dir, on_step)
+        return _train(config, data, on_epoch, resume_dir, on_step, tensorboard_dir, paraphrase, on_epoch_texts)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
+def _train(config, data, on_epoch, resume_dir, on_step, tensorboard_dir, paraphrase, on_epoch_texts) -> TrainResult:
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if distributed and (config.adversarial != "none" or config.prune_heads):
+        raise ValueError("adversarial training and head pruning run in one process, not under torchrun")
+    if resume_dir is not None and config.prune_heads:
+        raise ValueError("a run that prunes heads cannot resume: the weights change shape mid-run")
     seed_everything(config.seed)
     device = pick_device(config.device, rank)
     schema = FeatureSchema.fit(config.feature_types, data.train_features, config.vector_feature)
     model, tokenizer, init = initial_model(config, schema)
     schema = model.schema  # a warm start keeps the champion's statistics and vocabularies
     model.unpad = config.unpad
+    if config.keep_layers:
+        current = len(encoder_layers(model.encoder))
+        if config.keep_layers > current:
+            raise ValueError(f"keep_layers={config.keep_layers} but the encoder has {current} layers")
+        if config.keep_layers < current:
+            drop_layers(model.encoder, config.keep_layers)
     apply_strategy(model, config)
     model.to(device)
     pad_id = tokenizer.pad_token_id or 0
@@ -487,15 +540,6 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
     batches_per_epoch = math.ceil(len(train_ids) / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
     total_steps = steps_per_epoch * config.epochs
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
-        fused=device.type in ("cpu", "cuda"),  # one kernel instead of a dozen passes over every parameter
-    )
     warmup = int(total_steps * config.warmup_ratio)
 
     def schedule(step: int) -> float:
@@ -503,7 +547,28 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
             return (step + 1) / max(1, warmup)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    def make_optimizer(steps_done: int = 0):
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(param)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.learning_rate,
+            fused=device.type in ("cpu", "cuda"),  # one kernel instead of a dozen passes over every parameter
+        )
+        # A rebuilt optimizer (after head pruning) continues the same schedule.
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step + steps_done))
+
+    optimizer, scheduler = make_optimizer()
+    # After the optimizer: frozen embeddings get a gradient for the attack but stay out of it.
+    attack = (
+        EmbeddingAttack(model, config.adversarial, config.adversarial_epsilon, config.adversarial_steps)
+        if config.adversarial != "none"
+        else None
+    )
+    augmentation = config.augmentation
+    writer = _tensorboard_writer(tensorboard_dir) if tensorboard_dir is not None and rank == 0 else None
     higher_better = DIRECTION[config.metric]
     best_score, best_state, best_epoch, stale = None, None, 0, 0
     history: list[dict] = []
@@ -525,20 +590,31 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
         log.info("resuming after epoch %d from %s", state["epoch"], state_path)
     resumed_from = start_epoch - 1
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    lengths = [len(seq) for seq in train_ids]
+    base_train_ids = train_ids
     show_progress = rank == 0 and sys.stderr.isatty()
     started = time.perf_counter()
 
     finished = start_epoch > config.epochs or (stale > config.patience)
+    global_step = (start_epoch - 1) * steps_per_epoch
     for epoch in range(start_epoch, config.epochs + 1) if not finished else ():
         model.train()
         epoch_started, epoch_cpu = time.perf_counter(), time.process_time()
         epoch_loss = torch.zeros((), dtype=torch.float64)
+        train_ids = base_train_ids
+        if augmentation.active:  # training rows only; dev_ids above stay as the data is
+            texts = augment_texts(data.train_texts, augmentation, config.seed, epoch, paraphrase)
+            train_ids = encode(tokenizer, texts, config.max_length)
+            if on_epoch_texts:
+                on_epoch_texts(epoch, texts)
+        elif on_epoch_texts:
+            on_epoch_texts(epoch, list(data.train_texts))
+        lengths = [len(seq) for seq in train_ids]
         batches = length_bucketed_batches(lengths, config.batch_size, rng)
         progress = _progress(len(batches), epoch) if show_progress else None
         for group_start in range(0, len(batches), config.grad_accum_steps):
             group = batches[group_start : group_start + config.grad_accum_steps]
             group_rows = sum(len(b) for b in group)
+            group_loss = 0.0
             for micro, batch_idx in enumerate(group):
                 local = batch_idx[rank::world]
                 weight = world / group_rows  # DDP averages over ranks: this makes it the group's mean
@@ -551,14 +627,29 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
                 with sync:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                         logits = runner(**batch, features=feats)
-                    losses = per_sample_loss(config, logits, targets[local].to(device), class_weights)
+                    batch_targets = targets[local].to(device)
+                    losses = per_sample_loss(config, logits, batch_targets, class_weights)
                     (losses.sum() * weight).backward()
-                epoch_loss += float(losses.detach().sum()) if weight else 0.0
+                    if attack is not None and weight:
+
+                        def adversarial_loss(batch=batch, feats=feats, batch_targets=batch_targets, weight=weight):
+                            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                                adv_logits = runner(**batch, features=feats)
+                            return per_sample_loss(config, adv_logits, batch_targets, class_weights).sum() * weight
+
+                        attack.backward_adversarial(adversarial_loss)
+                batch_loss = float(losses.detach().sum()) if weight else 0.0
+                epoch_loss += batch_loss
+                group_loss += batch_loss
                 if progress is not None:
                     progress.update(1)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
+            global_step += 1
+            if writer is not None:
+                writer.add_scalar("train/loss", group_loss / max(1, group_rows), global_step)
+                writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], global_step)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             seen += group_rows
@@ -566,6 +657,12 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
                 on_step(epoch, group_start // config.grad_accum_steps + 1)
         if progress is not None:
             progress.close()
+        pruned_now = 0
+        if config.prune_heads and epoch == config.prune_after_epoch:
+            pruned_now = _prune_by_importance(model, config, train_ids, train_features, targets, pad_id, device)
+            optimizer, scheduler = make_optimizer(global_step)
+            # The unpruned epochs' weights do not fit the pruned model: the best is chosen from here on.
+            best_score, best_state, best_epoch, stale = None, None, 0, 0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - epoch_started
@@ -585,8 +682,14 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
             "train_seconds": round(epoch_seconds, 3),
             "train_cpu_seconds": round(epoch_cpu, 3),
             **{f"dev_{k}": v for k, v in metrics.items()},
+            **({"pruned_heads": pruned_now} if pruned_now else {}),
         }
         history.append(record)
+        if writer is not None:
+            writer.add_scalar("train/epoch_loss", record["train_loss"], epoch)
+            for name, value in metrics.items():
+                writer.add_scalar(f"dev/{name}", value, epoch)
+            writer.flush()
         if on_epoch and rank == 0:
             on_epoch(record)
         log.info("epoch %d: %s", epoch, json.dumps(record))
@@ -626,6 +729,8 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
             stopped_early = epoch < config.epochs
             break
     stopped_early = stopped_early or (len(history) < config.epochs)
+    if writer is not None:
+        writer.close()
     elapsed = elapsed_before + time.perf_counter() - started
     model.load_state_dict(best_state)
     merge_adapters(model)
@@ -650,6 +755,35 @@ def _train(config, data, on_epoch, resume_dir, on_step) -> TrainResult:
         world_size=world,
         resumed_from_epoch=resumed_from,
     )
+
+
+def _tensorboard_writer(folder: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(folder))
+
+
+def _prune_by_importance(model, config, train_ids, train_features, targets, pad_id, device) -> int:
+    """Remove ``config.prune_heads`` heads, least important on the training rows first; returns
+    how many went."""
+
+    def batches():
+        for start in range(0, len(train_ids), 64):
+            idx = np.arange(start, min(start + 64, len(train_ids)))
+            inputs = {k: v.to(device) for k, v in collate([train_ids[i] for i in idx], pad_id).items()}
+            inputs["features"] = take(train_features, idx, device) if train_features else None
+            yield inputs, targets[idx].to(device)
+
+    def loss_fn(logits, batch_targets):
+        return per_sample_loss(config, logits, batch_targets).sum()
+
+    scores = head_importance(model, batches(), loss_fn)
+    chosen = least_important(scores, config.prune_heads, remaining_heads(model.encoder))
+    prune_heads(model.encoder, chosen)
+    model.to(device)
+    n = sum(len(v) for v in chosen.values())
+    log.info("pruned %d attention heads (%s); heads per layer now %s", n, chosen, head_counts(model.encoder))
+    return n
 
 
 def _progress(total: int, epoch: int):

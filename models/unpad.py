@@ -59,7 +59,8 @@ def unpadded_mean_pool(bert, input_ids: torch.Tensor, attention_mask: torch.Tens
             dropout_p=attention.dropout.p if attention.training else 0.0,
             scale=attention.scaling,
         )
-        context = context.transpose(1, 2).reshape(batch * length, hidden).index_select(0, real)
+        # heads * head_dim, not hidden: a pruned layer has fewer heads (models/prune.py).
+        context = context.transpose(1, 2).reshape(batch * length, heads * head_dim).index_select(0, real)
         out = layer.attention.output
         x = out.LayerNorm(out.dropout(out.dense(context)) + x)
         inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))

@@ -150,18 +150,28 @@ class DriftResult:
 
 
 def reference_and_current(
-    engine, split, champion: dict, upto: int | None = None, window_days: float | None = None, now=None
+    engine,
+    split,
+    champion: dict,
+    upto: int | None = None,
+    window_days: float | None = None,
+    now=None,
+    max_train_rows: int | None = None,
 ):
     """The champion's training rows, and the current window.
 
     The current window is every row that arrived after the champion's snapshot or, with
     ``window_days``, every row whose feedback time is within that many days before ``now``.
+    With ``max_train_rows`` (``REFIT_MAX_TRAIN_ROWS``) the champion trained on the newest that
+    many training rows only, and those are the reference.
     """
     from refit.snapshots import get_snapshot, read_feedback, snapshot_rows
 
     trained_on = get_snapshot(engine, champion["snapshot_id"])
     reference = snapshot_rows(engine, trained_on, split)
     reference = reference[reference["split"] == "train"]
+    if max_train_rows is not None and len(reference) > max_train_rows:
+        reference = reference.sort_values("id").tail(max_train_rows)
     if window_days is None:
         return reference, read_feedback(engine, after=trained_on.watermark_to, upto=upto)
     since = (now or datetime.now(timezone.utc)) - timedelta(days=window_days)
@@ -793,18 +803,28 @@ def drift_history(engine, champion_version: str | None, limit: int) -> tuple[lis
 
 
 def save_drift_report(
-    engine, store, result: DriftResult, snapshot_id: int | None, champion_version: str | None
+    engine,
+    store,
+    result: DriftResult,
+    snapshot_id: int | None,
+    champion_version: str | None,
+    created_at: datetime | None = None,
 ) -> dict:
-    """Store the report (HTML and JSON) and a ``drift_reports`` row; return the row's id and URIs."""
+    """Store the report (HTML and JSON) and a ``drift_reports`` row; return the row's id and URIs.
+
+    ``created_at`` is the check's time (default: the database's now); confirmation and cooldown
+    read it, so a replay on a simulated clock (``refit simulate``) passes its own.
+    """
     from sqlalchemy import text
 
     with engine.begin() as conn:
         report_id = conn.execute(
             text(
                 "INSERT INTO drift_reports (snapshot_id, champion_version, reference_rows, current_rows,"
-                " drift_share, signals, decision, reasons, drift_detected, forced, policy, sampled_rows)"
+                " drift_share, signals, decision, reasons, drift_detected, forced, policy, sampled_rows, created_at)"
                 " VALUES (:s, :c, :r, :n, :share, CAST(:signals AS JSONB), :d, CAST(:reasons AS JSONB),"
-                " :detected, :forced, CAST(:policy AS JSONB), CAST(:sampled AS JSONB))"
+                " :detected, :forced, CAST(:policy AS JSONB), CAST(:sampled AS JSONB),"
+                " coalesce(CAST(:at AS TIMESTAMPTZ), now()))"
                 " RETURNING id"
             ),
             {
@@ -820,6 +840,7 @@ def save_drift_report(
                 "forced": result.forced,
                 "policy": json.dumps(result.policy, default=str),
                 "sampled": json.dumps(result.sampled_rows),
+                "at": created_at,
             },
         ).scalar_one()
         html_uri = json_uri = None
@@ -896,6 +917,7 @@ def run_drift_check(
     force: bool = False,
     now: datetime | None = None,
     result: DriftResult | None = None,
+    render: bool = True,
 ) -> dict:
     """Check drift against the champion with the settings' policy, record it, and post to Slack
     when the decision is to retrain: what ``refit drift`` and the flow's task both run.
@@ -908,6 +930,8 @@ def run_drift_check(
         force: the operator's override.
         now: the time of the check (default: now).
         result: an already decided result to record instead (no champion yet).
+        render: build and store the HTML report; without it the same signals and decision are
+            recorded with no report (``refit simulate`` replays many checks).
 
     Returns:
         The result's summary with the ``drift_reports`` id and the report's URIs.
@@ -925,7 +949,9 @@ def run_drift_check(
     if result is None:
         policy = DriftPolicy.from_settings(settings)
         split = SplitConfig.from_settings(settings)
-        reference, current = reference_and_current(engine, split, champion, upto, policy.window_days, now)
+        reference, current = reference_and_current(
+            engine, split, champion, upto, policy.window_days, now, settings.max_train_rows
+        )
         devset = current_devset(engine)
         dev = dev_rows(engine, devset, split) if devset else None
         history, last_retrain = drift_history(engine, version, max(policy.confirm_m - 1, 0))
@@ -933,10 +959,13 @@ def run_drift_check(
         predictor = load_champion(settings, champion) if enough else None
         result = check_drift(
             reference, current, policy, settings.task, champion=predictor, dev=dev, history=history,
-            last_retrain=last_retrain, now=now, force=force, labels=list(settings.labels),
+            last_retrain=last_retrain, now=now, force=force, labels=list(settings.labels), render=render,
         )  # fmt: skip
-    saved = save_drift_report(engine, store, result, snapshot_id, version)
+    saved = save_drift_report(engine, store, result, snapshot_id, version, created_at=now)
+    summary = {**result.summary(), "report_id": saved["id"]}
+    summary.update(html_uri=saved["html_uri"], json_uri=saved["json_uri"])
     if result.decision == RETRAIN and result.drift_detected and not result.forced and champion is not None:
-        url = settings.slack_webhook_url.get_secret_value() if settings.slack_webhook_url else None
-        notify.post(url, slack_message(result, version, saved["html_uri"]))
-    return {**result.summary(), "report_id": saved["id"], "html_uri": saved["html_uri"], "json_uri": saved["json_uri"]}
+        # issue 8: the signals table and a browser link to the report, to Slack and the JSON webhook
+        report_url = notify.browser_url(settings, saved["html_uri"])
+        notify.send(settings, notify.drift_notice(summary, version, report_url, notify.current_run_url(settings)))
+    return summary

@@ -269,6 +269,10 @@ def _parquet_batches(name: str, content: bytes, batch_rows: int) -> Iterator[Raw
 
     try:
         parquet = pq.ParquetFile(io.BytesIO(content))
+        # Decode every row group once before the first batch commits: a file damaged further on
+        # is refused whole rather than half loaded (decoding costs little next to loading).
+        for group in range(parquet.num_row_groups):
+            parquet.read_row_group(group)
         line = 1
         for record_batch in parquet.iter_batches(batch_size=batch_rows):
             frame = record_batch.to_pandas()
@@ -293,7 +297,10 @@ def _nested(series: pd.Series) -> pd.Series:
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    return series.where(series.isna(), series.astype(str))
+    # Always object dtype with None for missing: a column that is all null in a batch (JSON nulls
+    # read as float NaN) must still take the .str accessor.
+    present = series.notna()
+    return series.astype(object).where(~present, series.astype(str)).where(present, None)
 
 
 def _parse_times(series: pd.Series) -> pd.Series:
@@ -334,6 +341,7 @@ def validate_batch(
     yet are added, inferred from this batch (configured types always win).
     """
     frame = batch.frame.rename(columns={src: dst for dst, src in rules.column_map})
+    frame.columns = [_storable(str(c)) for c in frame.columns]  # names become JSON keys in Postgres
     n = len(frame)
     reason = pd.Series([None] * n, dtype=object)
     detail = pd.Series([None] * n, dtype=object)
@@ -351,6 +359,7 @@ def validate_batch(
     body = raw_body.str.strip()
     flag(body.isna() | (body == ""), "missing_text", "text is missing or empty")
     flag(body.str.contains("\x00", regex=False), "invalid_text", "text contains NUL bytes")
+    flag(_unencodable(body), "invalid_text", "text is not valid Unicode (a lone surrogate)")
     flag(
         body.str.len() > rules.max_text_chars, "text_too_long", f"text is longer than {rules.max_text_chars} characters"
     )
@@ -360,7 +369,8 @@ def validate_batch(
         as_text = _as_text(values)
         nested = _nested(values)
         too_long = as_text.str.len() > MAX_ID_CHARS
-        flag(nested | too_long | as_text.str.contains("\x00", regex=False), f"bad_{name}", f"{name} is not a valid id")
+        bad_chars = as_text.str.contains("\x00", regex=False) | _unencodable(as_text)
+        flag(nested | too_long | bad_chars, f"bad_{name}", f"{name} is not a valid id")
 
     created = _parse_times(column("created_at"))
     flag(_blank(column("created_at")), "bad_timestamp", "created_at is missing")
@@ -402,7 +412,10 @@ def validate_batch(
             flag(bad, "bad_feature", f"feature {name} should be a number")
             feature_values[name] = numbers
         else:
-            feature_values[name] = _as_text(values.where(~nested)).str.strip().replace("", None)
+            categories = _as_text(values.where(~nested)).str.strip().replace("", None)
+            bad_chars = categories.str.contains("\x00", regex=False) | _unencodable(categories)
+            flag(bad_chars, "bad_feature", f"feature {name} contains NUL bytes or lone surrogates")
+            feature_values[name] = categories
 
     if rules.pii_mode != "off":
         redacted = body.map(lambda t: redact(t) if isinstance(t, str) else t)
@@ -423,7 +436,9 @@ def validate_batch(
     ]
     # Both targets are stored: a label from the score's bin, or a score from the label's position.
     n_labels = len(rules.labels)
-    bins = np.minimum((satisfaction.fillna(0).to_numpy() * n_labels).astype(int), n_labels - 1)
+    # Rows already rejected may hold negative or infinite scores: clip them so they index nothing wrong.
+    in_range = np.clip(np.nan_to_num(satisfaction.to_numpy(dtype=float), nan=0.0, posinf=0.0, neginf=0.0), 0, 1)
+    bins = np.minimum((in_range * n_labels).astype(int), n_labels - 1)
     derived_label = label.fillna(pd.Series(np.asarray(rules.labels, dtype=object)[bins], index=label.index))
     positions = {name: i / (n_labels - 1) for i, name in enumerate(rules.labels)}
     satisfaction = satisfaction.fillna(derived_label.map(positions))
@@ -487,7 +502,31 @@ def split_repeats(valid: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]
 def _id_or_none(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)) or isinstance(value, (dict, list)):
         return None
-    return str(value)[:MAX_ID_CHARS]
+    return _storable(str(value)[:MAX_ID_CHARS])
+
+
+def _storable(value: str) -> str:
+    """``value`` as Postgres text and JSONB accept it: NUL spelled ``\\x00``, lone UTF-16
+    surrogates (JSON's ``"\\ud800"``) as U+FFFD."""
+    value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def _unencodable(series: pd.Series) -> pd.Series:
+    """Where a text value holds a lone surrogate (it cannot be written as UTF-8)."""
+
+    def bad(value: Any) -> bool:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    return series.map(lambda v: isinstance(v, str) and bad(v))
 
 
 def _safe_raw(raw: dict, rules: IngestRules) -> dict:
@@ -495,19 +534,21 @@ def _safe_raw(raw: dict, rules: IngestRules) -> dict:
 
     def clean(key: str, value: Any) -> Any:
         if isinstance(value, str):
-            value = value.replace("\x00", "\\x00")
+            value = _storable(value)
             return redact(value) if rules.pii_mode != "off" and key in ("text", "_line") else value
         if isinstance(value, float) and not math.isfinite(value):
             return None if math.isnan(value) else str(value)
-        if isinstance(value, (dict, list)):
-            return json.loads(json.dumps(value, default=str))
+        if isinstance(value, dict):
+            return {_storable(str(k)): clean("", v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean("", v) for v in value]
         if isinstance(value, (np.integer, np.floating, np.bool_)):
             return value.item()
         if isinstance(value, (pd.Timestamp, datetime)):
             return value.isoformat()
         return value
 
-    return {str(k): clean(str(k), v) for k, v in raw.items()}
+    return {_storable(str(k)): clean(str(k), v) for k, v in raw.items()}
 
 
 # --- loading ---------------------------------------------------------------------------------

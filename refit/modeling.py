@@ -53,6 +53,15 @@ def train_config(settings: Settings, base_model: str | None = None, init_from: s
         feature_types=dict(settings.feature_types),
         init_from=str(init_from) if init_from and settings.warm_start else None,
         num_threads=settings.num_threads,
+        # --- defences and compression (issue 10)
+        augment_delete_rate=settings.augment_delete_rate,
+        augment_swap_rate=settings.augment_swap_rate,
+        augment_synonym_rate=settings.augment_synonym_rate,
+        adversarial=settings.adversarial,
+        adversarial_epsilon=settings.adversarial_epsilon,
+        adversarial_steps=settings.adversarial_steps,
+        keep_layers=settings.keep_layers,
+        prune_heads=settings.prune_heads,
     )
 
 

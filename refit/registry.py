@@ -72,6 +72,8 @@ def publish_checkpoint(store: ObjectStore, folder: Path, version: str, model_nam
     manifest = build_manifest(folder, version)
     metadata = read_metadata(folder)
     manifest.update(model_name=model_name, lineage=metadata.get("lineage") or {})
+    if metadata.get("int8"):  # the int8 artifact's measured dev-set difference (models/quantize.py)
+        manifest["int8"] = metadata["int8"]
     sealed = store.head(f"{prefix}/{MANIFEST}")
     if sealed is not None:
         existing = json.loads(store.get(f"{prefix}/{MANIFEST}"))
@@ -81,15 +83,21 @@ def publish_checkpoint(store: ObjectStore, folder: Path, version: str, model_nam
     for rel, entry in manifest["files"].items():
         key = f"{prefix}/{rel}"
         there = store.head(key)
-        if there is not None and there.size == entry["bytes"] and there.sha256 == entry["sha256"]:
-            continue  # uploaded before an interruption
-        if there is not None:
+        if there is not None and there.sha256 != entry["sha256"]:
             raise AlreadyExists(f"{store.uri(key)} exists with other content; version {version} is not replaced")
+        if there is not None and there.size == entry["bytes"] and store.holds(key, folder / rel, there):
+            continue  # uploaded before an interruption
+        # Absent, or declared as this file but damaged in transit: the version is not sealed yet,
+        # so the file is uploaded (again).
         store.put_file(key, folder / rel, sha256=entry["sha256"])
     for rel, entry in manifest["files"].items():  # every file there, whole, before the seal
-        there = store.head(f"{prefix}/{rel}")
-        if there is None or there.size != entry["bytes"] or there.sha256 != entry["sha256"]:
-            raise CheckpointError(f"{store.uri(f'{prefix}/{rel}')} did not arrive intact; not publishing {version}")
+        key = f"{prefix}/{rel}"
+        there = store.head(key)
+        # The recorded SHA-256 is what was declared; the stored bytes are checked too (ETag or read-back).
+        if there is None or there.size != entry["bytes"] or not store.holds(key, folder / rel, there):
+            raise CheckpointError(
+                f"{store.uri(key)} did not arrive intact; not publishing {version}", permanent=False
+            )  # a retry uploads it again
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     store.put(f"{prefix}/{MANIFEST}", body, if_absent=True)
     return Published(version, store.uri(prefix), manifest_digest(manifest))
@@ -309,6 +317,42 @@ def record_decision(
         ``promoted``, ``rejected`` or ``superseded``.
     """
     gate = _json_safe(decision.as_dict())
+    moved: dict = {}
+    try:
+        return _record(engine, store, published, snapshot_id, task, metrics, decision, champion_version,
+                       config_hash, flow_run_id, actor, model_name, gate, moved)  # fmt: skip
+    except Exception:
+        if moved:
+            _restore_pointer(engine, store, published, moved["previous"], model_name)
+        raise
+
+
+def _restore_pointer(engine: Engine, store: ObjectStore, published: Published, previous, model_name: str) -> None:
+    """The registry transaction failed after the pointer moved to ``published`` (a dropped
+    connection at commit): unless the commit did land, move the pointer back to ``previous``
+    (a ``Published``, or None: no pointer before), so the store never names a champion the
+    registry does not have, and a rolled-back upload is not pointed at once withdrawn."""
+    import logging
+
+    try:
+        with engine.connect() as conn:
+            head = conn.execute(text("SELECT champion FROM registry_head WHERE id = 1")).scalar()
+        if head == published.version:
+            return  # the commit landed before the connection went
+        if previous is None:
+            store.delete(pointer_key(model_name))
+        else:
+            write_pointer(store, previous, published.version, model_name)
+    except Exception as exc:  # the original error is what the caller must see
+        logging.getLogger("refit.registry").error(
+            "the champion pointer names %s but the registry did not record it, and restoring it failed: %s",
+            published.version,
+            exc,
+        )
+
+
+def _record(engine, store, published, snapshot_id, task, metrics, decision, champion_version, config_hash,
+            flow_run_id, actor, model_name, gate, moved) -> str:  # fmt: skip
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -354,7 +398,13 @@ def record_decision(
             gate=gate,
         )
         if outcome == "promoted":
+            row = conn.execute(
+                text("SELECT version, uri, manifest_sha256 FROM model_versions WHERE version = :v"),
+                {"v": champion_version},
+            ).first()
+            previous = Published(row.version, row.uri, row.manifest_sha256) if row else None
             write_pointer(store, published, champion_version, model_name)
+            moved["previous"] = previous  # from here a failed commit must move the pointer back
     return outcome
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model, field_validator
 
 from refit.errors import NoChampionError, RefitError
 
@@ -56,11 +56,18 @@ class Champion:
     def load(self, version: str, etag: str | None) -> Loaded:
         """Download (or reuse the verified cache of) ``version``, load and warm it up."""
         from models.predict import Predictor
+        from models.quantize import INT8_FILE
         from refit.registry import checkout
 
-        predictor = Predictor(checkout(self.settings, version))
-        if self.settings.serve_quantize:
-            predictor = quantized(predictor, self.settings.serve_quantize_tolerance)
+        folder = checkout(self.settings, version)
+        if self.settings.serve_quantize and (folder / INT8_FILE).is_file():
+            # The int8 weights published beside the float ones, checked on the dev set then.
+            predictor = Predictor(folder, int8=True)
+            predictor.quantization_gap = predictor.meta["int8"]["max_abs_diff"]
+        else:
+            predictor = Predictor(folder)
+            if self.settings.serve_quantize:
+                predictor = quantized(predictor, self.settings.serve_quantize_tolerance)
         predictor.predict(["warm-up text for a new model"])  # first-call costs before the swap
         return Loaded(version, predictor, etag)
 
@@ -102,21 +109,22 @@ class Champion:
             return True
 
 
-def quantized(predictor, tolerance: float, sample: list[str] | None = None):
+def quantized(predictor, tolerance: float, sample: list[str] | None = None, features=None):
     """int8 dynamic quantization of the linear layers, kept only if its predictions stay within
-    ``tolerance`` of the float model's on a sample of texts (the largest absolute difference)."""
+    ``tolerance`` of the float model's on a sample of texts (the largest absolute difference).
+    ``features`` are the sample's behaviour features (the publish-time check passes the dev rows')."""
     import copy
 
     import torch
 
     float_model = predictor.model
     texts = sample or QUANTIZATION_CHECK_TEXTS
-    before = predictor.predict(texts)
+    before = predictor.predict(texts, features)
     quant = copy.copy(predictor)
     quant.model = torch.ao.quantization.quantize_dynamic(
         copy.deepcopy(float_model), {torch.nn.Linear}, dtype=torch.qint8
     )
-    after = quant.predict(texts)
+    after = quant.predict(texts, features)
     gap = float(np.max(np.abs(after - before)))
     if gap > tolerance:
         raise RefitError(f"int8 predictions differ from float by {gap:.4f} > {tolerance}; serving float instead")
@@ -221,17 +229,47 @@ class PredictionLog:
 # --- the request and response bodies ---------------------------------------------------------
 
 
+# A feature value is a scalar, or a list of numbers for a precomputed embedding vector.
+FeatureValue = StrictStr | float | bool | list[float] | None
+
+
 class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(description="The feedback text.")
-    features: dict[str, Any] | None = Field(default=None, description="Behaviour features by name.")
+    features: dict[str, FeatureValue] | None = Field(default=None, description="Behaviour features by name.")
+
+    @field_validator("text")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        # JSON can carry lone UTF-16 surrogates ("\ud800") that no tokenizer or UTF-8 encoder
+        # accepts; they become U+FFFD like any other undecodable character.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
 
 
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def request_model(name: str, max_items: int) -> type[BaseModel]:
+    """The request body with its item limit in the schema, so the OpenAPI spec documents it."""
+    return create_model(
+        name,
+        __config__=ConfigDict(extra="forbid"),
+        items=(list[Item], Field(min_length=1, max_length=max_items, description="What to score.")),
+    )
 
-    items: list[Item] = Field(min_length=1, description="What to score.")
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What went wrong.")
+
+
+def _feature_error(exc: Exception):
+    """A model that cannot read a request's features: a 422 shaped like every other 422."""
+    from fastapi.exceptions import RequestValidationError
+
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return RequestValidationError([{"type": "value_error", "loc": ("body", "items", "features"), "msg": message}])
 
 
 class Batcher:
@@ -276,8 +314,19 @@ class Batcher:
             try:
                 prediction = await loop.run_in_executor(None, _predict, loaded.predictor, texts, features)
             except Exception as exc:  # a model failure fails its requests, not the server
-                for job in jobs:
-                    job[2].set_exception(exc)
+                if len(jobs) == 1:
+                    jobs[0][2].set_exception(exc)
+                    continue
+                # One bad request must not fail the others it was batched with: score each alone.
+                for job_texts, job_features, future in jobs:
+                    try:
+                        alone = await loop.run_in_executor(
+                            None, _predict, loaded.predictor, job_texts, job_features or [{}] * len(job_texts)
+                        )
+                        future.set_result((alone, loaded))
+                    except Exception as job_exc:
+                        future.set_exception(job_exc)
+                    self.calls += 1
                 continue
             self.calls += 1
             start = 0
@@ -294,8 +343,11 @@ def _predict(predictor, texts: list[str], features: list[dict]) -> np.ndarray:
 def create_app(settings, champion: Champion | None = None):
     """The FastAPI app; ``champion`` must already hold a loaded model (see :func:`serve`)."""
     from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import PlainTextResponse
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     champion = champion or Champion(settings)
     token = settings.serve_token.get_secret_value() if settings.serve_token else None
@@ -333,6 +385,28 @@ def create_app(settings, champion: Champion | None = None):
             prediction_log.stop()
 
     app = FastAPI(title="refit", summary="The current champion satisfaction model.", lifespan=lifespan)
+    PredictRequest = request_model("PredictRequest", settings.serve_max_items)  # noqa: N806 - a class
+    ExplainRequest = request_model("ExplainRequest", min(8, settings.serve_max_items))  # noqa: N806 - a class
+    unauthorized = {401: {"model": ErrorBody, "description": "Missing or wrong bearer token."}}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def body_errors_are_422(request: Request, exc: StarletteHTTPException):
+        # A body that is not even decodable (invalid UTF-8 declared as JSON) is a bad body like
+        # any other: a 422 in the documented shape, not Starlette's undocumented 400.
+        if exc.status_code == 400:
+            error = {"type": "json_invalid", "loc": ("body",), "msg": f"the body cannot be read: {exc.detail}"}
+            return await request_validation_exception_handler(request, RequestValidationError([error]))
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_bodies_are_422(request: Request, exc: RequestValidationError):
+        # FastAPI echoes the offending input; raw bytes that are not UTF-8 (a body sent without a
+        # content type) would make its own handler fail with a 500.
+        errors = [
+            {**e, "input": e["input"].decode("utf-8", "replace")} if isinstance(e.get("input"), bytes) else e
+            for e in exc.errors()
+        ]
+        return await request_validation_exception_handler(request, RequestValidationError(errors))
 
     def authorized(request: Request) -> None:
         if token is None:
@@ -350,15 +424,16 @@ def create_app(settings, champion: Champion | None = None):
         requests.labels(request.url.path, str(response.status_code)).inc()
         return response
 
-    @app.post("/predict", dependencies=[Depends(authorized)])
+    @app.post("/predict", dependencies=[Depends(authorized)], responses=unauthorized)
     async def predict(body: PredictRequest) -> dict:
-        if len(body.items) > settings.serve_max_items:
-            raise HTTPException(422, f"at most {settings.serve_max_items} items per request, got {len(body.items)}")
         limit = settings.serve_max_text_chars
         texts = [item.text[:limit] for item in body.items]
         truncated = [len(item.text) > limit for item in body.items]
         features = [item.features or {} for item in body.items]
-        prediction, loaded = await batcher.submit(texts, features)
+        try:
+            prediction, loaded = await batcher.submit(texts, features)
+        except ValueError as exc:  # features the model cannot read (a vector of the wrong length)
+            raise _feature_error(exc) from None
         records = loaded.predictor.to_records(prediction)
         if prediction_log:
             prediction_log.add(loaded.version, texts, records)
@@ -371,33 +446,45 @@ def create_app(settings, champion: Champion | None = None):
             out.append({**row, "truncated": cut})
         return {"predictions": out, "model_version": loaded.version}
 
-    @app.post("/explain", dependencies=[Depends(authorized)])
-    async def explain(body: PredictRequest) -> dict:
+    @app.post(
+        "/explain",
+        dependencies=[Depends(authorized)],
+        responses={**unauthorized, 501: {"model": ErrorBody, "description": "Explanations are not in this build."}},
+    )
+    async def explain(body: ExplainRequest) -> dict:
         try:
             from models.explain import explain as explain_one
         except ImportError:
             raise HTTPException(501, "explanations are not available in this build") from None
-        if len(body.items) > 8:
-            raise HTTPException(422, "at most 8 items per explain request")
         loaded = champion.current
         loop = asyncio.get_running_loop()
         results = []
         for item in body.items:
             text = item.text[: settings.serve_max_text_chars]
-            found = await loop.run_in_executor(None, explain_one, loaded.predictor, text, item.features)
+            try:
+                found = await loop.run_in_executor(None, explain_one, loaded.predictor, text, item.features)
+            except ValueError as exc:
+                raise _feature_error(exc) from None
             results.append({**asdict(found), "completeness_error": found.delta})
         return {"explanations": results, "model_version": loaded.version}
 
-    @app.post("/reload", dependencies=[Depends(authorized)])
+    @app.post(
+        "/reload",
+        dependencies=[Depends(authorized)],
+        responses={**unauthorized, 503: {"model": ErrorBody, "description": "The store cannot be read now."}},
+    )
     async def reload() -> dict:
-        changed = await asyncio.get_running_loop().run_in_executor(None, champion.refresh)
+        try:
+            changed = await asyncio.get_running_loop().run_in_executor(None, champion.refresh)
+        except RefitError as exc:  # the store is away: the current model keeps serving
+            raise HTTPException(503, f"the champion pointer cannot be read: {exc}") from None
         return {"changed": changed, "model_version": champion.current.version, "error": champion.last_error}
 
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "No model loaded yet."}})
     async def readyz() -> dict:
         if champion.current is None:
             raise HTTPException(503, "no model loaded yet")
@@ -416,7 +503,7 @@ def create_app(settings, champion: Champion | None = None):
             "model_calls": batcher.calls,
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         reloads.set(champion.reloads)
         failures.set(champion.reload_failures)

@@ -77,6 +77,24 @@ class Settings(BaseSettings):
     serve_log_flush_s: float = Field(default=2.0, gt=0, description="How often logged predictions are written.")
     slack_webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL.")
 
+    # --- notifications (issue 8) --------------------------------------------------------------
+    slack_webhook_block: str | None = Field(
+        default=None,
+        description="A saved Prefect block holding the Slack URL: NAME (a slack-webhook block) or TYPE-SLUG/NAME.",
+    )
+    webhook_url: SecretStr | None = Field(
+        default=None, description="A generic JSON webhook that gets every event as {event, title, fields, run_url}."
+    )
+    webhook_block: str | None = Field(
+        default=None, description="A saved Prefect block holding that URL: NAME (a webhook block) or TYPE-SLUG/NAME."
+    )
+    webhook_token: SecretStr | None = Field(
+        default=None, description="Sent to the generic webhook as 'Authorization: Bearer <token>'; never logged."
+    )
+    ui_url: str | None = Field(
+        default=None, description="The Prefect UI's base URL for run links (default: Prefect's PREFECT_UI_URL)."
+    )
+
     # --- the model ---------------------------------------------------------------------------
     base_model: str = Field(
         default=PACKAGED_MODEL,
@@ -193,6 +211,28 @@ class Settings(BaseSettings):
     )
     num_threads: int | None = Field(default=None, ge=1, description="CPU threads for training (unset: torch's).")
 
+    # --- defences and compression (issue 10) ---------------------------------------------------
+    augment_delete_rate: float = Field(default=0.0, ge=0, le=1, description="EDA: chance a training word is dropped.")
+    augment_swap_rate: float = Field(default=0.0, ge=0, le=1, description="EDA: word swaps per training word.")
+    augment_synonym_rate: float = Field(
+        default=0.0, ge=0, le=1, description="EDA: chance a word with a synonym in the shipped list is replaced."
+    )
+    adversarial: Literal["none", "fgm", "pgd"] = Field(
+        default="none", description="Adversarial training on the word embeddings."
+    )
+    adversarial_epsilon: float = Field(default=1.0, gt=0, description="Norm of the embedding perturbation.")
+    adversarial_steps: int = Field(default=3, ge=1, description="PGD steps.")
+    ensemble_size: int = Field(default=1, ge=1, le=16, description="Models averaged into one challenger (1: none).")
+    ensemble_source: Literal["seeds", "champions"] = Field(
+        default="seeds", description="Members: K seeds of this run, or this run plus the K-1 previous champions."
+    )
+    keep_layers: int | None = Field(default=None, ge=1, description="Keep the bottom N encoder layers, then fine-tune.")
+    prune_heads: int = Field(default=0, ge=0, description="Attention heads removed by importance after epoch 1.")
+    publish_int8: bool = Field(
+        default=True, description="Publish an int8 copy of the weights beside the float ones, with its dev difference."
+    )
+    tensorboard: bool = Field(default=True, description="Write TensorBoard event files into the checkpoint folder.")
+
     # --- the gate ----------------------------------------------------------------------------
     gate_metric: Literal["mse", "mae", "spearman", "accuracy", "macro_f1"] | None = Field(
         default=None, description="Primary metric of the gate (default: mse, or macro_f1 for classification)."
@@ -266,6 +306,22 @@ class Settings(BaseSettings):
             raise ValueError("class names must be distinct")
         return value
 
+    # --- security (issue 9): a credential may name a Prefect Secret block instead (refit/secrets.py)
+    @field_validator(
+        "database_url",
+        "slack_webhook_url",
+        "serve_token",
+        "webhook_url",
+        "webhook_token",
+        mode="before",
+        check_fields=False,
+    )
+    @classmethod
+    def _from_prefect_secret(cls, value: object) -> object:
+        from refit.secrets import resolve
+
+        return resolve(value)
+
     @field_validator("database_url")
     @classmethod
     def _psycopg2_url(cls, value: str | None) -> str | None:
@@ -306,6 +362,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"REFIT_EARLY_STOPPING_METRIC={self.early_stopping_metric} does not fit REFIT_TASK={self.task}"
                 )
+        # --- defences and compression (issue 10)
+        if self.prune_heads and self.fine_tune == "lora":
+            raise ValueError("REFIT_PRUNE_HEADS does not combine with REFIT_FINE_TUNE=lora")
+        if self.prune_heads and self.epochs < 2:
+            raise ValueError("REFIT_PRUNE_HEADS needs REFIT_EPOCHS >= 2: heads go after epoch 1, then it fine-tunes")
         return self
 
     def require_database(self) -> str:
@@ -328,9 +389,13 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read and validate the settings; a bad value raises a one-line :class:`ConfigError`."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    from refit.secrets import mask_settings
+
+    mask_settings(settings)  # the HTTP clients' request logs never show a credential
+    return settings
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -101,6 +101,16 @@ class ObjectStore(ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.get(key))
 
+    def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
+        """Whether the stored bytes at ``key`` are the bytes of the local file ``path`` (the
+        recorded SHA-256 is what the uploader declared, not what arrived). Reads the object back."""
+        from models.checkpoint import sha256_file
+
+        try:
+            return hashlib.sha256(self.get(key)).hexdigest() == sha256_file(path)
+        except StoreError:
+            return False
+
 
 class FileStore(ObjectStore):
     """A folder on a local or mounted disk."""
@@ -174,6 +184,12 @@ class FileStore(ObjectStore):
             if (current.etag if current else None) != etag:
                 raise Conflict(f"{self.uri(key)} changed since it was read; not overwritten")
             self.put(key, data)
+
+    def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
+        from models.checkpoint import sha256_file
+
+        head = head or self.head(key)  # a file's head hashes its bytes
+        return head is not None and head.sha256 == sha256_file(path)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -292,6 +308,17 @@ class S3Store(ObjectStore):
                 raise self._fail(exc.__cause__ or exc.__context__, "write", key) from None
             raise
 
+    def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
+        """Compare the object's ETag with the file's MD5 (single PUT) or multipart ETag (this
+        store's part size); only when the ETag is neither (e.g. SSE-KMS) read the object back."""
+        head = head or self.head(key)
+        if head is None:
+            return False
+        etag = head.etag.strip('"')
+        if etag in _s3_etags(Path(path), self.transfer):
+            return True
+        return super().holds(key, path)
+
     def get_file(self, key: str, path: Path) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -374,6 +401,18 @@ class S3Store(ObjectStore):
             self.client.head_bucket(Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "use", "") from None
+
+
+def _s3_etags(path: Path, transfer: TransferOptions) -> set[str]:
+    """The ETags S3 gives the file's bytes: the MD5 of a single PUT, and the multipart form (MD5
+    of the parts' MD5s, ``-N``) for this store's part size."""
+    whole, parts = hashlib.md5(usedforsecurity=False), []
+    with open(path, "rb") as handle:
+        while block := handle.read(transfer.part_size):
+            whole.update(block)
+            parts.append(hashlib.md5(block, usedforsecurity=False).digest())
+    multipart = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest() + f"-{len(parts)}"
+    return {whole.hexdigest(), multipart}
 
 
 def open_store(url: str, transfer: TransferOptions | None = None) -> ObjectStore:

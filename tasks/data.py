@@ -10,8 +10,9 @@ from prefect.cache_policies import NONE
 from refit.db import engine_for, require_schema
 from refit.ingest import IngestRules, IngestSummary, ingest_file
 from refit.settings import Settings
-from refit.snapshots import Snapshot, SplitConfig, latest_snapshot, take_snapshot
-from refit.store import store_for
+from refit.snapshots import Snapshot, SplitConfig, get_snapshot, latest_snapshot, take_snapshot
+from refit.store import open_store, store_for
+from tasks import RESUMABLE
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -37,11 +38,24 @@ def preflight(settings: Settings) -> None:
 
 @task(name="ingest", cache_policy=NONE, timeout_seconds=3600)
 def ingest(settings: Settings, path: Path) -> IngestSummary:
-    # No retries: a failed ingest rolled back whole, and the operator should see why.
+    # No retries: each batch commits whole, re-ingesting adds nothing, and the operator should see why.
     return ingest_file(engine_for(settings), Path(path), IngestRules.from_settings(settings))
 
 
-@task(name="pull-new-feedback", cache_policy=NONE, timeout_seconds=1800, **IO_RETRIES)
+@task(name="fetch-feedback-file", cache_policy=NONE, timeout_seconds=1800, **IO_RETRIES)
+def fetch_source(source: str, dest: Path) -> Path:
+    """A local copy of ``source``: a path on this worker as it is, an ``s3://bucket/key`` object
+    (boto3's own endpoint and credentials) downloaded into ``dest``."""
+    if not source.startswith("s3://"):
+        return Path(source)
+    folder, _, name = source.rpartition("/")
+    store = open_store(folder)
+    local = Path(dest) / name
+    store.get_file(name, local)
+    return local
+
+
+@task(name="pull-new-feedback", cache_policy=RESUMABLE, timeout_seconds=1800, **IO_RETRIES)
 def pull_snapshot(settings: Settings, force: bool = False) -> Snapshot | None:
     """Snapshot the feedback new since the last watermark; with ``force`` and nothing new,
     the latest snapshot is reused."""
@@ -50,3 +64,9 @@ def pull_snapshot(settings: Settings, force: bool = False) -> Snapshot | None:
     if snapshot is None and force:
         snapshot = latest_snapshot(engine)
     return snapshot
+
+
+@task(name="load-snapshot", cache_policy=NONE, timeout_seconds=120, **IO_RETRIES)
+def load_snapshot(settings: Settings, snapshot_id: int) -> Snapshot:
+    """The recorded snapshot ``snapshot_id`` (the one a drift check decided on)."""
+    return get_snapshot(engine_for(settings), snapshot_id)

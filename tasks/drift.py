@@ -7,13 +7,19 @@ from datetime import datetime, timezone
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.events import emit_event
 
 from refit.drift import RETRAIN, DriftPolicy, DriftResult, run_drift_check, signals_markdown
+from refit.notify import report_link
 from refit.settings import Settings
 from refit.snapshots import Snapshot
+from tasks import RESUMABLE
+
+# The event the retrain deployment's trigger listens for (deployments/prefect.yaml).
+DRIFT_EVENT = "refit.drift.detected"
 
 
-@task(name="check-drift", cache_policy=NONE, timeout_seconds=1800)
+@task(name="check-drift", cache_policy=RESUMABLE, timeout_seconds=1800)
 def drift_check(settings: Settings, snapshot: Snapshot, champion: dict | None, force: bool = False) -> dict:
     """Run the drift check for ``snapshot`` against ``champion`` and record it.
 
@@ -34,7 +40,8 @@ def drift_check(settings: Settings, snapshot: Snapshot, champion: dict | None, f
     logger.info("drift decision %s: %s", summary["decision"], "; ".join(summary["reasons"]))
     create_markdown_artifact(
         key="drift-report",
-        markdown=signals_markdown(DriftResult(**_result_fields(summary)), summary["html_uri"]),
+        # a browser cannot open s3:// or file:// URIs: link a presigned URL when the store has one
+        markdown=signals_markdown(DriftResult(**_result_fields(summary)), report_link(settings, summary["html_uri"])),
         description="refit drift check",
     )
     return summary
@@ -43,3 +50,38 @@ def drift_check(settings: Settings, snapshot: Snapshot, champion: dict | None, f
 def _result_fields(summary: dict) -> dict:
     fields = DriftResult.__dataclass_fields__
     return {k: v for k, v in summary.items() if k in fields}
+
+
+@task(name="announce-drift", cache_policy=NONE, timeout_seconds=60, retries=2, retry_delay_seconds=[2, 5])
+def announce_drift(settings: Settings, snapshot: Snapshot, drift: dict) -> bool:
+    """Emit ``refit.drift.detected`` about the model, with the snapshot and the report in its payload.
+
+    The resource is the model (``refit.model.<name>``), so the trigger's window debounces every
+    drift event about one model, whichever snapshot it names.
+    """
+    event = emit_event(
+        event=DRIFT_EVENT,
+        resource={
+            "prefect.resource.id": f"refit.model.{settings.model_name}",
+            "prefect.resource.name": settings.model_name,
+        },
+        payload={
+            "snapshot_id": snapshot.id,
+            "watermark": snapshot.watermark_to,
+            "drift_report_id": drift.get("report_id"),
+            "report_uri": drift.get("html_uri"),
+            "reasons": drift.get("reasons", []),
+        },
+    )
+    get_run_logger().info("announced %s for snapshot %s: %s", DRIFT_EVENT, snapshot.id, event and event.id)
+    return event is not None
+
+
+def triggered_by(drift_report_id: int | None, snapshot: Snapshot) -> dict:
+    """The drift part of a retrain started by a drift event: the check already decided."""
+    return {
+        "decision": "retrain",
+        "reasons": [f"drift report {drift_report_id} on snapshot {snapshot.id} decided to retrain"],
+        "report_id": drift_report_id,
+        "triggered": True,
+    }

@@ -22,6 +22,7 @@ from refit.registry import checkout
 from refit.settings import Settings
 from refit.slices import known_items, slice_frame
 from refit.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
+from tasks import RESUMABLE
 from tasks.training import Challenger
 
 
@@ -31,7 +32,7 @@ def predict_folder(folder: Path, dev) -> np.ndarray:
     return Predictor(folder).predict(dev["text"].tolist(), features_frame(dev).reset_index(drop=True))
 
 
-@task(name="gate", cache_policy=NONE, timeout_seconds=3600)
+@task(name="gate", cache_policy=RESUMABLE, timeout_seconds=3600)
 def gate_challenger(
     settings: Settings, snapshot: Snapshot, challenger: Challenger, champion: dict | None
 ) -> GateDecision:

@@ -44,7 +44,13 @@ def withdraw(txn) -> None:
     get_run_logger().warning("publish of %s rolled back: %d object(s) removed from the store", version, removed)
 
 
-@task(name="record-decision", cache_policy=NONE, timeout_seconds=300, **IO_RETRIES)
+# No Prefect retries here: inside the publish transaction a failed attempt rolls the transaction
+# back (the upload is withdrawn) even when a retry then succeeds, which left a promoted champion
+# with no files (found by `refit simulate --chaos`). A lost connection is retried in the task.
+RECORD_RETRY_DELAYS = (2, 5, 15)
+
+
+@task(name="record-decision", cache_policy=NONE, timeout_seconds=300)
 def record(
     settings: Settings,
     published: Published,
@@ -55,21 +61,36 @@ def record(
 ) -> str:
     """Record the version and the decision; promote by compare-and-swap. Returns the outcome:
     ``promoted``, ``rejected``, or ``superseded`` (another run promoted first)."""
+    import time
+
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from refit.errors import StoreError
+
     run_id = flow_run.get_id()
-    outcome = record_decision(
-        engine_for(settings),
-        store_for(settings),
-        published,
-        snapshot_id=snapshot.id,
-        task=settings.task,
-        metrics={"dev": challenger.dev_metrics, "gate": decision.metrics},
-        decision=decision,
-        champion_version=champion["version"] if champion else None,
-        config_hash=config_hash(challenger.folder),
-        flow_run_id=run_id,
-        actor=f"flow-run {run_id}" if run_id else "refit",
-        model_name=settings.model_name,
-    )
+    for attempt, delay in enumerate((*RECORD_RETRY_DELAYS, None)):
+        try:
+            outcome = record_decision(
+                engine_for(settings),
+                store_for(settings),
+                published,
+                snapshot_id=snapshot.id,
+                task=settings.task,
+                metrics={"dev": challenger.dev_metrics, "gate": decision.metrics},
+                decision=decision,
+                champion_version=champion["version"] if champion else None,
+                config_hash=config_hash(challenger.folder),
+                flow_run_id=run_id,
+                actor=f"flow-run {run_id}" if run_id else "refit",
+                model_name=settings.model_name,
+            )
+            break
+        except (OperationalError, InterfaceError, StoreError) as exc:  # the attempt rolled back whole
+            if delay is None or getattr(exc, "permanent", False):
+                raise
+            get_run_logger().warning("recording %s failed (%s); retry %d in %d s", published.version,
+                                     type(exc).__name__, attempt + 1, delay)  # fmt: skip
+            time.sleep(delay)
     get_run_logger().info("%s: %s", published.version, outcome)
     return outcome
 

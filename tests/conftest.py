@@ -179,12 +179,14 @@ class SlackReceiver:
 
     def __init__(self):
         self.messages: list[dict] = []
+        self.headers: list[dict] = []  # each request's headers, in the order of messages
         self.status = 200
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.headers.append(dict(self.headers))
                 receiver.messages.append(json.loads(body))
                 self.send_response(receiver.status)
                 self.end_headers()
@@ -216,6 +218,7 @@ def _slack_server():
 @pytest.fixture
 def slack(_slack_server):
     _slack_server.messages.clear()
+    _slack_server.headers.clear()
     _slack_server.status = 200
     return _slack_server
 
@@ -302,3 +305,27 @@ def drift_champion(tiny_model, tmp_path_factory, drift_dev):
 
 
 # --- end drift (issue 4) -------------------------------------------------------------------------
+
+
+# --- simulate (issue 9) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sim_settings(monkeypatch, tmp_path, db_url, s3_bucket, tiny_model):
+    """Settings for `refit simulate` against the real services with the tiny model: the tests'
+    training sizes, then the simulation's fast defaults for what those leave unset."""
+    from refit.settings import load_settings
+    from refit.simulate import fast_overrides
+
+    for key, value in TINY_TRAINING.items():
+        monkeypatch.setenv(key, value)
+    base = load_settings(
+        database_url=db_url,
+        store_url=f"s3://{s3_bucket}/refit",
+        base_model=str(tiny_model),
+        work_dir=str(tmp_path / "work"),
+    )
+    return base.model_copy(update=fast_overrides(base))
+
+
+# --- end simulate (issue 9) ------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     decided = [a.data for a in artifacts if f"PROMOTE challenger `{v1}` vs baseline" in a.data]
     assert decided and "| trivial |" in decided[0] and "95% interval" in decided[0]
     assert champion(engine)["version"] == v1
-    assert slack.kinds() == ["promoted"]
+    assert slack.kinds() == ["retrain_started", "gate", "promoted"]
 
     # batch scoring with the champion keeps each row's id and names the model version
     to_score = write_feedback(generate_feedback(5, seed=99, id_prefix="score"), tmp_path / "score.csv")
@@ -103,12 +103,12 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert log[1].challenger_version == v2
     assert drift_rows == ["retrain", "retrain"]
     # Slack saw the drift and the gate decision, with both metrics and the version
-    # the drift check announced the retrain first; the run's outcome followed
-    assert slack.kinds() == ["drift", second["outcome"]]
-    message = slack.messages[1]["text"]
-    assert "text" in message and v2 in message
-    assert f"{second['gate']['challenger_score']:.4f}" in message
-    assert f"{second['gate']['champion_score']:.4f}" in message
+    # the drift check announced the retrain first; the start, the gate and the outcome followed
+    assert slack.kinds() == ["drift", "retrain_started", "gate", second["outcome"]]
+    for message in (slack.messages[2]["text"], slack.messages[3]["text"]):
+        assert v2 in message
+        assert f"{second['gate']['challenger_score']:.4f}" in message
+        assert f"{second['gate']['champion_score']:.4f}" in message
 
     listed = json.loads(refit_cli("models", "--json").stdout)
     assert [(m["version"], m["is_champion"]) for m in listed] == [

@@ -1,0 +1,37 @@
+"""The scheduled drift check: pull new feedback, compare it with the champion's data, and announce
+a retrain decision as the ``refit.drift.detected`` event, which the retrain deployment's trigger
+turns into a run on the GPU pool."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from refit.db import engine_for
+from refit.registry import champion as current_champion
+from refit.settings import load_settings
+from tasks.data import preflight, pull_snapshot
+from tasks.drift import announce_drift, drift_check
+from tasks.notify import notify_failure
+
+
+@flow(
+    name="drift-check", on_failure=[notify_failure], on_crashed=[notify_failure], log_prints=True, persist_result=True
+)
+def drift_check_flow(force: bool = False) -> dict:
+    """Check the feedback new since the last snapshot for drift against the champion.
+
+    Args:
+        force: Record a retrain decision even without drift (an operator's override); the event
+            is emitted as for real drift.
+
+    Returns:
+        The drift summary (decision, reasons, signals, report id), and whether the event was sent.
+    """
+    settings = load_settings()
+    preflight(settings)
+    snapshot = pull_snapshot(settings)
+    if snapshot is None:
+        return {"decision": "no_new_data", "announced": False}
+    drift = drift_check(settings, snapshot, current_champion(engine_for(settings)), force=force)
+    announced = drift["decision"] == "retrain" and announce_drift(settings, snapshot, drift)
+    return {**drift, "snapshot_id": snapshot.id, "announced": bool(announced)}
