@@ -312,7 +312,10 @@ def _parse_times(series: pd.Series) -> pd.Series:
     text_values = series.where(~is_epoch).astype("string").str.strip().str.replace("Z", "+00:00", regex=False)
     parsed = pd.to_datetime(text_values, errors="coerce", utc=True, format="ISO8601")
     if is_epoch.any():
-        epoch = pd.to_datetime(numeric.where(is_epoch), unit="s", utc=True, errors="coerce")
+        # Seconds beyond pandas' nanosecond range (years 1677..2262) overflow instead of coercing:
+        # they are bad timestamps like any other unparseable value.
+        in_range = numeric.abs() < 9.2e9
+        epoch = pd.to_datetime(numeric.where(is_epoch & in_range), unit="s", utc=True, errors="coerce")
         parsed = parsed.where(~is_epoch, epoch)
     return parsed
 

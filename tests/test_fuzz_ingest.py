@@ -225,3 +225,11 @@ def test_a_parquet_file_damaged_after_its_first_row_group_is_refused_whole(engin
     second = pq.ParquetFile(io.BytesIO(bytes(content))).metadata.row_group(1).column(1).data_page_offset
     content[second + 30 : second + 200] = b"\xff" * 170
     assert run(engine, bytes(content), "f.parquet", batch_rows=20) is None  # refused, nothing loaded
+
+
+def test_an_epoch_beyond_the_timestamp_range_is_a_bad_timestamp_not_a_crash(engine):
+    # found by the CSV fuzz above in a fresh CI run: pandas overflowed on 2**63-ish seconds
+    rows = ["text,created_at,rating", f"fine,{WHEN},4", "huge,9223372036854775800,4", "tiny,-99999999999999999999,2"]
+    summary = run(engine, "\n".join(rows).encode(), "f.csv")
+    assert summary.accepted == 1 and summary.quarantined == 2
+    assert summary.reasons == {"bad_timestamp": 2}
