@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from refit.registry import pointer_key
 from refit.synth import generate_feedback, write_feedback
 
 # Demo-sized training: two phases, each trained in about a minute on 2 CPU cores.
@@ -95,7 +96,7 @@ def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | Non
         }
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["store"] = settings.store_url
-    say(f"\nchampion pointer: {data_dir / 'store' / 'champion.json'}")
+    say(f"\nchampion pointer: {data_dir / 'store' / pointer_key(settings.model_name)}")
     say(f"drift reports:    {data_dir / 'store' / 'reports' / 'drift'}")
     say(f"checkpoints:      {data_dir / 'store' / 'models'}")
     say(f"database URL:     {database_url}")
