@@ -490,11 +490,21 @@ def rollback(
     if manifest_digest(manifest) != row["manifest_sha256"]:
         raise CheckpointError(f"the manifest of {target} in the store does not match the registry's checksum")
     shutil.rmtree(folder, ignore_errors=True)
-    with engine.begin() as conn:
-        if not promote_if_current(conn, target, current):
-            raise RefitError("the champion changed while rolling back; check `refit models` and try again")
-        log_entry(conn, version=target, champion_version=current, decision="rolled_back", reason=reason, actor=actor)
-        write_pointer(store, Published(target, row["uri"], row["manifest_sha256"]), current, model_name)
+    restored, moved = Published(target, row["uri"], row["manifest_sha256"]), False
+    try:
+        with engine.begin() as conn:
+            if not promote_if_current(conn, target, current):
+                raise RefitError("the champion changed while rolling back; check `refit models` and try again")
+            log_entry(conn, version=target, champion_version=current, decision="rolled_back", reason=reason,
+                      actor=actor)  # fmt: skip
+            write_pointer(store, restored, current, model_name)
+            moved = True
+    except Exception:
+        if moved:  # the commit was lost after the pointer moved: as for a promotion, move it back
+            was = get_version(engine, current)
+            _restore_pointer(engine, store, restored, Published(current, was["uri"], was["manifest_sha256"]),
+                             model_name)  # fmt: skip
+        raise
     return {"from": current, "to": target}
 
 

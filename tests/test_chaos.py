@@ -142,3 +142,24 @@ def test_a_promotion_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucke
     assert read_pointer(store)["version"] == "v1"  # not v2, which the registry never recorded
     assert record_decision(engine, store, v2, **promote) == "promoted"  # the task's retry
     assert champion(engine)["version"] == read_pointer(store)["version"] == "v2"
+
+
+def test_a_rollback_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucket, db_url, monkeypatch, tmp_path):
+    from helpers import gate_decision, publish_and_record
+
+    from refit.db import get_engine
+    from refit.registry import champion, read_pointer, rollback
+    from refit.store import open_store
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    store = open_store(f"s3://{s3_bucket}/refit")
+    engine = get_engine(sim.sandbox_url(db_url, "public"))  # its connections are named refit-public
+    assert publish_and_record(engine, store, tmp_path, "v1", gate_decision(True)) == "promoted"
+    assert publish_and_record(engine, store, tmp_path, "v2", gate_decision(True), champion_version="v1") == "promoted"
+    proxy.on_request("PUT", "champion.json", lambda: chaos.terminate_connections(get_engine(db_url), "refit-public"))
+    with pytest.raises(OperationalError):
+        rollback(engine, store, "v1", "bad release", "ops", tmp_path / "work")
+    assert champion(engine)["version"] == "v2"
+    assert read_pointer(store)["version"] == "v2"  # not v1, which the registry never recorded
+    assert rollback(engine, store, "v1", "bad release", "ops", tmp_path / "work") == {"from": "v2", "to": "v1"}
+    assert champion(engine)["version"] == read_pointer(store)["version"] == "v1"
