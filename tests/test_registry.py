@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import checkpoint, gate_decision, publish_and_record
+from helpers import checkpoint, gate_decision, publish_and_record, refit_cli
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -220,16 +220,6 @@ def test_rollback_refuses_versions_that_were_never_champion(registry, tmp_path):
     with pytest.raises(RefitError, match="no model version 'v9'"):
         rollback(engine, store, "v9", "why", "alice", tmp_path / "work")
     assert champion(engine)["version"] == "v1"
-
-
-def refit_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "refit.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=300,
-    )
 
 
 def test_operators_roll_back_and_read_the_record_from_the_command_line(registry, db_url, s3_bucket, tmp_path):

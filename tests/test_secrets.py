@@ -7,12 +7,11 @@ Credentials may also come from Prefect Secret blocks (``prefect-secret://NAME``)
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import pytest
+from helpers import refit_cli
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from sqlalchemy import text
@@ -54,16 +53,6 @@ def secret_env(refit_env, monkeypatch, slack):
     settings = load_settings()
     assert settings.database_url.count(DB_PASSWORD) == 1
     return settings
-
-
-def refit_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "refit.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def prefect_records() -> dict[str, list]:

@@ -2,7 +2,6 @@
 server over HTTP, hot reloads under concurrent requests, refused corrupt versions, auth, limits."""
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -10,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from helpers import free_port, serving
 from model_helpers import review_data, tiny_config
 
 from models.predict import Predictor
@@ -36,17 +36,10 @@ def checkpoints(tiny_model, tmp_path_factory):
     return folders
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(checkpoints, s3_bucket, tmp_path, request):
     """The store holds v1 as champion; a server runs on a free port. Yields (url, store, settings,
     champion). Indirect parameters are extra settings."""
-    import uvicorn
 
     store = open_store(f"s3://{s3_bucket}/refit")
     published = publish_checkpoint(store, checkpoints["v1"], "v1")
@@ -66,23 +59,8 @@ def server(checkpoints, s3_bucket, tmp_path, request):
     )
     champion = Champion(settings)
     champion.refresh()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, champion), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url, store, settings, champion
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(settings, champion)) as url:
+        yield url, store, settings, champion
 
 
 def predict(url, texts, headers=AUTH, **extra):
