@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from refit.synth import FILLER, SENTIMENT, generate_feedback
+from refit.ops.synth import FILLER, SENTIMENT, generate_feedback
 
 ADMIN_URL = os.environ.get("REFIT_BENCH_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
@@ -19,7 +19,7 @@ def scratch_database(migrate: bool = True):
     """A new database on the benchmark's Postgres, migrated, dropped afterwards."""
     from sqlalchemy import create_engine, text
 
-    from refit.db import get_engine, upgrade
+    from refit.data.db import get_engine, upgrade
 
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"refit_bench_{uuid.uuid4().hex[:8]}"

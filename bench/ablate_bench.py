@@ -41,8 +41,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Where ablation.md and ablation.json go.")
     args = parser.parse_args()
 
-    from refit.ablate import ablate, ingest_demo_snapshots
-    from refit.settings import load_settings
+    from refit.core.settings import load_settings
+    from refit.sim.ablation import ablate, ingest_demo_snapshots
 
     started = time.perf_counter()
     with scratch_database() as engine, tempfile.TemporaryDirectory() as tmp:

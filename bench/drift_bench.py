@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def rates(champion, dev, draws: int) -> list[dict]:
     from refit.drift import DriftPolicy
-    from refit.scenarios import SHIFTS, label_noise_fraction, measure_rates
+    from refit.sim.scenarios import SHIFTS, label_noise_fraction, measure_rates
 
     policy = DriftPolicy()
     noise = label_noise_fraction(champion, rise=0.3)
@@ -52,7 +52,7 @@ def rates(champion, dev, draws: int) -> list[dict]:
 
 def timing(champion, dev) -> dict:
     from refit.drift import DriftPolicy, check_drift, drift_frame
-    from refit.scenarios import base_rows, feedback_frame
+    from refit.sim.scenarios import base_rows, feedback_frame
 
     policy = DriftPolicy()
     reference = feedback_frame(base_rows(10_000, 1, id_prefix="ref"))
@@ -110,9 +110,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from refit.models.predict import Predictor
 
-    from models.predict import Predictor
-    from refit.scenarios import dev_frame, tiny_bert, train_champion
+    from refit.sim.scenarios import dev_frame, tiny_bert, train_champion
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

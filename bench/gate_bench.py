@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import bootstrap, spearmanr
 from sklearn.metrics import f1_score
 
-from refit.bootstrap import paired_bootstrap
+from refit.gate.bootstrap import paired_bootstrap
 
 
 def timed(fn):

@@ -38,8 +38,8 @@ TINY = {
 
 
 def load(engine, rows: list[dict], path: Path, settings) -> None:
-    from refit.ingest import IngestRules, ingest_file
-    from refit.synth import write_feedback
+    from refit.data.ingest import IngestRules, ingest_file
+    from refit.ops.synth import write_feedback
 
     ingest_file(engine, write_feedback(rows, path), IngestRules.from_settings(settings))
 
@@ -47,14 +47,14 @@ def load(engine, rows: list[dict], path: Path, settings) -> None:
 def plain_cycle(settings) -> str:
     """The retrain flow's steps as plain calls (Prefect's run logger switched off)."""
     from prefect.logging import disable_run_logger
+    from refit.tasks.data import preflight, pull_snapshot
+    from refit.tasks.drift import drift_check
+    from refit.tasks.gate import gate_challenger, write_model_card
+    from refit.tasks.publish import record, upload
+    from refit.tasks.training import train_challenger
 
-    from refit.db import engine_for
+    from refit.data.db import engine_for
     from refit.registry import champion as current_champion
-    from tasks.data import preflight, pull_snapshot
-    from tasks.drift import drift_check
-    from tasks.gate import gate_challenger, write_model_card
-    from tasks.publish import record, upload
-    from tasks.training import train_challenger
 
     with disable_run_logger():
         preflight.fn(settings)
@@ -101,10 +101,10 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from refit.scenarios import tiny_bert
-    from refit.settings import load_settings
-    from refit.stack import down, up
-    from refit.synth import generate_feedback
+    from refit.core.settings import load_settings
+    from refit.ops.stack import down, up
+    from refit.ops.synth import generate_feedback
+    from refit.sim.scenarios import tiny_bert
 
     scratch = Path(tempfile.mkdtemp(prefix="refit-orch-bench-"))
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scratch_database  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from refit.snapshots import _COPY_COLUMNS, iter_feedback  # noqa: E402
+from refit.data.snapshots import _COPY_COLUMNS, iter_feedback  # noqa: E402
 
 WINDOW = 50_000
 
@@ -72,8 +72,8 @@ def best(fn, *args, repeat: int = 3) -> float:
 MEMORY_PROBE = """
 import json, resource, sys
 import pyarrow.csv  # library code is counted in the baseline, not in the pull
-from refit.db import get_engine
-from refit.snapshots import iter_feedback
+from refit.data.db import get_engine
+from refit.data.snapshots import iter_feedback
 engine = get_engine(sys.argv[1])
 next(iter_feedback(engine, after=0, upto=1))  # warm the connection and the reader
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

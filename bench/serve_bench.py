@@ -31,7 +31,7 @@ MB = 1024 * 1024
 
 
 def review_texts(n: int, seed: int = 0) -> list[str]:
-    from refit.synth import generate_feedback
+    from refit.ops.synth import generate_feedback
 
     rng = np.random.default_rng(seed)
     rows = generate_feedback(n, seed=seed, shifted=True)
@@ -41,9 +41,10 @@ def review_texts(n: int, seed: int = 0) -> list[str]:
 
 def minilm_checkpoint(folder: Path) -> Path:
     """A refit checkpoint on the packaged MiniLM, trained for a few steps (speed, not quality)."""
-    from models.train import TrainConfig, TrainData, save_checkpoint, train
-    from refit.modeling import resolve_base_model
-    from refit.settings import PACKAGED_MODEL
+    from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
+
+    from refit.core.settings import PACKAGED_MODEL
+    from refit.training.modeling import resolve_base_model
 
     texts = review_texts(96, seed=1)
     y = np.linspace(0, 1, len(texts))
@@ -54,12 +55,12 @@ def minilm_checkpoint(folder: Path) -> Path:
 
 def throughput(texts: list[str], checkpoint: Path) -> dict:
     import torch
+    from refit.models.predict import Predictor
     from transformers import pipeline
 
-    from models.predict import Predictor
-    from refit.modeling import resolve_base_model
+    from refit.core.settings import PACKAGED_MODEL
     from refit.serving import quantized
-    from refit.settings import PACKAGED_MODEL
+    from refit.training.modeling import resolve_base_model
 
     def rate(fn) -> float:
         fn(texts[:32])  # warm-up
@@ -126,8 +127,8 @@ async def load(url: str, texts: list[str], clients: int, seconds: float) -> dict
 
 
 def serving(texts: list[str], store_url: str, work: Path, seconds: float) -> dict:
+    from refit.core.settings import load_settings
     from refit.serving import Champion
-    from refit.settings import load_settings
 
     results = {}
     for name, batch in (("one request per call", 1), ("micro-batching", 32)):
@@ -145,7 +146,7 @@ def transfers(bucket: str, tmp: Path) -> dict:
     import boto3
 
     from refit.registry import fetch_checkpoint, publish_checkpoint
-    from refit.store import open_store
+    from refit.registry.store import open_store
 
     folder = tmp / "ckpt"
     folder.mkdir()
@@ -200,7 +201,7 @@ def main() -> None:
         print(f"   int8 within {speed['int8 gap']:.4f} of float; int8/pipeline {ratio:.2f} (goal >= 2)")
 
         from refit.registry import publish_checkpoint, write_pointer
-        from refit.store import open_store
+        from refit.registry.store import open_store
 
         store = open_store("s3://bench/serve")
         write_pointer(store, publish_checkpoint(store, checkpoint, "v-serve"), None)

@@ -32,8 +32,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-    from refit import simulate as sim
-    from refit.settings import load_settings
+    from refit.core.settings import load_settings
+    from refit.sim import backtest as sim
 
     policies = [sim.Policy.parse(p) for p in args.policy or ["never", "schedule:4", "drift", "drift:2/3:14d"]]
     seconds: dict[str, float] = {}

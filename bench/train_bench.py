@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refit.synth import FILLER, SENTIMENT  # noqa: E402
+from refit.ops.synth import FILLER, SENTIMENT  # noqa: E402
 
 LR, WEIGHT_DECAY, WARMUP, CLIP, MAX_LEN, SEED = 5e-5, 0.01, 0.1, 1.0, 256, 13
 
@@ -177,7 +177,7 @@ def hf_trainer(base: str, texts, scores, batch: int, group_by_length: bool, work
 
 def refit_trainer(base: str, texts, scores, batch: int, threads: int, unpad: bool = True):
     """refit's ``train()``: one epoch, timed by the trainer over its training pass only."""
-    from models.train import TrainConfig, TrainData, encode, train
+    from refit.models.train import TrainConfig, TrainData, encode, train
 
     config = TrainConfig(
         base_model=base,
@@ -272,14 +272,14 @@ def throughput(args) -> None:
 
 def quality(args) -> None:
     """The quality table on the demo data's test split."""
+    from refit.models.metrics import baseline_prediction, task_metrics
+    from refit.models.train import TrainConfig, TrainData, predict_texts, train
     from scipy.stats import spearmanr  # noqa: F401 - imported by models.metrics
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    from models.metrics import baseline_prediction, task_metrics
-    from models.train import TrainConfig, TrainData, predict_texts, train
-    from refit.snapshots import SplitConfig, split_of
-    from refit.synth import generate_feedback
+    from refit.data.snapshots import SplitConfig, split_of
+    from refit.ops.synth import generate_feedback
 
     rows = generate_feedback(1200, seed=1, id_prefix="before") + generate_feedback(
         1200, seed=2, shifted=True, id_prefix="after"

@@ -6,18 +6,18 @@ from typing import Literal
 
 from prefect import flow
 from prefect.transactions import transaction
+from refit.tasks.approval import await_approval
+from refit.tasks.artifacts import retrain_summary_artifact, training_curve_artifact
+from refit.tasks.data import load_snapshot, preflight, pull_snapshot
+from refit.tasks.drift import drift_check, triggered_by
+from refit.tasks.gate import gate_challenger, write_model_card
+from refit.tasks.notify import notify_failure, notify_gate, notify_retrain_started, notify_summary
+from refit.tasks.publish import record, upload
+from refit.tasks.training import train_challenger
 
-from refit.db import engine_for
+from refit.core.settings import load_settings
+from refit.data.db import engine_for
 from refit.registry import champion as current_champion
-from refit.settings import load_settings
-from tasks.approval import await_approval
-from tasks.artifacts import retrain_summary_artifact, training_curve_artifact
-from tasks.data import load_snapshot, preflight, pull_snapshot
-from tasks.drift import drift_check, triggered_by
-from tasks.gate import gate_challenger, write_model_card
-from tasks.notify import notify_failure, notify_gate, notify_retrain_started, notify_summary
-from tasks.publish import record, upload
-from tasks.training import train_challenger
 
 
 def _finish(settings, summary: dict) -> dict:

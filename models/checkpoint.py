@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from refit.errors import CheckpointError
+from refit.core.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 METADATA = "refit.json"

@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun``: the same ``train()``, one process per device.
 
-    torchrun --standalone --nproc_per_node 2 -m models.distributed \\
+    torchrun --standalone --nproc_per_node 2 -m refit.models.distributed \\
         --config run.json --data data.parquet --out checkpoint/ [--resume-dir state/]
 
 ``run.json`` holds :class:`models.train.TrainConfig` fields; ``data.parquet`` the rows written by
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from models.train import TrainConfig, TrainData, save_checkpoint, train
+from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
 
 FEATURE_PREFIX = "feature:"
 

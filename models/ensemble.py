@@ -18,11 +18,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from refit.models.checkpoint import MANIFEST, METADATA, read_metadata, sha256_file
+from refit.models.fusion import FeatureSchema, load_model_folder
 from torch import nn
 
-from models.checkpoint import MANIFEST, METADATA, read_metadata, sha256_file
-from models.fusion import FeatureSchema, load_model_folder
-from refit.errors import CheckpointError
+from refit.core.errors import CheckpointError
 
 MEMBERS_DIR = "members"
 ENSEMBLE_SEED_STRIDE = 1000  # member k of a seeds ensemble trains with seed + k * this
@@ -73,7 +73,7 @@ class EnsembleModel(nn.Module):
 
     def member_predictions(self, input_ids, attention_mask, features=None) -> torch.Tensor:
         """``[members, rows]`` scores or ``[members, rows, labels]`` probabilities."""
-        from models.train import outputs_to_prediction
+        from refit.models.train import outputs_to_prediction
 
         outs = []
         for i, member in enumerate(self.members):

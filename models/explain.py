@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-
-from models.fusion import take
-from models.predict import Predictor
+from refit.models.fusion import take
+from refit.models.predict import Predictor
 
 
 @dataclass

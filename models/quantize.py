@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from refit.models.checkpoint import METADATA, read_metadata
 
-from models.checkpoint import METADATA, read_metadata
-from refit.errors import CheckpointError
+from refit.core.errors import CheckpointError
 
 INT8_FILE = "model.int8.pt"
 
@@ -58,8 +58,9 @@ def add_int8_artifact(
         The record written to ``refit.json``'s ``int8``: the file (None when over tolerance), the
         largest and mean absolute difference, both models' dev metrics, the tolerance, the size.
     """
-    from models.metrics import task_metrics
-    from models.predict import Predictor
+    from refit.models.metrics import task_metrics
+    from refit.models.predict import Predictor
+
     from refit.serving import quantized
 
     folder = Path(folder)

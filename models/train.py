@@ -40,13 +40,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn import functional as F
-
-from models.adversarial import METHODS as ADVERSARIAL
-from models.adversarial import EmbeddingAttack
-from models.augment import AugmentConfig, Paraphraser, augment_texts
-from models.checkpoint import METADATA, read_metadata
-from models.fusion import (
+from refit.models.adversarial import METHODS as ADVERSARIAL
+from refit.models.adversarial import EmbeddingAttack
+from refit.models.augment import AugmentConfig, Paraphraser, augment_texts
+from refit.models.checkpoint import METADATA, read_metadata
+from refit.models.fusion import (
     FeatureSchema,
     SatisfactionModel,
     architecture,
@@ -55,8 +53,9 @@ from models.fusion import (
     save_model_files,
     take,
 )
-from models.metrics import DEFAULT_METRIC, DIRECTION, task_metrics
-from models.prune import drop_layers, head_counts, head_importance, least_important, prune_heads, remaining_heads
+from refit.models.metrics import DEFAULT_METRIC, DIRECTION, task_metrics
+from refit.models.prune import drop_layers, head_counts, head_importance, least_important, prune_heads, remaining_heads
+from torch.nn import functional as F
 
 log = logging.getLogger("refit.train")
 STATE_FILE = "last_epoch.pt"

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from refit.errors import RefitError
+from refit.core.errors import RefitError
 
 app = typer.Typer(
     help="refit keeps a fine-tuned BERT satisfaction model current: ingest feedback, detect drift, "
@@ -38,13 +38,13 @@ def _emit(data: dict | list, as_json: bool, text: str) -> None:
 
 
 def _settings():
-    from refit.settings import load_settings
+    from refit.core.settings import load_settings
 
     return load_settings()
 
 
 def _engine(settings):
-    from refit.db import engine_for, require_schema
+    from refit.data.db import engine_for, require_schema
 
     engine = engine_for(settings)
     require_schema(engine)
@@ -54,7 +54,7 @@ def _engine(settings):
 @db_app.command("upgrade")
 def db_upgrade(as_json: JsonOpt = False) -> None:
     """Apply the SQL migrations in sql/ that are not applied yet (a second run is a no-op)."""
-    from refit.db import check_connection, engine_for, upgrade
+    from refit.data.db import check_connection, engine_for, upgrade
 
     settings = _settings()
     engine = engine_for(settings)
@@ -83,8 +83,8 @@ def ingest(
     user_id and item_id are optional; other columns are behaviour features. Bad rows go to
     quarantine with a reason; re-ingesting a file adds nothing.
     """
-    from refit.ingest import IngestRules
-    from refit.ingest import ingest as run_ingest
+    from refit.data.ingest import IngestRules
+    from refit.data.ingest import ingest as run_ingest
 
     settings = _settings()
     engine = _engine(settings)
@@ -131,7 +131,7 @@ def quarantine(
 ) -> None:
     """Count quarantined rows by reason and list the latest; --requeue re-validates them after a
     configuration change, moving the rows that now pass into feedback."""
-    from refit.quarantine import quarantine_report, requeue_quarantine
+    from refit.data.quarantine import quarantine_report, requeue_quarantine
 
     settings = _settings()
     engine = _engine(settings)
@@ -154,7 +154,7 @@ app.add_typer(devset_app, name="devset")
 @devset_app.command("show")
 def devset_show(as_json: JsonOpt = False) -> None:
     """Show the current dev set version: its watermark, size and hash."""
-    from refit.devset import current_devset
+    from refit.data.devset import current_devset
 
     devset = current_devset(_engine(_settings()))
     data = devset.as_dict() if devset else {}
@@ -169,8 +169,8 @@ def devset_refresh(
 ) -> None:
     """Grow the dev set to every dev-split row ingested so far, as a new recorded version. The gate
     never does this on its own."""
-    from refit.devset import refresh_devset
-    from refit.snapshots import SplitConfig
+    from refit.data.devset import refresh_devset
+    from refit.data.snapshots import SplitConfig
 
     settings = _settings()
     devset = refresh_devset(_engine(settings), SplitConfig.from_settings(settings), reason)
@@ -183,7 +183,7 @@ def forget(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a user's feedback, record that it was done, and list the models trained on it."""
-    from refit.privacy import forget_user
+    from refit.data.privacy import forget_user
 
     result = forget_user(_engine(_settings()), user)
     affected = ", ".join(result["affected_versions"]) or "none"
@@ -197,7 +197,7 @@ def run(
 ) -> None:
     """Run the retrain flow once, in this process (an ephemeral Prefect API unless
     PREFECT_API_URL points at a server)."""
-    from flows.retrain import retrain
+    from refit.flows.retrain import retrain
 
     settings = _settings()
     _engine(settings)
@@ -275,7 +275,7 @@ def models_show(
     as_json: JsonOpt = False,
 ) -> None:
     """A version's registry record, lineage, and every decision about it (the gate's table)."""
-    from refit.records import decision_markdown
+    from refit.gate.records import decision_markdown
     from refit.registry import get_version, lineage
 
     engine = _engine(_settings())
@@ -311,7 +311,7 @@ def rollback(
 ) -> None:
     """Make an earlier champion the champion again, after checking its files against their checksums."""
     from refit.registry import rollback as roll_back
-    from refit.store import store_for
+    from refit.registry.store import store_for
 
     if not reason.strip():
         raise RefitError("say why with --reason; it goes in the promotion log")
@@ -331,7 +331,7 @@ def gc(
     """Delete old rejected versions from the store and mark them archived. Kept: the newest
     REFIT_KEEP_VERSIONS versions and every version that was ever champion."""
     from refit.registry import collect_garbage
-    from refit.store import store_for
+    from refit.registry.store import store_for
 
     settings = _settings()
     keep = settings.keep_versions if keep is None else keep
@@ -369,7 +369,7 @@ def predict(
 ) -> None:
     """Score a feedback file with the champion. Each row keeps its feedback_id and gains
     prediction, class probabilities (classification) and model_version."""
-    from refit.scoring import score_file
+    from refit.serving.scoring import score_file
 
     settings = _settings()
     result = score_file(settings, file, output)
@@ -389,7 +389,7 @@ def demo(
 ) -> None:
     """The whole loop on embedded defaults: an embedded Postgres, a file:// store, synthetic feedback
     with a shift in it, the packaged BERT. Runs the loop before and after the shift."""
-    from refit.demo import run_demo
+    from refit.ops.demo import run_demo
 
     report = run_demo(data_dir, rows, echo=None if as_json else typer.echo)
     if as_json:
@@ -411,17 +411,14 @@ def up(
 ) -> None:
     """Start the local stack: a Prefect server (SQLite, or PREFECT_API_DATABASE_CONNECTION_URL), the
     cpu and gpu work pools, every deployment of deployments/prefect.yaml and a worker per pool."""
-    from refit.stack import up as start
+    from refit.ops.stack import up as start
 
     settings = _settings()
     if settings.database_url:
-        from refit.db import upgrade
+        from refit.data.db import upgrade
 
         upgrade(_engine(settings))
-    candidates = (Path.cwd(), Path(__file__).resolve().parents[1])
-    root = next((p for p in candidates if (p / "deployments" / "prefect.yaml").exists()), None)
-    if root is None:
-        raise RefitError("run `refit up` from the refit checkout: deployments/prefect.yaml is not here")
+    root = Path.cwd()  # the workers run here, with this folder's .env
     echo = (lambda _line: None) if as_json else typer.echo
     stack = start(root, state_dir, host=host, port=port, settings=settings, echo=echo)
     _emit(stack.__dict__, as_json, f"deployments: {', '.join(stack.deployments)}\nstop it with: refit down")
@@ -430,7 +427,7 @@ def up(
 @app.command()
 def down(state_dir: StateDirOpt = Path(".refit/stack"), as_json: JsonOpt = False) -> None:
     """Stop what `refit up` started: the workers (their unfinished runs are marked Crashed), then the server."""
-    from refit.stack import down as stop
+    from refit.ops.stack import down as stop
 
     result = stop(state_dir, echo=(lambda _line: None) if as_json else typer.echo)
     _emit(result, as_json, f"stopped {len(result['stopped'])} process(es)")
@@ -452,7 +449,7 @@ def ablate(
     as_json: JsonOpt = False,
 ) -> None:
     """Train every variant on one snapshot with the same seeds; print and save the comparison."""
-    from refit.ablate import ablate as run_ablate
+    from refit.sim.ablation import ablate as run_ablate
 
     settings = _settings()
     _engine(settings)
@@ -524,7 +521,7 @@ def simulate(
 ) -> None:
     """Backtest retraining policies: replay feedback through the real loop on a simulated clock,
     one database schema and store prefix per policy, and compare online quality and cost."""
-    from refit import simulate as sim
+    from refit.sim import backtest as sim
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # a line per step here, not one per task run
     if step not in ("day", "week"):
@@ -532,12 +529,12 @@ def simulate(
     policies = [sim.Policy.parse(p) for p in policy or ["never", "schedule:4", "drift", "drift:2/3:14d"]]
     settings = _settings()
     if not settings.database_url:  # like the demo: an embedded Postgres when none is configured
-        from refit.demo import start_embedded_postgres
+        from refit.ops.demo import start_embedded_postgres
 
         settings = settings.model_copy(update={"database_url": start_embedded_postgres(Path(settings.work_dir) / "pg")})
     faults_for = None
     if chaos:
-        from refit.chaos import Chaos, FaultProxy, plan
+        from refit.sim.faults import Chaos, FaultProxy, plan
 
         proxy, endpoint = None, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if settings.store_url.startswith("s3://") and endpoint and endpoint.startswith("http://"):

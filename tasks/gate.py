@@ -9,21 +9,21 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from refit.models.checkpoint import read_metadata
+from refit.models.predict import Predictor
+from refit.tasks import RESUMABLE
+from refit.tasks.training import Challenger
 
-from models.checkpoint import read_metadata
-from models.predict import Predictor
-from refit.baselines import baseline_predictions
-from refit.db import engine_for
-from refit.devset import dev_rows, ensure_devset
+from refit.core.settings import Settings
+from refit.data.db import engine_for
+from refit.data.devset import dev_rows, ensure_devset
+from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.gate import GateDecision, GatePolicy, gate
-from refit.modeling import targets, training_data
-from refit.records import MODEL_CARD, decision_markdown, model_card
+from refit.gate.baselines import baseline_predictions
+from refit.gate.records import MODEL_CARD, decision_markdown, model_card
+from refit.gate.slices import known_items, slice_frame
 from refit.registry import checkout
-from refit.settings import Settings
-from refit.slices import known_items, slice_frame
-from refit.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
-from tasks import RESUMABLE
-from tasks.training import Challenger
+from refit.training.modeling import targets, training_data
 
 
 def predict_folder(folder: Path, dev) -> np.ndarray:

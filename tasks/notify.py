@@ -13,9 +13,9 @@ from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from refit import notify
+from refit.core.settings import Settings, load_settings
+from refit.data.snapshots import Snapshot
 from refit.gate import GateDecision
-from refit.settings import Settings, load_settings
-from refit.snapshots import Snapshot
 
 
 def _send(settings: Settings, notice: notify.Notice) -> dict[str, bool]:

@@ -81,7 +81,7 @@ def _db_url(name: str) -> str:
 @pytest.fixture(scope="session")
 def migrated_template(pg_admin):
     """A database with the schema applied once, cloned for each test that needs one."""
-    from refit.db import get_engine, upgrade
+    from refit.data.db import get_engine, upgrade
 
     name = f"refit_tpl_{uuid.uuid4().hex[:8]}"
     with pg_admin.connect() as conn:
@@ -128,7 +128,7 @@ def db_url(new_database):
 
 
 def _drop(pg_admin, name: str) -> None:
-    from refit.db import get_engine
+    from refit.data.db import get_engine
 
     get_engine(_db_url(name)).dispose()
     with pg_admin.connect() as conn:
@@ -137,7 +137,7 @@ def _drop(pg_admin, name: str) -> None:
 
 @pytest.fixture
 def engine(db_url):
-    from refit.db import get_engine
+    from refit.data.db import get_engine
 
     return get_engine(db_url)
 
@@ -245,7 +245,7 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random 2-layer BERT on the packaged model's vocabulary, saved as a base-model folder."""
-    from refit.scenarios import tiny_bert
+    from refit.sim.scenarios import tiny_bert
 
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
@@ -263,7 +263,7 @@ def refit_env(monkeypatch, tmp_path, db_url, s3_bucket, slack, tiny_model):
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    from refit.settings import load_settings
+    from refit.core.settings import load_settings
 
     return load_settings()
 
@@ -274,7 +274,7 @@ def refit_env(monkeypatch, tmp_path, db_url, s3_bucket, slack, tiny_model):
 @pytest.fixture(scope="session")
 def drift_dev():
     """The calibration champion's dev rows (the base regime, fixed)."""
-    from refit.scenarios import dev_frame
+    from refit.sim.scenarios import dev_frame
 
     return dev_frame()
 
@@ -284,9 +284,9 @@ def drift_champion(tiny_model, tmp_path_factory, drift_dev):
     """A tiny BERT fine-tuned on the scenarios' base regime, loaded for inference: a champion with
     real skill, so that label noise raises its error (about 10 s on 2 cores)."""
     import torch
+    from refit.models.predict import Predictor
 
-    from models.predict import Predictor
-    from refit.scenarios import train_champion
+    from refit.sim.scenarios import train_champion
 
     torch.set_num_threads(1)
     folder = train_champion(tiny_model, tmp_path_factory.mktemp("drift-champion"), dev=drift_dev)
@@ -303,8 +303,8 @@ def drift_champion(tiny_model, tmp_path_factory, drift_dev):
 def sim_settings(monkeypatch, tmp_path, db_url, s3_bucket, tiny_model):
     """Settings for `refit simulate` against the real services with the tiny model: the tests'
     training sizes, then the simulation's fast defaults for what those leave unset."""
-    from refit.settings import load_settings
-    from refit.simulate import fast_overrides
+    from refit.core.settings import load_settings
+    from refit.sim.backtest import fast_overrides
 
     for key, value in TINY_TRAINING.items():
         monkeypatch.setenv(key, value)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from refit.models.train import TrainConfig, TrainData
 
-from models.train import TrainConfig, TrainData
-from refit.synth import generate_feedback
+from refit.ops.synth import generate_feedback
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from refit.ablate import ingest_demo_snapshots, parse_variant
 from refit.cli import app
-from refit.settings import load_settings
+from refit.core.settings import load_settings
+from refit.sim.ablation import ingest_demo_snapshots, parse_variant
 
 VARIANTS = ["baseline", "augment", "fgm", "lora", "ensemble2", "prune1", "heads1"]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from model_helpers import review_data, tiny_config
-
-from models.adversarial import EmbeddingAttack, _added, word_embeddings
-from models.fusion import FeatureSchema, build_model
-from models.train import collate, encode, per_sample_loss, train
+from refit.models.adversarial import EmbeddingAttack, _added, word_embeddings
+from refit.models.fusion import FeatureSchema, build_model
+from refit.models.train import collate, encode, per_sample_loss, train
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.flow_runs import resume_flow_run
+from refit.tasks.approval import await_approval
 from sqlalchemy import create_engine, text
 
 from refit.gate import GateDecision
-from refit.store import open_store
-from tasks.approval import await_approval
+from refit.registry.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,8 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-from models.train import CURVE_FILE, save_training_curve
-from refit import notify
-from refit.registry import Published, model_prefix
-from refit.settings import load_settings
-from refit.store import store_for
-from tasks.artifacts import (
+from refit.models.train import CURVE_FILE, save_training_curve
+from refit.tasks.artifacts import (
     CURVE_KEY,
     HISTORY_KEY,
     SUMMARY_KEY,
@@ -28,7 +23,12 @@ from tasks.artifacts import (
     summary_row,
     training_curve_artifact,
 )
-from tasks.training import Challenger
+from refit.tasks.training import Challenger
+
+from refit import notify
+from refit.core.settings import load_settings
+from refit.registry import Published, model_prefix
+from refit.registry.store import store_for
 
 HISTORY = [
     {"epoch": 1, "train_loss": 0.31, "dev_mse": 0.052},

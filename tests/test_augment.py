@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from model_helpers import review_data, tiny_config
-
-from models.augment import AugmentConfig, augment_texts, synonyms
-from models.metrics import task_metrics
-from models.train import predict_texts, train
+from refit.models.augment import AugmentConfig, augment_texts, synonyms
+from refit.models.metrics import task_metrics
+from refit.models.train import predict_texts, train
 
 TEXTS = [
     "The headphones are great, fast delivery and good quality.",

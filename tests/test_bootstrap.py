@@ -6,7 +6,14 @@ import pytest
 from scipy.stats import norm, spearmanr
 from sklearn.metrics import f1_score
 
-from refit.bootstrap import _counts, _Ranker, _weighted_spearman, metric_from_sums, paired_bootstrap, row_statistics
+from refit.gate.bootstrap import (
+    _counts,
+    _Ranker,
+    _weighted_spearman,
+    metric_from_sums,
+    paired_bootstrap,
+    row_statistics,
+)
 
 
 def test_a_constant_per_row_difference_has_a_degenerate_interval():

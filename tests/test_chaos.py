@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from refit import chaos
-from refit import simulate as sim
+from refit.sim import backtest as sim
+from refit.sim import faults as chaos
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_proxy_refuses_fails_and_corrupts_then_recovers(proxy, s3_bucket):
 
 
 def test_a_query_waiting_on_the_lock_loses_its_connection(pg_admin, db_url):
-    from refit.db import get_engine
+    from refit.data.db import get_engine
 
     url = sim.sandbox_url(db_url, "public")
     engine = get_engine(url)
@@ -104,9 +104,9 @@ def test_seeded_chaos_run_keeps_every_invariant(prefect_api, sim_settings, proxy
 def test_a_checkpoint_damaged_in_transit_is_uploaded_again_not_sealed(proxy, s3_bucket, monkeypatch, tmp_path):
     from helpers import checkpoint
 
-    from refit.errors import CheckpointError
+    from refit.core.errors import CheckpointError
     from refit.registry import model_prefix, publish_checkpoint
-    from refit.store import open_store
+    from refit.registry.store import open_store
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
     store = open_store(f"s3://{s3_bucket}/refit")
@@ -124,9 +124,9 @@ def test_a_checkpoint_damaged_in_transit_is_uploaded_again_not_sealed(proxy, s3_
 def test_a_promotion_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucket, db_url, monkeypatch, tmp_path):
     from helpers import checkpoint, gate_decision, publish_and_record
 
-    from refit.db import get_engine
+    from refit.data.db import get_engine
     from refit.registry import champion, publish_checkpoint, read_pointer, record_decision
-    from refit.store import open_store
+    from refit.registry.store import open_store
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
     store = open_store(f"s3://{s3_bucket}/refit")
@@ -147,9 +147,9 @@ def test_a_promotion_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucke
 def test_a_rollback_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucket, db_url, monkeypatch, tmp_path):
     from helpers import gate_decision, publish_and_record
 
-    from refit.db import get_engine
+    from refit.data.db import get_engine
     from refit.registry import champion, read_pointer, rollback
-    from refit.store import open_store
+    from refit.registry.store import open_store
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
     store = open_store(f"s3://{s3_bucket}/refit")

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from helpers import refit_cli as refit
 
-from refit.synth import generate_feedback, write_feedback
+from refit.ops.synth import generate_feedback, write_feedback
 
 COMMANDS = [
     "db upgrade",

@@ -6,12 +6,12 @@ import pytest
 from helpers import count
 from sqlalchemy import text
 
-from refit.devset import current_devset, dev_rows, refresh_devset
-from refit.ingest import IngestRules, ingest_file
-from refit.modeling import training_data
-from refit.privacy import forget_user
-from refit.snapshots import SplitConfig, read_feedback, snapshot_rows, take_snapshot
-from refit.synth import generate_feedback, write_feedback
+from refit.data.devset import current_devset, dev_rows, refresh_devset
+from refit.data.ingest import IngestRules, ingest_file
+from refit.data.privacy import forget_user
+from refit.data.snapshots import SplitConfig, read_feedback, snapshot_rows, take_snapshot
+from refit.ops.synth import generate_feedback, write_feedback
+from refit.training.modeling import training_data
 
 RULES = IngestRules(labels=("negative", "neutral", "positive"))
 SPLIT = SplitConfig()

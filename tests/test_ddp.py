@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from model_helpers import review_data, tiny_config
-
-from models.distributed import load_train_data, save_train_data
-from models.predict import Predictor
-from models.train import train
+from refit.models.distributed import load_train_data, save_train_data
+from refit.models.predict import Predictor
+from refit.models.train import train
 
 
 def test_two_gloo_processes_match_one_process(tiny_model, tmp_path):
@@ -31,7 +30,7 @@ def test_two_gloo_processes_match_one_process(tiny_model, tmp_path):
     launched = subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "models.distributed", "--config", str(tmp_path / "run.json"),
+            "-m", "refit.models.distributed", "--config", str(tmp_path / "run.json"),
             "--data", str(tmp_path / "data.parquet"), "--out", str(tmp_path / "ddp"),
         ],
         capture_output=True, text=True, timeout=240, cwd=str(Path(__file__).parents[1]),

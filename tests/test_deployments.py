@@ -1,6 +1,6 @@
 """deployments/prefect.yaml points at real flows with the parameters they take."""
 
-import importlib.util
+import importlib
 import inspect
 from pathlib import Path
 
@@ -14,9 +14,7 @@ def test_every_deployment_names_a_flow_and_its_parameters():
     assert spec["deployments"]
     for deployment in spec["deployments"]:
         path, name = deployment["entrypoint"].split(":")
-        module_spec = importlib.util.spec_from_file_location("entry", ROOT / path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = importlib.import_module(path)
         flow = getattr(module, name)
         assert flow.name == deployment["name"]
         accepted = set(inspect.signature(flow.fn).parameters)

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from refit.core.errors import ConfigError, InputError
+from refit.core.settings import load_settings
 from refit.drift import (
     COOLDOWN,
     INSUFFICIENT,
@@ -22,9 +24,7 @@ from refit.drift import (
     decide,
     time_stratified_sample,
 )
-from refit.errors import ConfigError, InputError
-from refit.scenarios import EXPECTED_SIGNALS, SHIFTS, draw, label_noise_fraction, measure_rates
-from refit.settings import load_settings
+from refit.sim.scenarios import EXPECTED_SIGNALS, SHIFTS, draw, label_noise_fraction, measure_rates
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 POLICY = DriftPolicy()  # the defaults an operator gets

@@ -9,16 +9,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from refit.db import get_engine
-from refit.devset import refresh_devset
+from refit.core.settings import load_settings
+from refit.data.db import get_engine
+from refit.data.devset import refresh_devset
+from refit.data.ingest import IngestRules, ingest_file
+from refit.data.snapshots import SplitConfig, split_of, take_snapshot
 from refit.drift import run_drift_check
-from refit.ingest import IngestRules, ingest_file
+from refit.ops.synth import write_feedback
 from refit.registry import publish_checkpoint
-from refit.scenarios import EXPECTED_SIGNALS, START, base_rows, draw_rows, label_noise_fraction
-from refit.settings import load_settings
-from refit.snapshots import SplitConfig, split_of, take_snapshot
-from refit.store import open_store
-from refit.synth import write_feedback
+from refit.registry.store import open_store
+from refit.sim.scenarios import EXPECTED_SIGNALS, START, base_rows, draw_rows, label_noise_fraction
 
 pytestmark = pytest.mark.integration
 PERIOD = timedelta(days=30)

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 from model_helpers import review_data, tiny_config
+from refit.models.checkpoint import build_manifest, verify_folder
+from refit.models.ensemble import build_ensemble
+from refit.models.predict import Predictor
+from refit.models.train import save_checkpoint, train
 
-from models.checkpoint import build_manifest, verify_folder
-from models.ensemble import build_ensemble
-from models.predict import Predictor
-from models.train import save_checkpoint, train
-from refit.errors import CheckpointError
+from refit.core.errors import CheckpointError
 
 
 def _members(tiny_model, tmp_path, task, features, k=3):
@@ -67,13 +67,14 @@ def test_manifest_lists_every_member_and_is_verified(tiny_model, tmp_path):
 def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, refit_env, tmp_path, monkeypatch):
     """The flow trains K seeds, gates the ensemble like any challenger, and publishes one version
     whose manifest lists K weight files, the int8 record and the TensorBoard events."""
-    from flows.retrain import retrain
-    from refit.db import get_engine
-    from refit.ingest import IngestRules, ingest_file
+    from refit.flows.retrain import retrain
+
+    from refit.core.settings import load_settings
+    from refit.data.db import get_engine
+    from refit.data.ingest import IngestRules, ingest_file
+    from refit.ops.synth import generate_feedback, write_feedback
     from refit.registry import checkout, model_prefix
-    from refit.settings import load_settings
-    from refit.store import open_store
-    from refit.synth import generate_feedback, write_feedback
+    from refit.registry.store import open_store
 
     monkeypatch.setenv("REFIT_ENSEMBLE_SIZE", "2")
     monkeypatch.setenv("REFIT_EPOCHS", "2")
@@ -98,7 +99,7 @@ def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, re
 
     # With REFIT_ENSEMBLE_SOURCE=champions the next challenger joins the previous champions; an
     # ensemble champion gives its members.
-    from tasks.training import previous_champion_folders
+    from refit.tasks.training import previous_champion_folders
 
     joined = previous_champion_folders(settings, get_engine(settings.database_url), 1, like=folder / "members/0")
     assert joined == [folder / "members/0"]

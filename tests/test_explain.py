@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from model_helpers import review_data, tiny_config
-
-from models.explain import explain
-from models.predict import Predictor
-from models.train import TrainData, save_checkpoint, train
+from refit.models.explain import explain
+from refit.models.predict import Predictor
+from refit.models.train import TrainData, save_checkpoint, train
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 from model_helpers import tiny_config
+from refit.models.fusion import FeatureSchema, SatisfactionModel
+from refit.models.predict import Predictor
+from refit.models.train import TrainData, save_checkpoint, train
 
-from models.fusion import FeatureSchema, SatisfactionModel
-from models.predict import Predictor
-from models.train import TrainData, save_checkpoint, train
-from refit.errors import CheckpointError
-from refit.synth import generate_feedback
+from refit.core.errors import CheckpointError
+from refit.ops.synth import generate_feedback
 
 FEATURES = {"device": "categorical", "tenure": "numeric"}
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from refit.errors import InputError
-from refit.ingest import IngestRules, ingest
+from refit.core.errors import InputError
+from refit.data.ingest import IngestRules, ingest
 
 pytestmark = pytest.mark.integration
 

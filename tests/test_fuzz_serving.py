@@ -15,14 +15,14 @@ import schemathesis
 from helpers import serving
 from hypothesis import HealthCheck, given, settings
 from model_helpers import review_data, tiny_config
+from refit.models.train import save_checkpoint, train
 from schemathesis import GenerationMode
 from sqlalchemy import text
 
-from models.train import save_checkpoint, train
+from refit.core.settings import load_settings
 from refit.registry import publish_checkpoint, write_pointer
+from refit.registry.store import open_store
 from refit.serving import Champion, create_app
-from refit.settings import load_settings
-from refit.store import open_store
 
 pytestmark = pytest.mark.integration
 TOKEN = "fuzz-token"
@@ -75,7 +75,7 @@ def served(tiny_model, tmp_path_factory, pg_admin, migrated_template):
     app = create_app(app_settings, champion)
     with serving(app) as url:
         yield url, app, db_url
-    from refit.db import get_engine
+    from refit.data.db import get_engine
 
     get_engine(db_url).dispose()
     with pg_admin.connect() as conn:

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refit.baselines import baseline_predictions, tfidf_predictions
 from refit.gate import GatePolicy, calibration_error, gate
-from refit.synth import generate_feedback
+from refit.gate.baselines import baseline_predictions, tfidf_predictions
+from refit.ops.synth import generate_feedback
 
 MSE = GatePolicy(metric="mse", resamples=1000, seed=0)
 

@@ -7,9 +7,9 @@ import pytest
 from helpers import count, quarantine_reasons, write_csv
 from sqlalchemy import text
 
-from refit.errors import InputError
-from refit.ingest import IngestRules, ingest_file, label_for
-from refit.synth import generate_feedback, write_feedback
+from refit.core.errors import InputError
+from refit.data.ingest import IngestRules, ingest_file, label_for
+from refit.ops.synth import generate_feedback, write_feedback
 
 RULES = IngestRules(labels=("negative", "neutral", "positive"), max_text_chars=200)
 NOW = datetime.now(timezone.utc)

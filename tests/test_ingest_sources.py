@@ -14,12 +14,12 @@ import pytest
 from helpers import count, quarantine_reasons, write_csv
 from sqlalchemy import text
 
-from refit.db import get_engine
-from refit.errors import InputError
-from refit.ingest import IngestRules, ingest
-from refit.quarantine import quarantine_report, requeue_quarantine
-from refit.settings import load_settings
-from refit.synth import generate_feedback, write_feedback
+from refit.core.errors import InputError
+from refit.core.settings import load_settings
+from refit.data.db import get_engine
+from refit.data.ingest import IngestRules, ingest
+from refit.data.quarantine import quarantine_report, requeue_quarantine
+from refit.ops.synth import generate_feedback, write_feedback
 
 RULES = IngestRules(labels=("negative", "neutral", "positive"))
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from refit.cli import app
-from refit.pii import redact
+from refit.data.pii import redact
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,7 +194,7 @@ def test_injection_strings_in_feedback_are_stored_verbatim_and_change_nothing_el
 
 
 def test_injection_strings_in_registry_commands_are_stored_verbatim(engine, cli_env, tmp_path):
-    from refit.store import open_store
+    from refit.registry.store import open_store
 
     store = open_store((tmp_path / "store").as_uri())
     publish_and_record(engine, store, tmp_path, "v1", gate_decision(True), None)

@@ -12,10 +12,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from refit.ingest import IngestRules, ingest_file
-from refit.snapshots import SplitConfig, take_snapshot
-from refit.store import open_store
-from refit.synth import generate_feedback, write_feedback
+from refit.data.ingest import IngestRules, ingest_file
+from refit.data.snapshots import SplitConfig, take_snapshot
+from refit.ops.synth import generate_feedback, write_feedback
+from refit.registry.store import open_store
 
 pytestmark = pytest.mark.integration
 GRANTS = Path(__file__).resolve().parents[1] / "sql" / "roles" / "grants.sql"
@@ -119,8 +119,8 @@ def test_serving_needs_only_read_access_to_the_store(tiny_model, tmp_path):
     import sys
 
     from model_helpers import review_data, tiny_config
+    from refit.models.train import save_checkpoint, train
 
-    from models.train import save_checkpoint, train
     from refit.registry import publish_checkpoint, write_pointer
 
     folder = save_checkpoint(

@@ -7,15 +7,15 @@ import pytest
 from helpers import count, refit_cli
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from refit.flows.retrain import retrain
 from sqlalchemy import text
 
-from flows.retrain import retrain
-from refit.db import get_engine
-from refit.ingest import IngestRules, ingest_file
+from refit.data.db import get_engine
+from refit.data.ingest import IngestRules, ingest_file
+from refit.data.snapshots import SplitConfig, split_of
+from refit.ops.synth import generate_feedback, write_feedback
 from refit.registry import POINTER, champion, model_prefix, read_pointer
-from refit.snapshots import SplitConfig, split_of
-from refit.store import open_store
-from refit.synth import generate_feedback, write_feedback
+from refit.registry.store import open_store
 
 pytestmark = pytest.mark.integration
 

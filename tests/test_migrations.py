@@ -3,8 +3,8 @@
 import pytest
 from sqlalchemy import text
 
-from refit.db import applied_migrations, get_engine, load_migrations, upgrade
-from refit.errors import RefitError
+from refit.core.errors import RefitError
+from refit.data.db import applied_migrations, get_engine, load_migrations, upgrade
 
 TABLES = {"feedback", "quarantine", "dataset_snapshots", "drift_reports", "model_versions", "promotion_log"}
 

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 from model_helpers import LABELS, review_data, tiny_config
+from refit.models.checkpoint import MANIFEST, build_manifest, verify_folder
+from refit.models.predict import Predictor
+from refit.models.train import TrainConfig, collate, length_bucketed_batches, save_checkpoint, train
 
-from models.checkpoint import MANIFEST, build_manifest, verify_folder
-from models.predict import Predictor
-from models.train import TrainConfig, collate, length_bucketed_batches, save_checkpoint, train
-from refit.errors import CheckpointError
-from refit.modeling import resolve_base_model
-from refit.settings import PACKAGED_MODEL
+from refit.core.errors import CheckpointError
+from refit.core.settings import PACKAGED_MODEL
+from refit.training.modeling import resolve_base_model
 
 
 def test_collate_pads_to_the_batch_longest():

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import SlackReceiver
 from prefect import flow, task
+from refit.tasks.notify import failed_task_name, notify_failure, notify_gate, notify_summary
 
 from refit import notify
-from refit.settings import load_settings
-from tasks.notify import failed_task_name, notify_failure, notify_gate, notify_summary
+from refit.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -389,7 +389,7 @@ def test_the_automation_alerts_on_a_failed_refit_run_from_the_server(installed_a
 def test_installing_needs_a_notification_block(prefect_api):
     from prefect.blocks.system import Secret
 
-    from refit.errors import ConfigError
+    from refit.core.errors import ConfigError
 
     Secret(value="x").save("refit-test-not-a-notifier", overwrite=True)
     with pytest.raises(ConfigError, match="not a notification block"):

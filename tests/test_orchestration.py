@@ -26,12 +26,12 @@ from conftest import TINY_TRAINING
 from helpers import free_port
 from sqlalchemy import text
 
-from refit.db import get_engine
-from refit.ingest import IngestRules, ingest_file
+from refit.core.settings import load_settings
+from refit.data.db import get_engine
+from refit.data.ingest import IngestRules, ingest_file
+from refit.ops.synth import generate_feedback, write_feedback
 from refit.registry import champion, read_pointer
-from refit.settings import load_settings
-from refit.store import open_store
-from refit.synth import generate_feedback, write_feedback
+from refit.registry.store import open_store
 
 pytestmark = pytest.mark.integration
 

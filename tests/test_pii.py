@@ -2,7 +2,7 @@
 
 import pytest
 
-from refit.pii import redact
+from refit.data.pii import redact
 
 REDACTED = [
     ("mail me at john.doe+shop@example.co.uk please", "mail me at [EMAIL] please"),

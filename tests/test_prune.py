@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from model_helpers import review_data, tiny_config
-
-from models.fusion import FeatureSchema, build_model
-from models.predict import Predictor
-from models.prune import head_counts, head_importance, least_important, prune_heads, remaining_heads
-from models.train import collate, encode, per_sample_loss, predict_texts, save_checkpoint, train
+from refit.models.fusion import FeatureSchema, build_model
+from refit.models.predict import Predictor
+from refit.models.prune import head_counts, head_importance, least_important, prune_heads, remaining_heads
+from refit.models.train import collate, encode, per_sample_loss, predict_texts, save_checkpoint, train
 
 
 def _reload_elsewhere(result, tmp_path) -> Predictor:

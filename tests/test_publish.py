@@ -8,10 +8,10 @@ import sys
 
 import pytest
 from helpers import checkpoint, gate_decision, publish_and_record
+from refit.models.checkpoint import MANIFEST
 from sqlalchemy import create_engine, text
 
-from models.checkpoint import MANIFEST
-from refit.errors import CheckpointError
+from refit.core.errors import CheckpointError
 from refit.registry import (
     POINTER,
     Published,
@@ -23,7 +23,7 @@ from refit.registry import (
     withdraw_unregistered,
     write_pointer,
 )
-from refit.store import AlreadyExists, Conflict, FileStore, S3Store, TransferOptions, open_store
+from refit.registry.store import AlreadyExists, Conflict, FileStore, S3Store, TransferOptions, open_store
 
 pytestmark = pytest.mark.integration
 MB = 1024 * 1024
@@ -146,7 +146,7 @@ def test_the_pointer_moves_only_from_the_expected_champion_by_etag(kind, s3_buck
 POINTER_WORKER = """
 import sys
 from refit.registry import Published, write_pointer
-from refit.store import open_store, Conflict
+from refit.registry.store import open_store, Conflict
 store = open_store(sys.argv[1])
 try:
     write_pointer(store, Published(sys.argv[2], "uri", "sha"), "v1")

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 from model_helpers import review_data, tiny_config
+from refit.models.predict import Predictor
+from refit.models.quantize import INT8_FILE, add_int8_artifact
+from refit.models.train import save_checkpoint, train
 
-from models.predict import Predictor
-from models.quantize import INT8_FILE, add_int8_artifact
-from models.train import save_checkpoint, train
 from refit.registry import publish_checkpoint
-from refit.store import open_store
+from refit.registry.store import open_store
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,9 @@ from helpers import checkpoint, gate_decision, publish_and_record, refit_cli
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from refit.errors import CheckpointError, RefitError
-from refit.registry import (
-    POINTER,
-    champion,
-    get_version,
-    lineage,
-    model_prefix,
-    read_pointer,
-    rollback,
-)
-from refit.store import open_store
+from refit.core.errors import CheckpointError, RefitError
+from refit.registry import POINTER, champion, get_version, lineage, model_prefix, read_pointer, rollback
+from refit.registry.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +101,7 @@ from pathlib import Path
 from sqlalchemy import create_engine
 from refit.gate import GateDecision
 from refit.registry import publish_checkpoint, record_decision
-from refit.store import open_store
+from refit.registry.store import open_store
 
 url, store_url, folder, version = sys.argv[1:]
 store = open_store(store_url)

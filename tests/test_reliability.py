@@ -15,13 +15,13 @@ from helpers import count
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from refit.flows.drift_check import drift_check_flow
+from refit.tasks.data import pull_snapshot
 
-from flows.drift_check import drift_check_flow
-from refit.db import get_engine
-from refit.ingest import IngestRules, ingest_file
-from refit.settings import load_settings
-from refit.synth import generate_feedback, write_feedback
-from tasks.data import pull_snapshot
+from refit.core.settings import load_settings
+from refit.data.db import get_engine
+from refit.data.ingest import IngestRules, ingest_file
+from refit.ops.synth import generate_feedback, write_feedback
 
 pytestmark = pytest.mark.integration
 

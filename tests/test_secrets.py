@@ -17,8 +17,8 @@ from prefect.client.orchestration import get_client
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from refit.errors import ConfigError
-from refit.settings import load_settings
+from refit.core.errors import ConfigError
+from refit.core.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -71,10 +71,10 @@ def test_a_whole_loop_and_its_failures_never_show_a_credential(
     prefect_api, secret_env, slack, s3_bucket, tmp_path, caplog, capfd
 ):
     from fastapi.testclient import TestClient
+    from refit.flows.retrain import retrain
 
-    from flows.retrain import retrain
+    from refit.ops.synth import generate_feedback, write_feedback
     from refit.serving import Champion, create_app
-    from refit.synth import generate_feedback, write_feedback
 
     caplog.set_level("DEBUG")
     found: list[str] = []
@@ -146,7 +146,7 @@ def test_a_whole_loop_and_its_failures_never_show_a_credential(
         found += leaks(f"s3://{s3_bucket}/{key}", body)
 
     # every refit table
-    from refit.db import get_engine
+    from refit.data.db import get_engine
 
     with get_engine(secret_env.database_url).connect() as conn:
         tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars().all()
@@ -170,7 +170,7 @@ def test_credentials_can_come_from_prefect_secret_blocks(prefect_api, db_url, mo
     """A setting of the form prefect-secret://NAME is loaded from that Secret block on the API."""
     import uuid
 
-    from refit.db import check_connection, get_engine
+    from refit.data.db import check_connection, get_engine
 
     suffix = uuid.uuid4().hex[:8]
     url = make_url(db_url).set(password=DB_PASSWORD).render_as_string(hide_password=False)

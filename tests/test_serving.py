@@ -11,14 +11,14 @@ import httpx
 import pytest
 from helpers import free_port, serving
 from model_helpers import review_data, tiny_config
+from refit.models.predict import Predictor
+from refit.models.train import save_checkpoint, train
 
-from models.predict import Predictor
-from models.train import save_checkpoint, train
-from refit.errors import RefitError
+from refit.core.errors import RefitError
+from refit.core.settings import load_settings
 from refit.registry import model_prefix, publish_checkpoint, write_pointer
+from refit.registry.store import open_store
 from refit.serving import Champion, create_app, quantized
-from refit.settings import load_settings
-from refit.store import open_store
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token"

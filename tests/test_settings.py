@@ -2,8 +2,8 @@
 
 import pytest
 
-from refit.errors import ConfigError
-from refit.settings import PACKAGED_MODEL, load_settings
+from refit.core.errors import ConfigError
+from refit.core.settings import PACKAGED_MODEL, load_settings
 
 
 def test_defaults_need_no_configuration():
@@ -77,7 +77,7 @@ def test_importing_refit_has_no_side_effects(tmp_path):
     import sys
 
     code = (
-        "import refit.cli, refit.db, refit.store, refit.settings, flows.retrain, tasks.drift, models.train;"
+        "import refit.cli, refit.data.db, refit.registry.store, refit.core.settings, refit.flows.retrain, refit.tasks.drift, refit.models.train;"
         "import os; print(sorted(os.listdir('.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
@@ -89,7 +89,7 @@ def test_every_setting_is_documented_in_the_readme():
     import re
     from pathlib import Path
 
-    from refit.settings import Settings
+    from refit.core.settings import Settings
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     documented = set(re.findall(r"REFIT_[A-Z0-9_]+", readme))

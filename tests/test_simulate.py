@@ -11,8 +11,8 @@ import pytest
 from helpers import checkpoint, gate_decision
 from sqlalchemy import text
 
-from refit import simulate as sim
-from refit.errors import InputError
+from refit.core.errors import InputError
+from refit.sim import backtest as sim
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_replay_compares_policies_on_the_real_loop(prefect_api, sim_settings, tm
     # reports are dated at the steps' ends (confirmation and cooldown read those dates).
     drift_cycles = [r["cycles"][0] for r in by_policy["drift"][1:]]
     assert all(c["drift"]["decision"] in ("retrain", "no_drift", "unconfirmed", "cooldown") for c in drift_cycles)
-    from refit.db import get_engine
+    from refit.data.db import get_engine
 
     schema_url = sim.sandbox_url(sim_settings.database_url, "sim_t1_drift")
     with get_engine(schema_url).connect() as conn:
@@ -116,7 +116,7 @@ def sandbox(sim_settings, tmp_path):
 @pytest.mark.integration
 def test_invariant_checks_report_violations_made_on_purpose(sandbox, tmp_path):
     from refit.registry import publish_checkpoint, read_pointer, record_decision, write_pointer
-    from refit.store import open_store
+    from refit.registry.store import open_store
 
     box, engine = sandbox, sandbox.engine
     store = open_store(box.settings.store_url)
@@ -185,10 +185,10 @@ def test_cli_refuses_an_unknown_policy_in_one_line():
 def test_drift_reference_is_what_the_champion_trained_on(engine, tmp_path):
     """With REFIT_MAX_TRAIN_ROWS the champion saw the newest rows only; drift compares with those
     (a backtest showed a drift policy retraining every week because the reference was all history)."""
+    from refit.data.ingest import IngestRules, ingest_file
+    from refit.data.snapshots import SplitConfig, take_snapshot
     from refit.drift import reference_and_current
-    from refit.ingest import IngestRules, ingest_file
-    from refit.snapshots import SplitConfig, take_snapshot
-    from refit.synth import generate_feedback, write_feedback
+    from refit.ops.synth import generate_feedback, write_feedback
 
     rows = generate_feedback(300, seed=3)
     ingest_file(engine, write_feedback(rows, tmp_path / "f.csv"), IngestRules(labels=("neg", "neu", "pos")))

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from refit.slices import length_bucket, slice_frame, slice_metrics
+from refit.gate.slices import length_bucket, slice_frame, slice_metrics
 
 
 def frame():

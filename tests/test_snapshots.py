@@ -2,9 +2,9 @@
 
 from collections import Counter
 
-from refit.ingest import IngestRules, ingest_file
-from refit.snapshots import SplitConfig, iter_feedback, latest_snapshot, read_feedback, split_of, take_snapshot
-from refit.synth import generate_feedback, write_feedback
+from refit.data.ingest import IngestRules, ingest_file
+from refit.data.snapshots import SplitConfig, iter_feedback, latest_snapshot, read_feedback, split_of, take_snapshot
+from refit.ops.synth import generate_feedback, write_feedback
 
 RULES = IngestRules(labels=("negative", "neutral", "positive"))
 SPLIT = SplitConfig(dev_fraction=0.15, test_fraction=0.15)
@@ -54,7 +54,7 @@ def test_split_is_stable_and_follows_the_fractions():
 
 
 def test_same_data_gives_the_same_snapshot_hash(new_database, tmp_path):
-    from refit.db import get_engine
+    from refit.data.db import get_engine
 
     path = write_feedback(generate_feedback(120, seed=5), tmp_path / "f.csv")
     hashes = []

@@ -2,8 +2,8 @@
 
 import pytest
 
-from refit.errors import StoreError
-from refit.store import AlreadyExists, FileStore, S3Store, open_store
+from refit.core.errors import StoreError
+from refit.registry.store import AlreadyExists, FileStore, S3Store, open_store
 
 
 @pytest.fixture(params=["s3", "file"])

@@ -4,15 +4,15 @@ import importlib
 import pkgutil
 
 from prefect import Task
+from refit.tasks import RESUMABLE
 
-import tasks
-from tasks import RESUMABLE
+from refit import tasks
 
 
 def all_tasks() -> dict[str, Task]:
     found = {}
     for module in pkgutil.iter_modules(tasks.__path__):
-        loaded = importlib.import_module(f"tasks.{module.name}")
+        loaded = importlib.import_module(f"refit.tasks.{module.name}")
         found.update({t.name: t for t in vars(loaded).values() if isinstance(t, Task)})
     return found
 
@@ -30,7 +30,7 @@ def test_io_retries_with_backoff_and_training_never_retries():
         assert found[name].retry_delay_seconds == [2, 5, 15], name
     # the record retries a lost connection inside the task: a failed Prefect attempt inside the
     # publish transaction would roll the upload back even when the retry succeeds
-    from tasks.publish import RECORD_RETRY_DELAYS
+    from refit.tasks.publish import RECORD_RETRY_DELAYS
 
     assert found["record-decision"].retries == 0 and RECORD_RETRY_DELAYS == (2, 5, 15)
     assert found["train-challenger"].retries == 0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from model_helpers import review_data, tiny_config
+from refit.models.train import save_checkpoint, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
-from models.train import save_checkpoint, train
 from refit.cli import app
 from refit.registry import publish_checkpoint
-from refit.store import open_store
+from refit.registry.store import open_store
 
 
 def test_event_files_hold_the_logged_scalars_and_the_cli_finds_them(tiny_model, tmp_path, monkeypatch):

@@ -7,11 +7,9 @@ import pandas as pd
 import pytest
 import torch
 from model_helpers import LABELS, review_data, tiny_config
-from safetensors.torch import load_file
-
-from models.fusion import FeatureSchema, build_model
-from models.predict import Predictor
-from models.train import (
+from refit.models.fusion import FeatureSchema, build_model
+from refit.models.predict import Predictor
+from refit.models.train import (
     TrainData,
     apply_strategy,
     class_weight_tensor,
@@ -20,9 +18,11 @@ from models.train import (
     save_checkpoint,
     train,
 )
-from refit.errors import ConfigError
-from refit.modeling import replay_window, train_config
-from refit.settings import load_settings
+from safetensors.torch import load_file
+
+from refit.core.errors import ConfigError
+from refit.core.settings import load_settings
+from refit.training.modeling import replay_window, train_config
 
 
 def subset(data: TrainData, n_train: int) -> TrainData:

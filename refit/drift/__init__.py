@@ -37,8 +37,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from refit.errors import InputError
-from refit.snapshots import features_frame
+from refit.core.errors import InputError
+from refit.data.snapshots import features_frame
 
 log = logging.getLogger("refit.drift")
 
@@ -165,7 +165,7 @@ def reference_and_current(
     With ``max_train_rows`` (``REFIT_MAX_TRAIN_ROWS``) the champion trained on the newest that
     many training rows only, and those are the reference.
     """
-    from refit.snapshots import get_snapshot, read_feedback, snapshot_rows
+    from refit.data.snapshots import get_snapshot, read_feedback, snapshot_rows
 
     trained_on = get_snapshot(engine, champion["snapshot_id"])
     reference = snapshot_rows(engine, trained_on, split)
@@ -182,7 +182,7 @@ def read_window(engine, since: datetime, upto: int | None = None) -> pd.DataFram
     """Feedback whose ``created_at`` is at or after ``since`` (late arrivals included), in id order."""
     from sqlalchemy import text
 
-    from refit.snapshots import read_feedback
+    from refit.data.snapshots import read_feedback
 
     with engine.connect() as conn:
         first = conn.execute(text("SELECT min(id) FROM feedback WHERE created_at >= :s"), {"s": since}).scalar()
@@ -476,7 +476,7 @@ def embeddings_signal(reference: np.ndarray, current: np.ndarray, policy: DriftP
 
 
 def _metric_value(metric: str, y_true: np.ndarray, prediction: np.ndarray, n_labels: int) -> float:
-    from models.metrics import task_metrics
+    from refit.models.metrics import task_metrics
 
     task = "regression" if metric in ("mse", "mae", "spearman") else "classification"
     return task_metrics(task, y_true, prediction, n_labels)[metric]
@@ -498,8 +498,8 @@ def performance_signal(
     signal is drifted when the relative loss is at least ``performance_min_degradation`` and the
     one-sided lower bound of the loss at ``performance_confidence`` is above zero.
     """
-    from models.metrics import DIRECTION
-    from refit.bootstrap import resampled_metric
+    from refit.gate.bootstrap import resampled_metric
+    from refit.models.metrics import DIRECTION
 
     higher_better = DIRECTION[metric]
     dev_value = _metric_value(metric, dev_true, dev_prediction, n_labels)
@@ -721,7 +721,7 @@ def _maybe(function, value, *args):
 
 
 def _performance(champion, dev: pd.DataFrame, cur_rows: pd.DataFrame, cur_pred, task, labels, policy) -> dict:
-    from models.metrics import DEFAULT_METRIC
+    from refit.models.metrics import DEFAULT_METRIC
 
     metric = policy.metric or DEFAULT_METRIC[task]
     dev_rows = time_stratified_sample(dev, max(policy.performance_rows, policy.sample_cap)).reset_index(drop=True)
@@ -903,7 +903,7 @@ def slack_message(result: DriftResult, champion_version: str | None, html_uri: s
 
 def load_champion(settings, champion: dict):
     """The champion's checkpoint, downloaded once into the work dir and verified, loaded for inference."""
-    from models.predict import Predictor
+    from refit.models.predict import Predictor
     from refit.registry import checkout
 
     return Predictor(checkout(settings, champion["version"]))
@@ -937,10 +937,10 @@ def run_drift_check(
         The result's summary with the ``drift_reports`` id and the report's URIs.
     """
     from refit import notify
-    from refit.db import engine_for
-    from refit.devset import current_devset, dev_rows
-    from refit.snapshots import SplitConfig
-    from refit.store import store_for
+    from refit.data.db import engine_for
+    from refit.data.devset import current_devset, dev_rows
+    from refit.data.snapshots import SplitConfig
+    from refit.registry.store import store_for
 
     engine = engine_for(settings)
     store = store_for(settings)

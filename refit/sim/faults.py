@@ -39,8 +39,8 @@ from urllib.parse import urlparse
 import numpy as np
 from sqlalchemy import text
 
-from refit.errors import RefitError
-from refit.simulate import NoFaults, Sandbox, Step
+from refit.core.errors import RefitError
+from refit.sim.backtest import NoFaults, Sandbox, Step
 
 FAULTS = (
     "s3_unreachable",
@@ -300,11 +300,11 @@ def train_and_kill(settings, snapshot, kill_after_s: float = 1.0, start_timeout_
         ``(challenger, killed)``: the child's challenger when it finished before the kill (the
         fault missed), else ``(None, True)``.
     """
-    from tasks.training import Challenger
+    from refit.tasks.training import Challenger
 
     path = _settings_file(settings, Path(settings.work_dir) / "chaos")
     child = subprocess.Popen(
-        [sys.executable, "-m", "refit.chaos", "train", str(path), str(snapshot.id)],
+        [sys.executable, "-m", "refit.sim.faults", "train", str(path), str(snapshot.id)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -339,11 +339,11 @@ def train_and_kill(settings, snapshot, kill_after_s: float = 1.0, start_timeout_
 def _child_train(settings_path: str, snapshot_id: str) -> None:
     from prefect.logging import disable_run_logger
 
-    from refit.db import engine_for
+    from refit.core.settings import load_settings
+    from refit.data.db import engine_for
+    from refit.data.snapshots import get_snapshot
     from refit.registry import champion
-    from refit.settings import load_settings
-    from refit.snapshots import get_snapshot
-    from tasks.training import train_challenger
+    from refit.tasks.training import train_challenger
 
     settings = load_settings(**json.loads(Path(settings_path).read_text()))
     engine = engine_for(settings)

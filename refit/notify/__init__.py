@@ -28,6 +28,8 @@ from typing import Literal
 
 import httpx
 
+from refit.core.resources import deployments_dir
+
 log = logging.getLogger("refit.notify")
 
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
@@ -428,7 +430,7 @@ def browser_url(settings, uri: str | None, expires_s: int = LINK_TTL_S) -> str |
     if not uri.startswith("s3://"):
         return None
     try:
-        from refit.store import S3Store, store_for
+        from refit.registry.store import S3Store, store_for
 
         store = store_for(settings)
         bucket, _, key = uri[len("s3://") :].partition("/")
@@ -496,7 +498,7 @@ def load_block_target(ref: str, default_slug: str) -> tuple[str, dict]:
         from prefect.utilities.templating import apply_values
 
         url, headers = apply_values([url, headers], secrets.get_secret_value())
-    from refit.secrets import mask_in_logs
+    from refit.core.secrets import mask_in_logs
 
     mask_in_logs(url, *headers.values())  # a block's URL is as secret as REFIT_SLACK_WEBHOOK_URL
     return url, headers
@@ -586,7 +588,7 @@ def send(settings, notice: Notice, timeout: float = 10.0) -> dict[str, bool]:
 
 # --- the server-side alert (deployments/automations.yaml) ----------------------------------------
 
-AUTOMATIONS_FILE = Path(__file__).resolve().parents[1] / "deployments" / "automations.yaml"
+AUTOMATIONS_FILE = deployments_dir() / "automations.yaml"
 PLACEHOLDER_BLOCK_ID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -618,7 +620,7 @@ def install_automations(block_ref: str, path: Path = AUTOMATIONS_FILE) -> list:
     from prefect.blocks.core import Block
     from prefect.client.orchestration import get_client
 
-    from refit.errors import ConfigError
+    from refit.core.errors import ConfigError
 
     block = Block.load(block_ref)
     if "notify" not in block.get_block_capabilities():
@@ -643,7 +645,7 @@ def save_alert_block(settings, name: str = "refit-alerts") -> str:
     """
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from refit.errors import ConfigError
+    from refit.core.errors import ConfigError
 
     found = targets(settings)
     if not found:

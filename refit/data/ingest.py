@@ -36,10 +36,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from refit.db import INGEST_LOCK
-from refit.errors import InputError
-from refit.pii import redact
-from refit.settings import RESERVED
+from refit.core.errors import InputError
+from refit.core.settings import RESERVED
+from refit.data.db import INGEST_LOCK
+from refit.data.pii import redact
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 MAX_ID_CHARS = 256

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from refit.errors import StoreError
+from refit.core.errors import StoreError
 
 
 class AlreadyExists(StoreError):
@@ -104,7 +104,7 @@ class ObjectStore(ABC):
     def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
         """Whether the stored bytes at ``key`` are the bytes of the local file ``path`` (the
         recorded SHA-256 is what the uploader declared, not what arrived). Reads the object back."""
-        from models.checkpoint import sha256_file
+        from refit.models.checkpoint import sha256_file
 
         try:
             return hashlib.sha256(self.get(key)).hexdigest() == sha256_file(path)
@@ -186,7 +186,7 @@ class FileStore(ObjectStore):
             self.put(key, data)
 
     def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
-        from models.checkpoint import sha256_file
+        from refit.models.checkpoint import sha256_file
 
         head = head or self.head(key)  # a file's head hashes its bytes
         return head is not None and head.sha256 == sha256_file(path)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from refit.errors import InputError
+from refit.core.errors import InputError
 
 SCENARIOS = ("steady", "gradual", "sudden", "seasonal")
 DEFAULT_START = datetime(2025, 1, 6, tzinfo=timezone.utc)
@@ -106,8 +106,8 @@ def scenario_stream(
         noise: share of ratings shuffled among themselves (real satisfaction is not fixed by the
             words, as it is in the generator).
     """
-    from refit.scenarios import _shuffle_ratings
-    from refit.synth import generate_feedback
+    from refit.ops.synth import generate_feedback
+    from refit.sim.scenarios import _shuffle_ratings
 
     rng = np.random.default_rng(seed)
     frames = []
@@ -295,13 +295,13 @@ class Sandbox:
 
     @property
     def engine(self) -> Engine:
-        from refit.db import engine_for
+        from refit.data.db import engine_for
 
         return engine_for(self.settings)
 
     @property
     def store(self):
-        from refit.store import store_for
+        from refit.registry.store import store_for
 
         return store_for(self.settings)
 
@@ -312,7 +312,7 @@ class Sandbox:
 
 def open_sandbox(base, policy: Policy, run_id: str, work_dir: Path) -> Sandbox:
     """Create a fresh schema with refit's migrations, a store prefix and a work folder for ``policy``."""
-    from refit.db import get_engine, upgrade
+    from refit.data.db import get_engine, upgrade
 
     schema = _identifier(f"sim_{run_id}_{policy.name}")
     admin = get_engine(base.require_database())
@@ -370,8 +370,8 @@ class NoFaults:
 def online_quality(box: Sandbox, feedback: pd.DataFrame) -> dict | None:
     """The champion's metric on a step's labelled feedback, before the loop sees it (None before
     the first champion, or with no labelled rows)."""
-    from models.metrics import DEFAULT_METRIC, task_metrics
-    from models.predict import Predictor
+    from refit.models.metrics import DEFAULT_METRIC, task_metrics
+    from refit.models.predict import Predictor
     from refit.registry import champion, checkout
 
     settings = box.settings
@@ -410,7 +410,7 @@ def _targets(feedback: pd.DataFrame, settings) -> np.ndarray:
 
 def deliver(box: Sandbox, step: Step, copy: int = 0) -> dict:
     """Ingest a step's feedback through refit's ingest (a CSV file, as a team would deliver it)."""
-    from refit.ingest import IngestRules, ingest_file
+    from refit.data.ingest import IngestRules, ingest_file
 
     folder = Path(box.settings.work_dir) / "deliveries"
     folder.mkdir(parents=True, exist_ok=True)
@@ -433,12 +433,12 @@ def run_cycle(box: Sandbox, step: Step, faults: NoFaults, trigger: int = 0) -> d
     """
     from prefect.transactions import transaction
 
+    from refit.data.snapshots import latest_snapshot
     from refit.registry import champion as current_champion
-    from refit.snapshots import latest_snapshot
-    from tasks.data import preflight, pull_snapshot
-    from tasks.gate import gate_challenger, write_model_card
-    from tasks.publish import record, upload
-    from tasks.training import train_challenger
+    from refit.tasks.data import preflight, pull_snapshot
+    from refit.tasks.gate import gate_challenger, write_model_card
+    from refit.tasks.publish import record, upload
+    from refit.tasks.training import train_challenger
 
     settings, policy = box.settings, box.policy
     cycle: dict = {"trigger": trigger}
@@ -525,8 +525,8 @@ def run_step(box: Sandbox, step: Step, faults: NoFaults, devset_every: int | Non
     ``devset_every``: refresh the gate's dev set every that many steps, as a scheduled
     ``refit devset refresh`` would (the first dev set is made by the first gate).
     """
-    from refit.devset import current_devset, refresh_devset
-    from refit.snapshots import SplitConfig
+    from refit.data.devset import current_devset, refresh_devset
+    from refit.data.snapshots import SplitConfig
 
     started = time.perf_counter()
     record = {"policy": box.policy.name, "step": step.index, "start": step.start.isoformat(),
@@ -613,7 +613,7 @@ def simulate(
 
 def summarize(records: list[dict]) -> dict:
     """One policy's table row from its step records."""
-    from models.metrics import DIRECTION
+    from refit.models.metrics import DIRECTION
 
     cycles = [c for r in records for c in r["cycles"]]
     scored = [r["online"] for r in records if r["online"]]
@@ -721,7 +721,7 @@ def check_invariants(box: Sandbox) -> list[str]:
     Returns:
         One line per violation (empty when all hold).
     """
-    from refit.errors import StoreError
+    from refit.core.errors import StoreError
 
     engine, store, name = box.engine, box.store, box.settings.model_name
     try:
@@ -773,7 +773,7 @@ def champion_intact(engine: Engine, store, model_name: str, verified: dict | Non
     files already hashed, so unchanged objects are not downloaded again."""
     import hashlib
 
-    from models.checkpoint import MANIFEST, manifest_digest
+    from refit.models.checkpoint import MANIFEST, manifest_digest
     from refit.registry import model_prefix
 
     with engine.connect() as conn:
@@ -824,7 +824,7 @@ def feedback_accounted(engine: Engine, delivered: set[str]) -> list[str]:
 def retrains_accounted(engine: Engine, store, model_name: str, attempts: list[dict]) -> list[str]:
     """Every retrain was promoted, rejected (or superseded) with one registry row and one log
     line, or failed cleanly: an alert went out and no trace of it is published or registered."""
-    from models.checkpoint import MANIFEST
+    from refit.models.checkpoint import MANIFEST
     from refit.registry import model_prefix
 
     with engine.connect() as conn:
@@ -861,7 +861,7 @@ def retrains_accounted(engine: Engine, store, model_name: str, attempts: list[di
 def published_once(engine: Engine, store, model_name: str) -> list[str]:
     """No version is published twice: one decision per version in the log, and every sealed
     version in the store is registered with the manifest it has there."""
-    from models.checkpoint import MANIFEST, manifest_digest
+    from refit.models.checkpoint import MANIFEST, manifest_digest
     from refit.registry import model_prefix
 
     with engine.connect() as conn:
@@ -896,7 +896,7 @@ def fast_overrides(settings) -> dict:
 def tiny_model(folder: Path) -> Path:
     """A random 2-layer BERT on the packaged model's vocabulary (as the tests use), built once
     into ``folder``: training it takes seconds, so a year of steps replays in minutes."""
-    from refit.scenarios import tiny_bert
+    from refit.sim.scenarios import tiny_bert
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():

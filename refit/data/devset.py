@@ -14,7 +14,7 @@ from datetime import datetime
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from refit.snapshots import SplitConfig, assign_splits, iter_feedback
+from refit.data.snapshots import SplitConfig, assign_splits, iter_feedback
 
 
 @dataclass(frozen=True)

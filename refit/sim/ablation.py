@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.ensemble import ENSEMBLE_SEED_STRIDE
-from models.metrics import DIRECTION
-from models.train import TrainConfig, predict_texts, train
-from refit.modeling import targets, training_data
-from refit.snapshots import features_frame
+from refit.data.snapshots import features_frame
+from refit.models.ensemble import ENSEMBLE_SEED_STRIDE
+from refit.models.metrics import DIRECTION
+from refit.models.train import TrainConfig, predict_texts, train
+from refit.training.modeling import targets, training_data
 
 DEFAULT_VARIANTS = ("baseline", "augment", "fgm", "lora", "ensemble3", "prune4")
 AUGMENT_RATES = {"augment_delete_rate": 0.1, "augment_swap_rate": 0.1, "augment_synonym_rate": 0.2}
@@ -128,8 +128,8 @@ def _timed_predict(model, tokenizer, texts, features, config: TrainConfig) -> tu
 
 def evaluate(model, tokenizer, config: TrainConfig, rows: EvalRows) -> dict:
     """Dev and test metrics, the new-items slice, float and int8 speed and size of one model."""
-    from models.metrics import task_metrics
-    from models.quantize import quantize_model
+    from refit.models.metrics import task_metrics
+    from refit.models.quantize import quantize_model
 
     previous = torch.get_num_threads()
     if config.num_threads:
@@ -186,7 +186,7 @@ def run_ablation(
     Returns:
         ``{"metric", "direction", "seeds", "train_rows", "dev_rows", "test_rows", "variants": {name: {...}}}``.
     """
-    from models.ensemble import EnsembleModel
+    from refit.models.ensemble import EnsembleModel
 
     frame = pd.concat([train_frame.assign(split="train"), rows.dev.assign(split="dev")], ignore_index=True)
     data = training_data(frame, base.task, base.labels)
@@ -334,10 +334,10 @@ def ablate(
     Returns:
         The results (as saved in the JSON) with ``table`` (the markdown) and the file paths.
     """
-    from refit.db import engine_for
-    from refit.modeling import train_config
-    from refit.slices import known_items
-    from refit.snapshots import SplitConfig, get_snapshot, latest_snapshot, snapshot_rows
+    from refit.data.db import engine_for
+    from refit.data.snapshots import SplitConfig, get_snapshot, latest_snapshot, snapshot_rows
+    from refit.gate.slices import known_items
+    from refit.training.modeling import train_config
 
     parsed = [parse_variant(v) for v in variants]
     if not parsed:
@@ -370,9 +370,9 @@ def ingest_demo_snapshots(engine, settings, folder: Path, rows: int = 1200) -> l
     snapshot after each; for the ablation's test and benchmark. Returns the two snapshots."""
     from datetime import datetime, timedelta, timezone
 
-    from refit.ingest import IngestRules, ingest_file
-    from refit.snapshots import SplitConfig, take_snapshot
-    from refit.synth import generate_feedback, write_feedback
+    from refit.data.ingest import IngestRules, ingest_file
+    from refit.data.snapshots import SplitConfig, take_snapshot
+    from refit.ops.synth import generate_feedback, write_feedback
 
     now = datetime.now(timezone.utc)
     batches = {

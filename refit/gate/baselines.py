@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.metrics import baseline_prediction
+from refit.models.metrics import baseline_prediction
 
 BASELINES = ("trivial", "tfidf")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from refit.ingest import IngestRules, RawBatch, load_batch, validate_batch
+from refit.data.ingest import IngestRules, RawBatch, load_batch, validate_batch
 
 
 def quarantine_report(engine: Engine, limit: int = 10) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.metrics import DIRECTION
+from refit.models.metrics import DIRECTION
 
 CHUNK_CELLS = 4_000_000  # resamples x rows held in memory at once (~32 MB of float64 counts)
 RANK_CHUNK_CELLS = 400_000  # Spearman makes several passes over each chunk: keep it in cache

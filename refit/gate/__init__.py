@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from models.metrics import DIRECTION, improvement, task_metrics
-from refit.bootstrap import paired_bootstrap
-from refit.slices import slice_metrics
+from refit.gate.bootstrap import paired_bootstrap
+from refit.gate.slices import slice_metrics
+from refit.models.metrics import DIRECTION, improvement, task_metrics
 
 # How much worse (in the metric's own units) a slice may be before the gate refuses.
 SLICE_TOLERANCE = {"mse": 0.01, "mae": 0.03, "spearman": 0.05, "accuracy": 0.03, "macro_f1": 0.05}
@@ -53,7 +53,7 @@ class GatePolicy:
 
     @classmethod
     def from_settings(cls, settings) -> GatePolicy:
-        from models.metrics import DEFAULT_METRIC
+        from refit.models.metrics import DEFAULT_METRIC
 
         return cls(
             metric=settings.gate_metric or DEFAULT_METRIC[settings.task],

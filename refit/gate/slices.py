@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from refit.snapshots import features_frame
+from refit.data.snapshots import features_frame
 
 LENGTH_BUCKETS = ((0, 100, "short"), (100, 400, "medium"), (400, None, "long"))
 

@@ -11,21 +11,13 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from refit.errors import ConfigError, RefitError
+from refit.core.errors import ConfigError, RefitError
+from refit.core.resources import sql_dir
 
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 # Any constant works; it only has to be the same for every refit process.
 MIGRATION_LOCK = 0x7265666974  # "refit"
 INGEST_LOCK = 0x7265666975
-
-
-def sql_dir() -> Path:
-    """The folder of migration files (the repository's ``sql/``)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "sql", here / "sql"):
-        if candidate.is_dir():
-            return candidate
-    raise ConfigError(f"migration folder sql/ not found next to {here}")
 
 
 @lru_cache(maxsize=8)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.metrics import baseline_prediction, task_metrics
-from models.train import TrainConfig, TrainData
-from refit.settings import PACKAGED_MODEL, Settings
-from refit.snapshots import features_frame
+from refit.core.settings import PACKAGED_MODEL, Settings
+from refit.data.snapshots import features_frame
+from refit.models.metrics import baseline_prediction, task_metrics
+from refit.models.train import TrainConfig, TrainData
 
 
 def resolve_base_model(name: str) -> str:

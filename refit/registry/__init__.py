@@ -25,10 +25,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from models.checkpoint import MANIFEST, build_manifest, manifest_digest, read_metadata, verify_folder
-from refit.errors import CheckpointError, NoChampionError, RefitError, StoreError
+from refit.core.errors import CheckpointError, NoChampionError, RefitError, StoreError
 from refit.gate import GateDecision
-from refit.store import AlreadyExists, Conflict, ObjectStore
+from refit.models.checkpoint import MANIFEST, build_manifest, manifest_digest, read_metadata, verify_folder
+from refit.registry.store import AlreadyExists, Conflict, ObjectStore
 
 DEFAULT_MODEL = "satisfaction"
 
@@ -141,7 +141,7 @@ def fetch_checkpoint(store: ObjectStore, version: str, dest: Path, model_name: s
 def checkout(settings, version: str) -> Path:
     """A verified local copy of a published version under ``work_dir/champions/``, downloaded
     only when the copy there is missing or does not match its manifest."""
-    from refit.store import store_for
+    from refit.registry.store import store_for
 
     folder = Path(settings.work_dir) / "champions" / version
     if (folder / MANIFEST).is_file():

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from refit.synth import FILLER, SHIFTED_MIX, generate_feedback
+from refit.ops.synth import FILLER, SHIFTED_MIX, generate_feedback
 
 SHIFTS = ("new_category", "satisfaction_mix", "text_length", "feature_shift", "label_noise")
 SCENARIOS = ("null", *SHIFTS, "identical", "tiny")
@@ -269,7 +269,7 @@ def tiny_bert(folder: Path, seed: int = 0) -> Path:
 def train_champion(base_model: Path, folder: Path, rows: int = 800, dev: pd.DataFrame | None = None) -> Path:
     """Fine-tune ``base_model`` on the base regime into a checkpoint folder: a champion with real
     skill, so that label noise can raise its error. Early stopping uses ``dev``, as in refit."""
-    from models.train import TrainConfig, TrainData, save_checkpoint, train
+    from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
 
     train_rows = feedback_frame(base_rows(rows, 11, id_prefix="train"))
     dev = dev if dev is not None else dev_frame()

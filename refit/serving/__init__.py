@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model, field_validator
 
-from refit.errors import NoChampionError, RefitError
+from refit.core.errors import NoChampionError, RefitError
 
 log = logging.getLogger("refit.serve")
 
@@ -43,7 +43,7 @@ class Champion:
     """The model being served and how it changes: load, verify, warm up, swap."""
 
     def __init__(self, settings, store=None):
-        from refit.store import store_for
+        from refit.registry.store import store_for
 
         self.settings = settings
         self.store = store or store_for(settings)
@@ -55,8 +55,8 @@ class Champion:
 
     def load(self, version: str, etag: str | None) -> Loaded:
         """Download (or reuse the verified cache of) ``version``, load and warm it up."""
-        from models.predict import Predictor
-        from models.quantize import INT8_FILE
+        from refit.models.predict import Predictor
+        from refit.models.quantize import INT8_FILE
         from refit.registry import checkout
 
         folder = checkout(self.settings, version)
@@ -361,7 +361,7 @@ def create_app(settings, champion: Champion | None = None):
     stop = threading.Event()
     prediction_log = None
     if settings.serve_log_predictions:
-        from refit.db import engine_for
+        from refit.data.db import engine_for
 
         prediction_log = PredictionLog(engine_for(settings), settings.serve_log_flush_s)
 
@@ -453,7 +453,7 @@ def create_app(settings, champion: Champion | None = None):
     )
     async def explain(body: ExplainRequest) -> dict:
         try:
-            from models.explain import explain as explain_one
+            from refit.models.explain import explain as explain_one
         except ImportError:
             raise HTTPException(501, "explanations are not available in this build") from None
         loaded = champion.current

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.predict import Predictor
-from refit.errors import InputError, NoChampionError
+from refit.core.errors import InputError, NoChampionError
+from refit.core.settings import Settings
+from refit.models.predict import Predictor
 from refit.registry import checkout, read_pointer
-from refit.settings import Settings
-from refit.store import ObjectStore, store_for
+from refit.registry.store import ObjectStore, store_for
 
 
 def read_texts(path: Path) -> pd.DataFrame:

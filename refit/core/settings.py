@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from refit.errors import ConfigError
+from refit.core.errors import ConfigError
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 # The columns of a feedback file that refit reads itself; every other column is a feature.
@@ -318,7 +318,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _from_prefect_secret(cls, value: object) -> object:
-        from refit.secrets import resolve
+        from refit.core.secrets import resolve
 
         return resolve(value)
 
@@ -392,7 +392,7 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
-    from refit.secrets import mask_settings
+    from refit.core.secrets import mask_settings
 
     mask_settings(settings)  # the HTTP clients' request logs never show a credential
     return settings

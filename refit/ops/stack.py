@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from refit.errors import RefitError
+from refit.core.errors import RefitError
+from refit.core.resources import deployments_dir
 
 STATE_FILE = "stack.json"
 POOLS = ("cpu", "gpu")
@@ -151,7 +152,7 @@ def up(
     """Start the local stack (see the module docstring) and return what was started.
 
     Args:
-        root: the refit checkout whose ``deployments/`` are deployed and whose flows the workers run.
+        root: the folder the workers run in (their ``.env`` and relative paths are read there).
         state_dir: where the PIDs, logs and the Prefect home (with its SQLite database) live.
         host: the address the server listens on.
         port: the server's port.
@@ -183,7 +184,7 @@ def up(
                  f"creating the {pool} pool", timeout_s)  # fmt: skip
         echo("deploying deployments/prefect.yaml ...")
         out = _run(
-            [*prefect, "--no-prompt", "deploy", "--prefect-file", str(root / "deployments" / "prefect.yaml"), "--all"],
+            [*prefect, "--no-prompt", "deploy", "--prefect-file", str(deployments_dir() / "prefect.yaml"), "--all"],
             env, root, "prefect deploy", timeout_s,
         )  # fmt: skip
         stack.deployments = sorted(set(_deployed_names(out)))
