@@ -110,8 +110,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from refit.models.predict import Predictor
 
+    from refit.models.predict import Predictor
     from refit.sim.scenarios import dev_frame, tiny_bert, train_champion
 
     torch.set_num_threads(1)

@@ -47,14 +47,14 @@ def load(engine, rows: list[dict], path: Path, settings) -> None:
 def plain_cycle(settings) -> str:
     """The retrain flow's steps as plain calls (Prefect's run logger switched off)."""
     from prefect.logging import disable_run_logger
+
+    from refit.data.db import engine_for
+    from refit.registry import champion as current_champion
     from refit.tasks.data import preflight, pull_snapshot
     from refit.tasks.drift import drift_check
     from refit.tasks.gate import gate_challenger, write_model_card
     from refit.tasks.publish import record, upload
     from refit.tasks.training import train_challenger
-
-    from refit.data.db import engine_for
-    from refit.registry import champion as current_champion
 
     with disable_run_logger():
         preflight.fn(settings)

@@ -41,9 +41,8 @@ def review_texts(n: int, seed: int = 0) -> list[str]:
 
 def minilm_checkpoint(folder: Path) -> Path:
     """A refit checkpoint on the packaged MiniLM, trained for a few steps (speed, not quality)."""
-    from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
-
     from refit.core.settings import PACKAGED_MODEL
+    from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
     from refit.training.modeling import resolve_base_model
 
     texts = review_texts(96, seed=1)
@@ -55,10 +54,10 @@ def minilm_checkpoint(folder: Path) -> Path:
 
 def throughput(texts: list[str], checkpoint: Path) -> dict:
     import torch
-    from refit.models.predict import Predictor
     from transformers import pipeline
 
     from refit.core.settings import PACKAGED_MODEL
+    from refit.models.predict import Predictor
     from refit.serving import quantized
     from refit.training.modeling import resolve_base_model
 

@@ -272,13 +272,13 @@ def throughput(args) -> None:
 
 def quality(args) -> None:
     """The quality table on the demo data's test split."""
-    from refit.models.metrics import baseline_prediction, task_metrics
-    from refit.models.train import TrainConfig, TrainData, predict_texts, train
     from scipy.stats import spearmanr  # noqa: F401 - imported by models.metrics
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression, Ridge
 
     from refit.data.snapshots import SplitConfig, split_of
+    from refit.models.metrics import baseline_prediction, task_metrics
+    from refit.models.train import TrainConfig, TrainData, predict_texts, train
     from refit.ops.synth import generate_feedback
 
     rows = generate_feedback(1200, seed=1, id_prefix="before") + generate_feedback(

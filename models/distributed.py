@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
 
 FEATURE_PREFIX = "feature:"

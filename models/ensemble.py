@@ -18,11 +18,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from refit.models.checkpoint import MANIFEST, METADATA, read_metadata, sha256_file
-from refit.models.fusion import FeatureSchema, load_model_folder
 from torch import nn
 
 from refit.core.errors import CheckpointError
+from refit.models.checkpoint import MANIFEST, METADATA, read_metadata, sha256_file
+from refit.models.fusion import FeatureSchema, load_model_folder
 
 MEMBERS_DIR = "members"
 ENSEMBLE_SEED_STRIDE = 1000  # member k of a seeds ensemble trains with seed + k * this

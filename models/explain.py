@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+
 from refit.models.fusion import take
 from refit.models.predict import Predictor
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from refit.models.unpad import bert_modules, unpadded_mean_pool
 from torch import nn
 
 from refit.core.errors import CheckpointError
+from refit.models.unpad import bert_modules, unpadded_mean_pool
 
 WEIGHTS = "model.safetensors"
 MAX_CATEGORIES = 256  # the most frequent values of a categorical feature get an embedding; others are unknown
@@ -305,10 +305,11 @@ def load_model_folder(folder: Path, dropout: float | None = None):
     Raises:
         CheckpointError: the folder is not a loadable refit checkpoint.
     """
-    from refit.models.checkpoint import read_metadata
-    from refit.models.prune import apply_recorded_pruning
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
+
+    from refit.models.checkpoint import read_metadata
+    from refit.models.prune import apply_recorded_pruning
 
     folder = Path(folder)
     meta = read_metadata(folder)

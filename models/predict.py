@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
 from refit.models.checkpoint import MANIFEST, read_metadata, verify_folder
 from refit.models.fusion import load_model_folder
 from refit.models.train import collate, encode, predict_texts

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from refit.models.checkpoint import METADATA, read_metadata
 
 from refit.core.errors import CheckpointError
+from refit.models.checkpoint import METADATA, read_metadata
 
 INT8_FILE = "model.int8.pt"
 
@@ -60,7 +60,6 @@ def add_int8_artifact(
     """
     from refit.models.metrics import task_metrics
     from refit.models.predict import Predictor
-
     from refit.serving import quantized
 
     folder = Path(folder)

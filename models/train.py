@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn import functional as F
+
 from refit.models.adversarial import METHODS as ADVERSARIAL
 from refit.models.adversarial import EmbeddingAttack
 from refit.models.augment import AugmentConfig, Paraphraser, augment_texts
@@ -55,7 +57,6 @@ from refit.models.fusion import (
 )
 from refit.models.metrics import DEFAULT_METRIC, DIRECTION, task_metrics
 from refit.models.prune import drop_layers, head_counts, head_importance, least_important, prune_heads, remaining_heads
-from torch.nn import functional as F
 
 log = logging.getLogger("refit.train")
 STATE_FILE = "last_epoch.pt"

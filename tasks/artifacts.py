@@ -12,13 +12,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
-from refit.models.checkpoint import read_metadata
-from refit.models.train import CURVE_FILE
-from refit.tasks.training import Challenger
 
 from refit import notify
 from refit.core.settings import Settings
+from refit.models.checkpoint import read_metadata
+from refit.models.train import CURVE_FILE
 from refit.registry import Published
+from refit.tasks.training import Challenger
 
 SUMMARY_KEY = "retrain-summary"
 CURVE_KEY = "training-curve"

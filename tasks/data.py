@@ -6,13 +6,13 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
-from refit.tasks import RESUMABLE
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for, require_schema
 from refit.data.ingest import IngestRules, IngestSummary, ingest_file
 from refit.data.snapshots import Snapshot, SplitConfig, get_snapshot, latest_snapshot, take_snapshot
 from refit.registry.store import open_store, store_for
+from refit.tasks import RESUMABLE
 
 
 def retry_transient(task, task_run, state) -> bool:

@@ -8,12 +8,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
-from refit.tasks import RESUMABLE
 
 from refit.core.settings import Settings
 from refit.data.snapshots import Snapshot
 from refit.drift import RETRAIN, DriftPolicy, DriftResult, run_drift_check, signals_markdown
 from refit.notify import report_link
+from refit.tasks import RESUMABLE
 
 # The event the retrain deployment's trigger listens for (deployments/prefect.yaml).
 DRIFT_EVENT = "refit.drift.detected"

@@ -9,10 +9,6 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from refit.models.checkpoint import read_metadata
-from refit.models.predict import Predictor
-from refit.tasks import RESUMABLE
-from refit.tasks.training import Challenger
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for
@@ -22,7 +18,11 @@ from refit.gate import GateDecision, GatePolicy, gate
 from refit.gate.baselines import baseline_predictions
 from refit.gate.records import MODEL_CARD, decision_markdown, model_card
 from refit.gate.slices import known_items, slice_frame
+from refit.models.checkpoint import read_metadata
+from refit.models.predict import Predictor
 from refit.registry import checkout
+from refit.tasks import RESUMABLE
+from refit.tasks.training import Challenger
 from refit.training.modeling import targets, training_data
 
 

@@ -10,16 +10,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.transactions import get_transaction
-from refit.models.checkpoint import read_metadata
-from refit.tasks.data import IO_RETRIES
-from refit.tasks.training import Challenger
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for
 from refit.data.snapshots import Snapshot
 from refit.gate import GateDecision
+from refit.models.checkpoint import read_metadata
 from refit.registry import Published, publish_checkpoint, record_decision, withdraw_unregistered
 from refit.registry.store import store_for
+from refit.tasks.data import IO_RETRIES
+from refit.tasks.training import Challenger
 
 
 @task(name="upload-checkpoint", cache_policy=NONE, timeout_seconds=3600, **IO_RETRIES)

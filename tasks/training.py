@@ -8,19 +8,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import get_run_logger, task
+
+from refit.core.settings import Settings
+from refit.data.db import engine_for
+from refit.data.devset import dev_rows, ensure_devset
+from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.models.checkpoint import METADATA, read_metadata
 from refit.models.ensemble import ENSEMBLE_SEED_STRIDE, build_ensemble, member_folders, same_tokenizer
 from refit.models.metrics import task_metrics
 from refit.models.predict import Predictor
 from refit.models.quantize import add_int8_artifact
 from refit.models.train import predict_texts, save_checkpoint, train
-from refit.tasks import RESUMABLE
-
-from refit.core.settings import Settings
-from refit.data.db import engine_for
-from refit.data.devset import dev_rows, ensure_devset
-from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.registry import checkout, new_version
+from refit.tasks import RESUMABLE
 from refit.training.modeling import score, train_config, training_data
 
 

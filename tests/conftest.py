@@ -40,7 +40,21 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# The tiers are folders; each test is marked with its folder's tier, so `-m unit` and `pytest
+# tests/unit` select the same tests. unit: no services, seconds. model: trains and measures
+# models, no services, minutes. integration: the real Postgres, S3 server, Prefect API and
+# receivers. e2e: whole loops, the stack, orchestration.
+TIERS = ("unit", "model", "integration", "e2e")
+TESTS = Path(__file__).resolve().parent
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(item.fspath).resolve().relative_to(TESTS).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(getattr(pytest.mark, tier))
+
     import torch
 
     if not torch.cuda.is_available():
@@ -284,8 +298,8 @@ def drift_champion(tiny_model, tmp_path_factory, drift_dev):
     """A tiny BERT fine-tuned on the scenarios' base regime, loaded for inference: a champion with
     real skill, so that label noise raises its error (about 10 s on 2 cores)."""
     import torch
-    from refit.models.predict import Predictor
 
+    from refit.models.predict import Predictor
     from refit.sim.scenarios import train_champion
 
     torch.set_num_threads(1)

@@ -114,3 +114,45 @@ def serving(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("refit: error:")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+# A gate decision as the notifications receive it (tests of the gate message).
+GATE = {
+    "promote": False,
+    "metric": "mse",
+    "challenger_score": 0.0123,
+    "champion_score": 0.0119,
+    "improvement": -0.0004,
+    "min_improvement": 0.0,
+    "against": "champion",
+    "reason": "the 95% interval of the improvement reaches below 0",
+    "reasons": ["mse improvement -0.0004, 95% interval -0.0021 to +0.0013: not above 0"],
+    "interval": (-0.0021, 0.0013),
+    "comparisons": {
+        "champion": {
+            "challenger": 0.0123,
+            "reference": 0.0119,
+            "point": -0.0004,
+            "low": -0.0021,
+            "high": 0.0013,
+            "passed": False,
+        },
+    },  # fmt: skip
+    "failed_slices": ["category=books"],
+    "slice_checks": {
+        "category=books": {"rows": 61, "challenger": 0.031, "champion": 0.012, "improvement": -0.019, "passed": False}
+    },
+    "dev_set": 1,
+    "dev_rows": 240,
+    "confidence": 0.95,
+}

@@ -1,0 +1,154 @@
+"""Ingestion against the real Postgres: idempotent, bad rows quarantined with reasons, good rows kept."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+
+from refit.core.errors import InputError
+from refit.data.ingest import IngestRules, ingest_file, label_for
+from refit.ops.synth import generate_feedback, write_feedback
+
+from helpers import count, quarantine_reasons, write_csv
+
+RULES = IngestRules(labels=("negative", "neutral", "positive"), max_text_chars=200)
+NOW = datetime.now(timezone.utc)
+
+
+def good(i: int, **extra) -> dict:
+    return {
+        "feedback_id": f"g{i}",
+        "text": f"review number {i} is fine",
+        "created_at": (NOW - timedelta(days=1)).isoformat(),
+        "rating": 4,
+        **extra,
+    }
+
+
+def test_ingest_is_idempotent(engine, tmp_path):
+    path = write_feedback(generate_feedback(300, seed=3), tmp_path / "feedback.csv")
+    first = ingest_file(engine, path, RULES)
+    assert (first.accepted, first.duplicates, first.quarantined) == (300, 0, 0)
+    second = ingest_file(engine, path, RULES)
+    assert (second.accepted, second.duplicates) == (0, 300)
+    assert count(engine, "feedback") == 300
+
+
+def test_jsonl_without_ids_is_idempotent_by_content(engine, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "feedback_id"} for r in generate_feedback(50, seed=4)]
+    path = write_feedback(rows, tmp_path / "feedback.jsonl")
+    assert ingest_file(engine, path, RULES).accepted == 50
+    assert ingest_file(engine, path, RULES).accepted == 0
+    assert count(engine, "feedback") == 50
+
+
+def test_ratings_become_satisfaction_and_features_are_kept(engine, tmp_path):
+    path = write_csv(tmp_path / "f.csv", [good(1, rating=5, device="ios", sessions_7d="3")])
+    ingest_file(engine, path, RULES)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT satisfaction, label, features FROM feedback")).one()
+    assert row.satisfaction == 1.0
+    assert row.label == "positive"
+    assert row.features == {"device": "ios", "sessions_7d": 3.0}
+
+
+BAD_ROWS = [
+    ({"text": ""}, "missing_text"),
+    ({"text": "x" * 201}, "text_too_long"),
+    ({"text": "nul\x00byte"}, "invalid_text"),
+    ({"created_at": "yesterday-ish"}, "bad_timestamp"),
+    ({"created_at": (NOW + timedelta(days=3)).isoformat()}, "future_timestamp"),
+    ({"rating": "9"}, "rating_out_of_range"),
+    ({"rating": "", "satisfaction": "1.5"}, "satisfaction_out_of_range"),
+    ({"rating": "", "label": "ecstatic"}, "unknown_label"),
+    ({"rating": "", "satisfaction": ""}, "missing_target"),
+    ({"rating": "five"}, "bad_rating"),
+]
+
+
+@pytest.mark.parametrize(("change", "reason"), BAD_ROWS, ids=[r for _, r in BAD_ROWS])
+def test_bad_row_is_quarantined_and_good_rows_land(engine, tmp_path, change, reason):
+    rows = [good(1), {**good(2), **change}, good(3)]
+    path = write_csv(
+        tmp_path / "f.csv", rows, fields=["feedback_id", "text", "created_at", "rating", "satisfaction", "label"]
+    )
+    summary = ingest_file(engine, path, RULES)
+    assert summary.accepted == 2
+    assert summary.reasons == {reason: 1}
+    assert quarantine_reasons(engine) == {reason: 1}
+    with engine.connect() as conn:
+        raw = conn.execute(text("SELECT raw FROM quarantine")).scalar_one()
+    assert raw["feedback_id"] == "g2"  # the raw row is kept, for requeueing later
+    assert count(engine, "feedback") == 2
+
+
+def test_invalid_utf8_row_is_quarantined(engine, tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_bytes(
+        b"feedback_id,text,created_at,rating\n"
+        b"a,fine text,2026-01-01T00:00:00Z,4\n"
+        b"b,bad \xff\xfe bytes,2026-01-01T00:00:00Z,4\n"
+    )
+    summary = ingest_file(engine, path, RULES)
+    assert summary.accepted == 1
+    assert summary.reasons == {"invalid_utf8": 1}
+
+
+def test_malformed_jsonl_line_is_quarantined(engine, tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps(good(1)) + "\n{not json\n" + json.dumps(good(2)) + "\n[1,2]\n")
+    summary = ingest_file(engine, path, RULES)
+    assert summary.accepted == 2
+    assert summary.reasons == {"malformed_row": 2}
+
+
+def test_nested_feature_is_a_wrong_type(engine, tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps(good(1)) + "\n" + json.dumps(good(2, sessions={"a": 1})) + "\n")
+    summary = ingest_file(engine, path, RULES)
+    assert summary.accepted == 1
+    assert summary.reasons == {"bad_feature": 1}
+
+
+def test_duplicate_id_with_different_content_keeps_the_first(engine, tmp_path):
+    ingest_file(engine, write_csv(tmp_path / "a.csv", [good(1)]), RULES)
+    changed = {**good(1), "text": "an edited review"}
+    summary = ingest_file(engine, write_csv(tmp_path / "b.csv", [changed, good(2)]), RULES)
+    assert summary.accepted == 1
+    assert summary.reasons == {"duplicate_conflict": 1}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT text FROM feedback WHERE feedback_id = 'g1'")).scalar() == good(1)["text"]
+
+
+def test_in_file_conflict_keeps_the_first(engine, tmp_path):
+    rows = [good(1), {**good(1), "text": "different"}, good(1)]
+    summary = ingest_file(engine, write_csv(tmp_path / "f.csv", rows), RULES)
+    assert (summary.accepted, summary.duplicates, summary.reasons) == (1, 1, {"duplicate_conflict": 1})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"id,body\n1,hello\n", "required column"),
+        (b"text,created_at\nhi,2026-01-01\n", "satisfaction, rating or label"),
+        (b'text,created_at,rating\n"unterminated,2026-01-01,4\n', "not a readable csv file"),
+    ],
+)
+def test_unreadable_file_is_one_line_error_and_changes_nothing(engine, tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as info:
+        ingest_file(engine, path, RULES)
+    assert "\n" not in str(info.value)
+    assert count(engine, "feedback") == 0
+    assert count(engine, "quarantine") == 0
+    assert count(engine, "ingest_runs") == 0
+
+
+def test_label_bins_follow_the_label_order():
+    labels = ("negative", "neutral", "positive")
+    assert [label_for(s, labels) for s in (0.0, 0.3, 0.5, 0.7, 1.0)] == [
+        "negative", "negative", "neutral", "positive", "positive",
+    ]  # fmt: skip

@@ -1,0 +1,242 @@
+"""`refit serve` as a client sees it: real uvicorn on 127.0.0.1, champions published to the moto S3
+server over HTTP, hot reloads under concurrent requests, refused corrupt versions, auth, limits."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from refit.core.errors import RefitError
+from refit.core.settings import load_settings
+from refit.models.predict import Predictor
+from refit.models.train import save_checkpoint, train
+from refit.registry import model_prefix, publish_checkpoint, write_pointer
+from refit.registry.store import open_store
+from refit.serving import Champion, create_app, quantized
+
+from helpers import free_port, serving
+from model_helpers import review_data, tiny_config
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model, tmp_path_factory):
+    """Two small trained checkpoints (different seeds), as a training run saves them."""
+    data = review_data(240)
+    folders = {}
+    for version, seed in (("v1", 1), ("v2", 2)):
+        result = train(tiny_config(tiny_model, epochs=1, seed=seed), data)
+        folders[version] = save_checkpoint(result, tmp_path_factory.mktemp(version), {"version": version})
+    return folders
+
+
+@pytest.fixture
+def server(checkpoints, s3_bucket, tmp_path, request):
+    """The store holds v1 as champion; a server runs on a free port. Yields (url, store, settings,
+    champion). Indirect parameters are extra settings."""
+
+    store = open_store(f"s3://{s3_bucket}/refit")
+    published = publish_checkpoint(store, checkpoints["v1"], "v1")
+    write_pointer(store, published, None)
+    extra = dict(getattr(request, "param", {}))
+    if extra.pop("with_database", False):
+        extra["database_url"] = request.getfixturevalue("db_url")
+    settings = load_settings(
+        store_url=f"s3://{s3_bucket}/refit",
+        work_dir=tmp_path / "work",
+        serve_token=TOKEN,
+        serve_poll_s=0.5,
+        serve_max_items=16,
+        serve_max_text_chars=200,
+        serve_batch_wait_ms=20,
+        **extra,
+    )
+    champion = Champion(settings)
+    champion.refresh()
+    with serving(create_app(settings, champion)) as url:
+        yield url, store, settings, champion
+
+
+def predict(url, texts, headers=AUTH, **extra):
+    return httpx.post(
+        f"{url}/predict", json={"items": [{"text": t} for t in texts], **extra}, headers=headers, timeout=30
+    )
+
+
+def test_it_serves_the_champion_with_health_version_and_metrics(server):
+    url, *_ = server
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{url}/readyz").json()["model_version"] == "v1"
+    response = predict(url, ["The kettle is excellent, love it.", "Terrible, broke after a day."])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "v1"
+    assert [set(p) for p in body["predictions"]] == [{"satisfaction", "truncated"}] * 2
+    assert all(0 <= p["satisfaction"] <= 1 for p in body["predictions"])
+    assert httpx.get(f"{url}/version").json()["model_version"] == "v1"
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'refit_model_info{version="v1"} 1.0' in metrics
+    assert 'refit_requests_total{endpoint="/predict",status="200"} 1.0' in metrics
+
+
+def test_predict_and_reload_need_the_token_and_health_does_not(server):
+    url, *_ = server
+    assert predict(url, ["fine"], headers={}).status_code == 401
+    assert predict(url, ["fine"], headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(f"{url}/reload").status_code == 401
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({}, "items"),
+        ({"items": []}, "at least 1"),
+        ({"items": [{"text": 5}]}, "valid string"),
+        ({"items": [{"text": "ok", "colour": "red"}]}, "Extra inputs"),
+        ({"items": [{"text": "ok"}] * 17}, "at most 16 items"),
+    ],
+)
+def test_malformed_bodies_get_422_with_the_reason(server, body, needle):
+    url, *_ = server
+    response = httpx.post(f"{url}/predict", json=body, headers=AUTH)
+    assert response.status_code == 422
+    assert needle in response.text
+
+
+def test_non_json_gets_422_and_long_texts_are_cut_and_flagged(server):
+    url, *_ = server
+    response = httpx.post(f"{url}/predict", content=b"not json", headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422
+    body = predict(url, ["short", "long " * 100]).json()
+    assert [p["truncated"] for p in body["predictions"]] == [False, True]
+
+
+def test_a_hot_reload_under_concurrent_requests_drops_nothing(server, checkpoints):
+    url, store, settings, champion = server
+    seen, errors, stop = [], [], threading.Event()
+
+    def client():
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(
+                        f"{url}/predict", json={"items": [{"text": "works well, happy with it"}]}, headers=AUTH
+                    )
+                    (seen if r.status_code == 200 else errors).append(r.json().get("model_version") or r.text)
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    for c in clients:
+        c.start()
+    time.sleep(1.0)
+    write_pointer(store, publish_checkpoint(store, checkpoints["v2"], "v2"), "v1")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and champion.current.version != "v2":
+        time.sleep(0.1)
+    time.sleep(1.0)
+    stop.set()
+    for c in clients:
+        c.join()
+    assert errors == []
+    assert champion.current.version == "v2"
+    first_v2 = seen.index("v2")
+    assert "v1" in seen[:first_v2] and set(seen[first_v2:]) == {"v2"}  # switched once, never back
+    assert app_calls(url) < len(seen)  # concurrent requests shared model calls
+
+
+def app_calls(url) -> int:
+    return httpx.get(f"{url}/version").json()["model_calls"]
+
+
+def test_a_corrupt_new_champion_is_refused_and_the_old_one_keeps_serving(server, checkpoints, tmp_path):
+    url, store, settings, champion = server
+    published = publish_checkpoint(store, checkpoints["v2"], "v2")
+    store.put(f"{model_prefix('v2')}/model.safetensors", b"bit rot")
+    write_pointer(store, published, "v1")
+    response = httpx.post(f"{url}/reload", headers=AUTH, timeout=60).json()
+    assert response["changed"] is False
+    assert "refused v2" in response["error"] and "model.safetensors" in response["error"]
+    assert predict(url, ["fine"]).json()["model_version"] == "v1"
+    assert httpx.get(f"{url}/version").json()["reload_failures"] >= 1
+
+
+def test_the_first_start_with_a_corrupt_champion_exits_with_the_reason(checkpoints, s3_bucket, tmp_path):
+    store = open_store(f"s3://{s3_bucket}/refit")
+    write_pointer(store, publish_checkpoint(store, checkpoints["v1"], "v1"), None)
+    store.put(f"{model_prefix('v1')}/config.json", b"{}")
+    env = {
+        **os.environ,
+        "REFIT_STORE_URL": f"s3://{s3_bucket}/refit",
+        "REFIT_WORK_DIR": str(tmp_path),
+        "REFIT_SERVE_PORT": str(free_port()),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "refit.cli", "serve"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert run.returncode != 0
+    assert "config.json does not match its manifest checksum" in run.stderr.strip().splitlines()[-1]
+
+
+def test_int8_predictions_stay_within_the_tolerance(checkpoints):
+    predictor = Predictor(checkpoints["v1"])
+    texts = review_data(120).dev_texts
+    quant = quantized(predictor, tolerance=0.05)
+    gap = abs(quant.predict(texts) - predictor.predict(texts)).max()
+    assert quant.quantization_gap <= 0.05 and gap <= 0.05
+    with pytest.raises(RefitError, match="int8 predictions differ"):
+        quantized(predictor, tolerance=1e-9)
+
+
+@pytest.mark.parametrize(
+    "server", [{"with_database": True, "serve_log_predictions": True, "serve_log_flush_s": 0.2}], indirect=True
+)
+def test_predictions_are_logged_in_batches_without_the_text(server, db_url):
+    from sqlalchemy import create_engine, text
+
+    url, *_ = server
+    for _ in range(3):
+        assert predict(url, ["Love it, works well.", "Broke after a day."]).status_code == 200
+    engine = create_engine(db_url)
+    deadline = time.monotonic() + 20
+    rows = []
+    while time.monotonic() < deadline and len(rows) < 6:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM prediction_log ORDER BY id")).mappings().all()
+        time.sleep(0.2)
+    engine.dispose()
+    assert len(rows) == 6
+    assert {r["model_version"] for r in rows} == {"v1"}
+    assert all(0 <= r["satisfaction"] <= 1 and r["text_chars"] > 0 and len(r["text_sha256"]) == 64 for r in rows)
+    assert "Love it" not in str([dict(r) for r in rows])  # the text itself is not kept
+
+
+def test_prediction_logging_keeps_rows_while_the_database_is_away():
+    from sqlalchemy import create_engine
+
+    from refit.serving import PredictionLog
+
+    away = PredictionLog(create_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none"), flush_s=60)
+    away.add("v1", ["some text"], [{"prediction": 0.7}])
+    assert away.flush() == 0
+    assert len(away.rows) == 1 and away.written == 0
+
+
+def test_explain_returns_token_and_feature_attributions(server):
+    url, *_ = server
+    response = httpx.post(
+        f"{url}/explain", json={"items": [{"text": "Terrible, broke after a day."}]}, headers=AUTH, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    found = response.json()["explanations"][0]
+    assert "terrible" in [w.lower() for w, _ in found["words"]]
+    assert abs(found["completeness_error"]) < 0.05
+    assert response.json()["model_version"] == "v1"

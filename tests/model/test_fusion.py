@@ -1,0 +1,152 @@
+"""The fusion model: behaviour features next to the text, their schema, and self-describing checkpoints."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from refit.core.errors import CheckpointError
+from refit.models.fusion import FeatureSchema, SatisfactionModel
+from refit.models.predict import Predictor
+from refit.models.train import TrainData, save_checkpoint, train
+from refit.ops.synth import generate_feedback
+
+from model_helpers import tiny_config
+
+FEATURES = {"device": "categorical", "tenure": "numeric"}
+
+
+def test_schema_standardizes_numbers_and_buckets_unknown_categories():
+    frame = pd.DataFrame({"tenure": [1.0, 3.0, None, 5.0], "device": ["ios", "web", "ios", None]})
+    schema = FeatureSchema.fit(FEATURES, frame)
+    assert schema.numeric == ["tenure"] and schema.means == [3.0]
+    assert schema.stds[0] == pytest.approx(np.std([1.0, 3.0, 5.0]))
+    assert schema.vocab["device"] == ["ios", "web"]  # by frequency; index 0 is the unknown bucket
+    encoded = schema.encode(pd.DataFrame({"tenure": [3.0, None], "device": ["web", "tv"]}), 2)
+    assert encoded["numeric"][:, 0].tolist() == [0.0, 0.0]  # the mean, and a missing value read as the mean
+    assert encoded["categorical"][:, 0].tolist() == [2, 0]  # "tv" was never seen: unknown
+    # a frame without the feature columns at all still encodes (every value missing)
+    assert schema.encode(None, 3)["categorical"].tolist() == [[0], [0], [0]]
+    assert FeatureSchema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
+
+
+def test_schema_rejects_bad_input_with_a_clear_error():
+    with pytest.raises(ValueError, match="type must be numeric or categorical"):
+        FeatureSchema.fit({"x": "text"}, pd.DataFrame({"x": [1]}))
+    schema = FeatureSchema.fit({}, pd.DataFrame({"v": [[1.0, 2.0], None]}), vector="v")
+    assert schema.vector_dim == 2
+    with pytest.raises(ValueError, match="row 0 has 3 values, expected 2"):
+        schema.encode(pd.DataFrame({"v": [[1.0, 2.0, 3.0]]}), 1)
+
+
+def feature_only_data(n: int = 500, seed: int = 5) -> TrainData:
+    """Real-looking reviews whose score depends only on two behaviour features, not on the words."""
+    rows = generate_feedback(n, seed=seed)
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {"device": rng.choice(["ios", "android", "web"], size=n), "tenure": rng.normal(12.0, 4.0, size=n)}
+    )
+    y = 0.2 + 0.55 * (frame["device"] == "ios").to_numpy() + 0.12 * np.tanh((frame["tenure"].to_numpy() - 12) / 4)
+    texts = [r["text"] for r in rows]
+    cut = int(n * 0.8)
+    return TrainData(
+        texts[:cut], y[:cut], texts[cut:], y[cut:], frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:]
+    )
+
+
+@pytest.fixture(scope="module")
+def fused(tiny_model):
+    data = feature_only_data()
+    result = train(tiny_config(tiny_model, feature_types=FEATURES, epochs=3, max_length=32), data)
+    return data, result
+
+
+def test_fusion_learns_a_label_that_only_the_features_carry(tiny_model, fused):
+    data, result = fused
+    baseline_mse = float(np.mean((data.dev_targets - data.train_targets.mean()) ** 2))
+    text_only = train(tiny_config(tiny_model, epochs=3, max_length=32), data)
+    assert isinstance(result.model, SatisfactionModel) and result.model.fused and not text_only.model.fused
+    assert result.dev_metrics["mse"] < 0.25 * baseline_mse
+    assert text_only.dev_metrics["mse"] > 0.8 * baseline_mse
+
+
+def test_fused_checkpoint_loads_from_its_folder_alone(fused, tmp_path):
+    data, result = fused
+    saved = save_checkpoint(result, tmp_path / "ckpt", lineage={"version": "v-fused", "snapshot_id": 3})
+    folder = shutil.copytree(saved, tmp_path / "elsewhere")  # nothing outside the folder is needed
+    shutil.rmtree(saved)
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "refit.json", "tokenizer.json", "training_curve.png"} <= names
+    meta = json.loads((folder / "refit.json").read_text())
+    assert meta["features"]["numeric"] == ["tenure"] and meta["features"]["vocab"]["device"]
+    assert meta["features"]["means"][0] == pytest.approx(data.train_features["tenure"].mean())
+    assert meta["architecture"]["head"] == "gated_fusion"
+    assert meta["lineage"]["init"]["from"] == "base" and meta["lineage"]["seed"] == 3
+
+    predictor = Predictor(folder)
+    assert predictor.feature_names == ["tenure", "device"]
+    prediction = predictor.predict(data.dev_texts, data.dev_features)
+    assert np.mean((prediction - data.dev_targets) ** 2) == pytest.approx(result.dev_metrics["mse"], abs=1e-5)
+    # rows without features, or with a value never seen, still score
+    unseen = predictor.predict(data.dev_texts[:2], [{"device": "smart-tv"}, {}])
+    assert np.all((unseen >= 0) & (unseen <= 1))
+    assert predictor.embed(data.dev_texts[:3]).shape == (3, 64)
+
+    (folder / "refit.json").write_text(json.dumps({**meta, "architecture": None}))
+    with pytest.raises(CheckpointError, match="predates"):
+        Predictor(folder)
+
+
+def test_an_embedding_vector_column_is_fused_and_rows_without_it_still_score(tiny_model):
+    rng = np.random.default_rng(2)
+    n = 300
+    rows = generate_feedback(n, seed=4)
+    vectors = rng.normal(size=(n, 8))
+    has = rng.random(n) < 0.7
+    y = np.where(has, 1 / (1 + np.exp(-3 * vectors[:, 0])), 0.5)
+    frame = pd.DataFrame({"item_vec": [list(v) if h else None for v, h in zip(vectors, has, strict=True)]})
+    texts = [r["text"] for r in rows]
+    data = TrainData(texts[:240], y[:240], texts[240:], y[240:], frame.iloc[:240], frame.iloc[240:])
+    result = train(tiny_config(tiny_model, vector_feature="item_vec", epochs=3, max_length=32), data)
+    baseline_mse = float(np.mean((data.dev_targets - data.train_targets.mean()) ** 2))
+    assert result.model.schema.vector_dim == 8
+    assert result.dev_metrics["mse"] < 0.5 * baseline_mse
+
+
+def test_text_only_head_is_the_default():
+    from transformers import BertConfig, BertModel
+
+    encoder = BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+        add_pooling_layer=False,
+    )
+    model = SatisfactionModel(encoder, n_outputs=3)
+    assert not model.fused
+    logits = model(torch.tensor([[2, 5, 7, 0]]), torch.tensor([[1, 1, 1, 0]]))
+    assert logits.shape == (1, 3)
+
+
+def test_unpadded_bert_gives_the_padded_result_and_gradients():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    model = SatisfactionModel(BertModel(config, add_pooling_layer=False), n_outputs=1).eval()
+    ids = torch.tensor([[2, 5, 7, 9, 3], [2, 8, 3, 0, 0], [2, 3, 0, 0, 0]])
+    mask = (ids != 0).long()
+    outputs, grads = [], []
+    for unpad in (False, True):
+        model.unpad = unpad
+        model.zero_grad()
+        out = model(ids, mask)
+        out.sum().backward()
+        outputs.append(out.detach())
+        grads.append(model.encoder.encoder.layer[0].attention.self.query.weight.grad.clone())
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert grads[1].abs().sum() > 0
