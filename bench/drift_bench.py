@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def rates(champion, dev, draws: int) -> list[dict]:
-    from refit.drift import DriftPolicy
+    from refit.drift.policy import DriftPolicy
     from refit.sim.scenarios import SHIFTS, label_noise_fraction, measure_rates
 
     policy = DriftPolicy()
@@ -51,7 +51,9 @@ def rates(champion, dev, draws: int) -> list[dict]:
 
 
 def timing(champion, dev) -> dict:
-    from refit.drift import DriftPolicy, check_drift, drift_frame
+    from refit.drift.check import check_drift
+    from refit.drift.policy import DriftPolicy
+    from refit.drift.signals import drift_frame
     from refit.sim.scenarios import base_rows, feedback_frame
 
     policy = DriftPolicy()

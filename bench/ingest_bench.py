@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import long_feedback, scratch_database  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from refit.data.ingest import IngestRules, ingest  # noqa: E402
+from refit.data.ingest import ingest  # noqa: E402
+from refit.data.validate import IngestRules  # noqa: E402
 from refit.ops.synth import write_feedback  # noqa: E402
 
 RULES = IngestRules(labels=("negative", "neutral", "positive"), pii_mode="redact")

@@ -38,7 +38,8 @@ TINY = {
 
 
 def load(engine, rows: list[dict], path: Path, settings) -> None:
-    from refit.data.ingest import IngestRules, ingest_file
+    from refit.data.ingest import ingest_file
+    from refit.data.validate import IngestRules
     from refit.ops.synth import write_feedback
 
     ingest_file(engine, write_feedback(rows, path), IngestRules.from_settings(settings))
@@ -49,12 +50,12 @@ def plain_cycle(settings) -> str:
     from prefect.logging import disable_run_logger
 
     from refit.data.db import engine_for
-    from refit.registry import champion as current_champion
+    from refit.registry.table import champion as current_champion
     from refit.tasks.data import preflight, pull_snapshot
     from refit.tasks.drift import drift_check
     from refit.tasks.gate import gate_challenger, write_model_card
     from refit.tasks.publish import record, upload
-    from refit.tasks.training import train_challenger
+    from refit.training.challenger import train_challenger
 
     with disable_run_logger():
         preflight.fn(settings)
@@ -62,7 +63,7 @@ def plain_cycle(settings) -> str:
         champion = current_champion(engine_for(settings))
         drift = drift_check.fn(settings, snapshot, champion, force=True)
         assert drift["decision"] == "retrain"
-        challenger = train_challenger.fn(settings, snapshot, champion)
+        challenger = train_challenger(settings, snapshot, champion)
         decision = gate_challenger.fn(settings, snapshot, challenger, champion)
         write_model_card.fn(challenger, decision, snapshot)
         published = upload.fn(settings, challenger)

@@ -42,7 +42,9 @@ def review_texts(n: int, seed: int = 0) -> list[str]:
 def minilm_checkpoint(folder: Path) -> Path:
     """A refit checkpoint on the packaged MiniLM, trained for a few steps (speed, not quality)."""
     from refit.core.settings import PACKAGED_MODEL
-    from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
+    from refit.models.config import TrainConfig, TrainData
+    from refit.models.saving import save_checkpoint
+    from refit.models.train import train
     from refit.training.modeling import resolve_base_model
 
     texts = review_texts(96, seed=1)
@@ -58,7 +60,7 @@ def throughput(texts: list[str], checkpoint: Path) -> dict:
 
     from refit.core.settings import PACKAGED_MODEL
     from refit.models.predict import Predictor
-    from refit.serving import quantized
+    from refit.models.quantize import quantized
     from refit.training.modeling import resolve_base_model
 
     def rate(fn) -> float:
@@ -82,7 +84,7 @@ def start_server(settings, champion):
     import httpx
     import uvicorn
 
-    from refit.serving import create_app
+    from refit.serving.app import create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -127,7 +129,7 @@ async def load(url: str, texts: list[str], clients: int, seconds: float) -> dict
 
 def serving(texts: list[str], store_url: str, work: Path, seconds: float) -> dict:
     from refit.core.settings import load_settings
-    from refit.serving import Champion
+    from refit.serving.follower import Champion
 
     results = {}
     for name, batch in (("one request per call", 1), ("micro-batching", 32)):
@@ -144,8 +146,8 @@ def serving(texts: list[str], store_url: str, work: Path, seconds: float) -> dic
 def transfers(bucket: str, tmp: Path) -> dict:
     import boto3
 
-    from refit.registry import fetch_checkpoint, publish_checkpoint
     from refit.registry.store import open_store
+    from refit.registry.versions import fetch_checkpoint, publish_checkpoint
 
     folder = tmp / "ckpt"
     folder.mkdir()
@@ -199,8 +201,9 @@ def main() -> None:
         ratio = speed["refit int8"] / speed["pipeline"]
         print(f"   int8 within {speed['int8 gap']:.4f} of float; int8/pipeline {ratio:.2f} (goal >= 2)")
 
-        from refit.registry import publish_checkpoint, write_pointer
+        from refit.registry.pointer import write_pointer
         from refit.registry.store import open_store
+        from refit.registry.versions import publish_checkpoint
 
         store = open_store("s3://bench/serve")
         write_pointer(store, publish_checkpoint(store, checkpoint, "v-serve"), None)

@@ -34,8 +34,9 @@ def main() -> None:
 
     from refit.core.settings import load_settings
     from refit.sim import backtest as sim
+    from refit.sim.policies import Policy
 
-    policies = [sim.Policy.parse(p) for p in args.policy or ["never", "schedule:4", "drift", "drift:2/3:14d"]]
+    policies = [Policy.parse(p) for p in args.policy or ["never", "schedule:4", "drift", "drift:2/3:14d"]]
     seconds: dict[str, float] = {}
     last = {"t": time.perf_counter()}
 

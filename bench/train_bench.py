@@ -177,7 +177,9 @@ def hf_trainer(base: str, texts, scores, batch: int, group_by_length: bool, work
 
 def refit_trainer(base: str, texts, scores, batch: int, threads: int, unpad: bool = True):
     """refit's ``train()``: one epoch, timed by the trainer over its training pass only."""
-    from refit.models.train import TrainConfig, TrainData, encode, train
+    from refit.models.config import TrainConfig, TrainData
+    from refit.models.inference import encode
+    from refit.models.train import train
 
     config = TrainConfig(
         base_model=base,
@@ -277,8 +279,10 @@ def quality(args) -> None:
     from sklearn.linear_model import LogisticRegression, Ridge
 
     from refit.data.snapshots import SplitConfig, split_of
+    from refit.models.config import TrainConfig, TrainData
+    from refit.models.inference import predict_texts
     from refit.models.metrics import baseline_prediction, task_metrics
-    from refit.models.train import TrainConfig, TrainData, predict_texts, train
+    from refit.models.train import train
     from refit.ops.synth import generate_feedback
 
     rows = generate_feedback(1200, seed=1, id_prefix="before") + generate_feedback(

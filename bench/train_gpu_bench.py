@@ -56,7 +56,9 @@ def main() -> None:
     from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
 
-    from refit.models.train import TrainConfig, TrainData, encode, train
+    from refit.models.config import TrainConfig, TrainData
+    from refit.models.inference import encode
+    from refit.models.train import train
 
     hf_logging.set_verbosity_error()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,7 +8,7 @@ from prefect import flow
 
 from refit.core.settings import load_settings
 from refit.data.db import engine_for
-from refit.registry import champion as current_champion
+from refit.registry.table import champion as current_champion
 from refit.tasks.data import preflight, pull_snapshot
 from refit.tasks.drift import announce_drift, drift_check
 from refit.tasks.notify import notify_failure

@@ -14,7 +14,7 @@ from refit.core.settings import load_settings
 from refit.data.db import engine_for
 from refit.data.devset import refresh_devset
 from refit.data.snapshots import SplitConfig
-from refit.registry import rollback as roll_back
+from refit.registry.promotion import rollback as roll_back
 from refit.registry.store import store_for
 from refit.tasks.data import fetch_source, ingest, preflight
 from refit.tasks.notify import notify_failure, notify_rollback

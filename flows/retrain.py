@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
 
 from prefect import flow
 from prefect.transactions import transaction
 
-from refit.core.settings import load_settings
+from refit.core.settings import Strategy, load_settings
 from refit.data.db import engine_for
-from refit.registry import champion as current_champion
+from refit.registry.table import champion as current_champion
 from refit.tasks.approval import await_approval
 from refit.tasks.artifacts import retrain_summary_artifact, training_curve_artifact
 from refit.tasks.data import load_snapshot, preflight, pull_snapshot
@@ -32,8 +32,9 @@ def retrain(
     force: bool = False,
     snapshot_id: int | None = None,
     drift_report_id: int | None = None,
-    strategy: Literal["full", "freeze", "lora"] | None = None,
+    strategy: Strategy | None = None,
     warm_start: bool | None = None,
+    as_of: datetime | None = None,
 ) -> dict:
     """One cycle of the loop.
 
@@ -47,13 +48,13 @@ def retrain(
             Empty: REFIT_FINE_TUNE.
         warm_start: Start from the champion (true) or from the base model (false). Empty:
             REFIT_WARM_START.
+        as_of: The time the drift check is dated at, and judges confirmation and cooldown by.
+            Empty: now. A backtest passes its simulated clock.
 
     Returns:
         A summary: outcome, snapshot, drift, gate decision, version and champion.
     """
-    settings = load_settings()
-    overrides = {"fine_tune": strategy, "warm_start": warm_start}
-    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings().with_overrides(fine_tune=strategy, warm_start=warm_start)  # validated, like REFIT_*
     preflight(settings)
     champion = current_champion(engine_for(settings))
     if snapshot_id is not None:
@@ -63,7 +64,7 @@ def retrain(
         snapshot = pull_snapshot(settings, force=force)
         if snapshot is None:
             return _finish(settings, {"outcome": "no_new_data"})
-        drift = drift_check(settings, snapshot, champion, force=force)
+        drift = drift_check(settings, snapshot, champion, force=force, now=as_of)
     summary = {"snapshot": snapshot.as_dict(), "drift": drift, "champion": champion and champion["version"]}
     if drift["decision"] != "retrain":
         return _finish(settings, {**summary, "outcome": "no_retrain"})
@@ -88,6 +89,33 @@ def retrain(
         uri=published.uri,
         gate=decision.as_dict(),
         dev_metrics=challenger.dev_metrics,
+        train_seconds=challenger.train_seconds,
+        train_samples=challenger.train_rows * challenger.epochs_run,
         champion=published.version if outcome == "promoted" else champion and champion["version"],
     )
     return _finish(settings, summary)
+
+
+def describe_run(summary: dict) -> str:
+    """The lines an operator reads after a run: outcome, drift, gate, challenger and champion.
+
+    Args:
+        summary: What :func:`retrain` returned.
+
+    Returns:
+        One line per part of the summary that the run reached.
+    """
+    lines = [f"outcome: {summary['outcome']}"]
+    drift = summary.get("drift")
+    if drift:
+        lines.append(f"drift: {drift['decision']} - {'; '.join(drift['reasons'])}")
+        if drift.get("html_uri"):
+            lines.append(f"drift report: {drift['html_uri']}")
+    gate = summary.get("gate")
+    if gate:
+        lines.append(f"gate: {gate['reason']}")
+    if summary.get("version"):
+        lines.append(f"challenger: {summary['version']} at {summary['uri']}")
+    if summary.get("champion"):
+        lines.append(f"champion: {summary['champion']}")
+    return "\n".join(lines)

@@ -13,18 +13,11 @@ import json
 from pathlib import Path
 
 from refit.core.errors import CheckpointError
+from refit.core.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 METADATA = "refit.json"
 REQUIRED = ("config.json", "model.safetensors", METADATA)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_manifest(folder: Path, version: str) -> dict:

@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node 2 -m refit.models.distributed \\
         --config run.json --data data.parquet --out checkpoint/ [--resume-dir state/]
 
-``run.json`` holds :class:`models.train.TrainConfig` fields; ``data.parquet`` the rows written by
+``run.json`` holds :class:`refit.models.config.TrainConfig` fields; ``data.parquet`` the rows written by
 :func:`save_train_data`. Every rank reads the same data and builds the same length-bucketed
 batches, takes its share of each batch, and DistributedDataParallel averages the gradients, so the
 optimizer follows the same global batches as one process would. Rank 0 writes the checkpoint and
@@ -20,8 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.distributed as dist
 
-from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
+from refit.models.config import TrainConfig, TrainData
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
 
 FEATURE_PREFIX = "feature:"
 
@@ -66,9 +70,6 @@ def load_config(path: Path) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import torch
-    import torch.distributed as dist
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 
 from refit.core.errors import CheckpointError
-from refit.models.checkpoint import MANIFEST, METADATA, read_metadata, sha256_file
+from refit.core.hashing import sha256_file
+from refit.models.checkpoint import MANIFEST, METADATA, read_metadata
 from refit.models.fusion import FeatureSchema, load_model_folder
+from refit.models.inference import outputs_to_prediction
 
 MEMBERS_DIR = "members"
 ENSEMBLE_SEED_STRIDE = 1000  # member k of a seeds ensemble trains with seed + k * this
@@ -73,8 +75,6 @@ class EnsembleModel(nn.Module):
 
     def member_predictions(self, input_ids, attention_mask, features=None) -> torch.Tensor:
         """``[members, rows]`` scores or ``[members, rows, labels]`` probabilities."""
-        from refit.models.train import outputs_to_prediction
-
         outs = []
         for i, member in enumerate(self.members):
             own = {k.split("/", 1)[1]: v for k, v in (features or {}).items() if k.startswith(f"{i}/")}
@@ -103,7 +103,7 @@ def member_folders(folder: Path, meta: dict | None = None) -> list[Path]:
 
 def load_ensemble(folder: Path):
     """The :class:`EnsembleModel`, its tokenizer and ``refit.json`` of an ensemble folder."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # slow to import: only loading a model needs it
 
     folder = Path(folder)
     meta = read_metadata(folder)

@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from refit.core.errors import CheckpointError
+from refit.models.checkpoint import read_metadata
+from refit.models.prune import apply_recorded_pruning
 from refit.models.unpad import bert_modules, unpadded_mean_pool
 
 WEIGHTS = "model.safetensors"
@@ -236,7 +239,7 @@ class SatisfactionModel(nn.Module):
 
 
 def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # transformers is slow to import: only when a model loads
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -244,7 +247,7 @@ def _quiet_transformers() -> None:
 
 def _encoder_from(source, dropout: float | None, config=None) -> nn.Module:
     """A BERT-family encoder without its pooler (refit mean-pools), pretrained or from a config."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel  # slow to import: only building a model needs it
 
     config = config or AutoConfig.from_pretrained(source)
     if dropout is not None:
@@ -268,7 +271,7 @@ def build_model(
     dropout: float | None = None,
 ):
     """A new model on a pretrained encoder folder (offline), and its tokenizer."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # slow to import: only building a model needs it
 
     _quiet_transformers()
     try:
@@ -305,11 +308,7 @@ def load_model_folder(folder: Path, dropout: float | None = None):
     Raises:
         CheckpointError: the folder is not a loadable refit checkpoint.
     """
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoTokenizer
-
-    from refit.models.checkpoint import read_metadata
-    from refit.models.prune import apply_recorded_pruning
+    from transformers import AutoConfig, AutoTokenizer  # slow to import: only loading a model needs it
 
     folder = Path(folder)
     meta = read_metadata(folder)
@@ -334,8 +333,6 @@ def load_model_folder(folder: Path, dropout: float | None = None):
 
 def save_model_files(model: SatisfactionModel, tokenizer, folder: Path) -> None:
     """Weights (safetensors), the encoder's ``config.json`` and the tokenizer files."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

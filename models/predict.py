@@ -9,8 +9,10 @@ import pandas as pd
 import torch
 
 from refit.models.checkpoint import MANIFEST, read_metadata, verify_folder
+from refit.models.ensemble import load_ensemble
 from refit.models.fusion import load_model_folder
-from refit.models.train import collate, encode, predict_texts
+from refit.models.inference import collate, encode, predict_texts
+from refit.models.quantize import load_int8
 
 
 class Predictor:
@@ -25,14 +27,10 @@ class Predictor:
         if verify and (self.folder / MANIFEST).exists():
             verify_folder(self.folder)
         if read_metadata(self.folder).get("ensemble"):
-            from refit.models.ensemble import load_ensemble
-
             model, self.tokenizer, self.meta = load_ensemble(self.folder)
         else:
             model, self.tokenizer, self.meta = load_model_folder(self.folder)
         if int8:
-            from refit.models.quantize import load_int8
-
             model = load_int8(model, self.folder)
         self.task: str = self.meta["task"]
         self.labels: list[str] | None = self.meta.get("labels")

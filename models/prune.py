@@ -67,7 +67,7 @@ def prune_heads(encoder, heads: dict[int, list[int]], record: bool = True) -> No
         heads: per layer, the heads to remove, numbered as in the unpruned layer.
         record: add them to the config's record (False when re-applying the record on load).
     """
-    from transformers.pytorch_utils import prune_linear_layer
+    from transformers.pytorch_utils import prune_linear_layer  # transformers is slow to import: pruning only
 
     bert = _bert(encoder)
     done = pruned_heads(bert.config)

@@ -1,26 +1,24 @@
-"""The int8 artifact: dynamic int8 quantization of a checkpoint's linear layers, published beside
-the float weights with its measured dev-set difference.
+"""int8 dynamic quantization of a model's linear layers: the model, a predictor checked against its
+float self, and the int8 artifact ``model.int8.pt`` loaded back.
 
-The quantization itself is serving's (:func:`refit.serving.quantized`); this module measures it on
-the dev rows at publish time, saves the int8 state as ``model.int8.pt`` (plain tensors, loaded with
-``weights_only=True``) and records the difference in ``refit.json`` under ``int8``, which the
-publish step copies into the version's manifest. ``refit serve`` with ``REFIT_SERVE_QUANTIZE``
-loads this file when the version has one.
+Serving quantizes the champion with :func:`quantized` when ``REFIT_SERVE_QUANTIZE`` is set and the
+version has no artifact; :mod:`refit.models.int8_artifact` measures the same quantization on the
+dev rows at publish time and saves it.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import copy
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from refit.core.errors import CheckpointError
-from refit.models.checkpoint import METADATA, read_metadata
+from refit.core.errors import CheckpointError, RefitError
 
 INT8_FILE = "model.int8.pt"
+log = logging.getLogger("refit.serve")  # the check runs when serving loads a champion: its log is serving's
 
 
 def quantize_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -39,50 +37,45 @@ def load_int8(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
     return quant
 
 
-def add_int8_artifact(
-    folder: Path,
-    dev_texts: list[str],
-    dev_targets: np.ndarray,
-    dev_features=None,
-    tolerance: float = 0.05,
-) -> dict:
-    """Quantize the checkpoint in ``folder``, measure it against the float model on the dev rows,
-    and save the artifact when the difference is within ``tolerance``.
+def quantized(predictor, tolerance: float, sample: list[str] | None = None, features=None):
+    """A copy of ``predictor`` on int8 dynamic quantization of its linear layers, kept only if its
+    predictions stay within ``tolerance`` of the float model's on a sample of texts (the largest
+    absolute difference).
 
     Args:
-        folder: a checkpoint folder (single model or ensemble), before publishing.
-        dev_texts, dev_targets, dev_features: the dev rows.
+        predictor: a loaded :class:`refit.models.predict.Predictor` (any object with ``model`` and
+            ``predict(texts, features)``); it is left as it is.
         tolerance: the largest absolute difference of a prediction allowed between int8 and float.
+        sample: the texts to compare on; None uses :data:`QUANTIZATION_CHECK_TEXTS`.
+        features: the sample's behaviour features (the publish-time check passes the dev rows').
 
     Returns:
-        The record written to ``refit.json``'s ``int8``: the file (None when over tolerance), the
-        largest and mean absolute difference, both models' dev metrics, the tolerance, the size.
-    """
-    from refit.models.metrics import task_metrics
-    from refit.models.predict import Predictor
-    from refit.serving import quantized
+        The int8 predictor, with the measured difference in ``quantization_gap``.
 
-    folder = Path(folder)
-    predictor = Predictor(folder, verify=False)
-    texts = [str(t) for t in dev_texts]
-    float_pred = predictor.predict(texts, dev_features)
-    quant = quantized(predictor, math.inf, sample=texts, features=dev_features)
-    int8_pred = quant.predict(texts, dev_features)
-    diff = np.abs(np.asarray(int8_pred, dtype=float) - np.asarray(float_pred, dtype=float))
-    n_outputs = 1 if predictor.task == "regression" else len(predictor.labels)
-    record = {
-        "file": None,
-        "dev_rows": len(texts),
-        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "tolerance": tolerance,
-        "dev_metrics_float": task_metrics(predictor.task, dev_targets, float_pred, n_outputs),
-        "dev_metrics_int8": task_metrics(predictor.task, dev_targets, int8_pred, n_outputs),
-    }
-    if record["max_abs_diff"] <= tolerance:
-        torch.save(quant.model.state_dict(), folder / INT8_FILE)
-        record.update(file=INT8_FILE, bytes=(folder / INT8_FILE).stat().st_size)
-    meta = read_metadata(folder)
-    meta["int8"] = record
-    (folder / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return record
+    Raises:
+        RefitError: the int8 predictions differ from float by more than ``tolerance``.
+    """
+    float_model = predictor.model
+    texts = sample or QUANTIZATION_CHECK_TEXTS
+    before = predictor.predict(texts, features)
+    quant = copy.copy(predictor)
+    quant.model = quantize_model(copy.deepcopy(float_model))
+    after = quant.predict(texts, features)
+    gap = float(np.max(np.abs(after - before)))
+    if gap > tolerance:
+        raise RefitError(f"int8 predictions differ from float by {gap:.4f} > {tolerance}; serving float instead")
+    quant.quantization_gap = gap
+    log.info("int8 model within %.4f of float on %d texts", gap, len(texts))
+    return quant
+
+
+QUANTIZATION_CHECK_TEXTS = [
+    "The headphones are excellent, love it, arrived on time.",
+    "Terrible charger, broke after a day, returned it.",
+    "The kettle is okay, does the job, nothing special.",
+    "Solid jacket, works well, would recommend to my friends.",
+    "Cheaply made and flimsy; customer service never answered.",
+    "Absolutely fantastic cookbook, best purchase ever.",
+    "Meh quality, not worth the price, shipping was slow.",
+    "Good blender but the lid leaks a little.",
+]

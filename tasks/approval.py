@@ -11,7 +11,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from refit.gate import GateDecision
+from refit.gate.rule import GateDecision
 
 
 class Approval(RunInput):

@@ -13,12 +13,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from refit import notify
 from refit.core.settings import Settings
 from refit.models.checkpoint import read_metadata
-from refit.models.train import CURVE_FILE
-from refit.registry import Published
-from refit.tasks.training import Challenger
+from refit.models.curves import CURVE_FILE
+from refit.notify.links import browser_url, current_run_url
+from refit.registry.versions import Published
+from refit.training.challenger import Challenger
 
 SUMMARY_KEY = "retrain-summary"
 CURVE_KEY = "training-curve"
@@ -105,7 +105,7 @@ def training_curve_artifact(
     folder = Path(challenger.folder)
     meta = read_metadata(folder)
     png_uri = f"{published.uri}/{CURVE_FILE}" if published and (folder / CURVE_FILE).exists() else None
-    image_url = notify.browser_url(settings, png_uri)
+    image_url = browser_url(settings, png_uri)
     if image_url:
         create_image_artifact(image_url=image_url, key=CURVE_KEY, description=f"training curve of {challenger.version}")
     create_markdown_artifact(
@@ -123,6 +123,6 @@ def training_curve_artifact(
 def retrain_summary_artifact(settings: Settings, summary: dict) -> dict:
     """One row per retrain run under the key ``retrain-summary`` (the key's history in the UI is
     the list of runs). Call it with the flow's final summary, on every return path."""
-    row = summary_row(summary, notify.current_run_url(settings))
+    row = summary_row(summary, current_run_url(settings))
     create_table_artifact(table=[row], key=SUMMARY_KEY, description=summary_line(row))
     return row

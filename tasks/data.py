@@ -6,11 +6,13 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for, require_schema
-from refit.data.ingest import IngestRules, IngestSummary, ingest_file
+from refit.data.ingest import IngestSummary, ingest_file
 from refit.data.snapshots import Snapshot, SplitConfig, get_snapshot, latest_snapshot, take_snapshot
+from refit.data.validate import IngestRules
 from refit.registry.store import open_store, store_for
 from refit.tasks import RESUMABLE
 
@@ -18,8 +20,6 @@ from refit.tasks import RESUMABLE
 def retry_transient(task, task_run, state) -> bool:
     """Retry I/O unless the error is one that retrying cannot fix: a missing bucket, a bad
     setting, or a statement the database refused (only lost connections are retried)."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
     error = state.result(raise_on_failure=False)
     if isinstance(error, DBAPIError):
         return isinstance(error, (OperationalError, InterfaceError))

@@ -1,4 +1,7 @@
-"""The drift check as a task: reference vs current, stored report, UI artifact, Slack on retrain."""
+"""The drift check as a task: reference vs current, stored report, UI artifact, Slack on retrain.
+
+The library records the check; announcing a retrain is this module's (library code posts nothing).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,12 @@ from prefect.events import emit_event
 
 from refit.core.settings import Settings
 from refit.data.snapshots import Snapshot
-from refit.drift import RETRAIN, DriftPolicy, DriftResult, run_drift_check, signals_markdown
-from refit.notify import report_link
+from refit.drift.check import run_drift_check
+from refit.drift.policy import RETRAIN, DriftPolicy, DriftResult
+from refit.drift.report import signals_markdown
+from refit.notify.delivery import send
+from refit.notify.links import browser_url, current_run_url, report_link
+from refit.notify.notices import drift_notice
 from refit.tasks import RESUMABLE
 
 # The event the retrain deployment's trigger listens for (deployments/prefect.yaml).
@@ -20,8 +27,11 @@ DRIFT_EVENT = "refit.drift.detected"
 
 
 @task(name="check-drift", cache_policy=RESUMABLE, timeout_seconds=1800)
-def drift_check(settings: Settings, snapshot: Snapshot, champion: dict | None, force: bool = False) -> dict:
-    """Run the drift check for ``snapshot`` against ``champion`` and record it.
+def drift_check(
+    settings: Settings, snapshot: Snapshot, champion: dict | None, force: bool = False, now: datetime | None = None
+) -> dict:
+    """Run the drift check for ``snapshot`` against ``champion`` and record it, dated ``now``
+    (default: the clock; a backtest passes its simulated time, which confirmation and cooldown read).
 
     Returns:
         The result's summary, with the ``drift_reports`` id and the report's URIs.
@@ -31,11 +41,13 @@ def drift_check(settings: Settings, snapshot: Snapshot, champion: dict | None, f
         result = DriftResult(RETRAIN, ["no champion yet: the first model is trained unconditionally"], forced=force)
         result.current_rows = snapshot.total_rows
         result.policy = DriftPolicy.from_settings(settings).as_dict()
-        summary = run_drift_check(settings, None, upto=snapshot.watermark_to, snapshot_id=snapshot.id, result=result)
+        summary = run_and_announce(
+            settings, None, upto=snapshot.watermark_to, snapshot_id=snapshot.id, now=now, result=result
+        )
     else:
-        summary = run_drift_check(
+        summary = run_and_announce(
             settings, champion, upto=snapshot.watermark_to, snapshot_id=snapshot.id, force=force,
-            now=datetime.now(timezone.utc),
+            now=now or datetime.now(timezone.utc),
         )  # fmt: skip
     logger.info("drift decision %s: %s", summary["decision"], "; ".join(summary["reasons"]))
     create_markdown_artifact(
@@ -45,6 +57,46 @@ def drift_check(settings: Settings, snapshot: Snapshot, champion: dict | None, f
         description="refit drift check",
     )
     return summary
+
+
+def run_and_announce(settings: Settings, champion: dict | None, **check) -> dict:
+    """Run and record the drift check, then announce a retrain it decided: what this module's task
+    and ``refit drift`` run.
+
+    Args:
+        settings: refit's settings.
+        champion: the champion's registry row, or None before the first model.
+        **check: :func:`refit.drift.check.run_drift_check`'s keyword arguments (``upto``,
+            ``snapshot_id``, ``force``, ``now``, ``result``, ``render``).
+
+    Returns:
+        The result's summary, with the ``drift_reports`` id and the report's URIs.
+    """
+    summary = run_drift_check(settings, champion, **check)
+    announce_retrain(settings, summary, champion)
+    return summary
+
+
+def announce_retrain(settings: Settings, summary: dict, champion: dict | None) -> bool:
+    """Send the drift notice (to Slack and the JSON webhook) when the check decided to retrain on
+    its signals: not a forced decision, and not the first model (no champion).
+
+    Args:
+        settings: refit's settings (the notification targets, the store for a browser link).
+        summary: the recorded check's summary, with ``html_uri``.
+        champion: the champion's registry row the check compared against, if any.
+
+    Returns:
+        Whether a notice was sent.
+    """
+    signal_driven = summary["decision"] == RETRAIN and summary["drift_detected"] and not summary["forced"]
+    if not signal_driven or champion is None:
+        return False
+    version = champion["version"] if champion else None
+    # issue 8: the signals table and a browser link to the report, to Slack and the JSON webhook
+    report_url = browser_url(settings, summary["html_uri"])
+    send(settings, drift_notice(summary, version, report_url, current_run_url(settings)))
+    return True
 
 
 def _result_fields(summary: dict) -> dict:

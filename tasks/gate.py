@@ -14,15 +14,15 @@ from refit.core.settings import Settings
 from refit.data.db import engine_for
 from refit.data.devset import dev_rows, ensure_devset
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
-from refit.gate import GateDecision, GatePolicy, gate
 from refit.gate.baselines import baseline_predictions
 from refit.gate.records import MODEL_CARD, decision_markdown, model_card
+from refit.gate.rule import GateDecision, GatePolicy, gate
 from refit.gate.slices import known_items, slice_frame
 from refit.models.checkpoint import read_metadata
 from refit.models.predict import Predictor
-from refit.registry import checkout
+from refit.registry.versions import checkout
 from refit.tasks import RESUMABLE
-from refit.tasks.training import Challenger
+from refit.training.challenger import Challenger
 from refit.training.modeling import targets, training_data
 
 

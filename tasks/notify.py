@@ -12,14 +12,17 @@ import traceback
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from refit import notify
 from refit.core.settings import Settings, load_settings
 from refit.data.snapshots import Snapshot
-from refit.gate import GateDecision
+from refit.gate.rule import GateDecision
+from refit.notify.delivery import send
+from refit.notify.links import current_run_url, flow_run_url, ui_base
+from refit.notify.message import Notice
+from refit.notify.notices import failure_notice, gate_notice, outcome_notice, retrain_started_notice, rollback_notice
 
 
-def _send(settings: Settings, notice: notify.Notice) -> dict[str, bool]:
-    results = notify.send(settings, notice)
+def _send(settings: Settings, notice: Notice) -> dict[str, bool]:
+    results = send(settings, notice)
     get_run_logger().info("notified %s: %s", notice.kind, results or "no target configured")
     return results
 
@@ -27,7 +30,7 @@ def _send(settings: Settings, notice: notify.Notice) -> dict[str, bool]:
 @task(name="notify-summary", cache_policy=NONE, timeout_seconds=60)
 def notify_summary(settings: Settings, summary: dict) -> dict[str, bool]:
     """The run's outcome: promoted, rejected, superseded, no retrain or no new data."""
-    return _send(settings, notify.outcome_notice(summary, notify.current_run_url(settings)))
+    return _send(settings, outcome_notice(summary, current_run_url(settings)))
 
 
 @task(name="notify-retrain-started", cache_policy=NONE, timeout_seconds=60)
@@ -35,8 +38,8 @@ def notify_retrain_started(
     settings: Settings, snapshot: Snapshot, champion: dict | None, drift: dict | None = None, force: bool = False
 ) -> dict[str, bool]:
     """A challenger starts training (call it right before ``train_challenger``)."""
-    notice = notify.retrain_started_notice(
-        snapshot.as_dict(), champion and champion["version"], drift, force, notify.current_run_url(settings)
+    notice = retrain_started_notice(
+        snapshot.as_dict(), champion and champion["version"], drift, force, current_run_url(settings)
     )
     return _send(settings, notice)
 
@@ -45,13 +48,13 @@ def notify_retrain_started(
 def notify_gate(settings: Settings, decision: GateDecision | dict, challenger_version: str) -> dict[str, bool]:
     """The gate decision with its metrics table, intervals and failed slices."""
     decision = decision.as_dict() if isinstance(decision, GateDecision) else decision
-    return _send(settings, notify.gate_notice(decision, challenger_version, notify.current_run_url(settings)))
+    return _send(settings, gate_notice(decision, challenger_version, current_run_url(settings)))
 
 
 @task(name="notify-rollback", cache_policy=NONE, timeout_seconds=60)
 def notify_rollback(settings: Settings, result: dict, reason: str, actor: str) -> dict[str, bool]:
     """A rollback (``result`` is what :func:`refit.registry.rollback` returned)."""
-    return _send(settings, notify.rollback_notice(result, reason, actor, notify.current_run_url(settings)))
+    return _send(settings, rollback_notice(result, reason, actor, current_run_url(settings)))
 
 
 def failed_task_name(exc: BaseException | None) -> str | None:
@@ -77,17 +80,17 @@ def notify_failure(flow, flow_run, state) -> None:
         error = state.message or "unknown error"
         exc = state.result(raise_on_failure=False)
         task_name = failed_task_name(exc if isinstance(exc, BaseException) else None)
-        notice = notify.failure_notice(
+        notice = failure_notice(
             flow.name,
             flow_run.name,
             error,
             task_name=task_name,
-            run_url=notify.flow_run_url(notify.ui_base(settings), flow_run.id),
+            run_url=flow_run_url(ui_base(settings), flow_run.id),
             state=state.name or "Failed",
         )
     except Exception:  # the hook must not raise, whatever the state holds
-        notice = notify.failure_notice(flow.name, flow_run.name, str(getattr(state, "message", "unknown error")))
-    delivered = notify.send(settings, notice)
+        notice = failure_notice(flow.name, flow_run.name, str(getattr(state, "message", "unknown error")))
+    delivered = send(settings, notice)
     if any(delivered.values()):
         _confirm_alerted(flow, flow_run)
 

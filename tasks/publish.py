@@ -14,12 +14,13 @@ from prefect.transactions import get_transaction
 from refit.core.settings import Settings
 from refit.data.db import engine_for
 from refit.data.snapshots import Snapshot
-from refit.gate import GateDecision
+from refit.gate.rule import GateDecision
 from refit.models.checkpoint import read_metadata
-from refit.registry import Published, publish_checkpoint, record_decision, withdraw_unregistered
+from refit.registry.promotion import record_decision
 from refit.registry.store import store_for
+from refit.registry.versions import Published, publish_checkpoint, withdraw_unregistered
 from refit.tasks.data import IO_RETRIES
-from refit.tasks.training import Challenger
+from refit.training.challenger import Challenger
 
 
 @task(name="upload-checkpoint", cache_policy=NONE, timeout_seconds=3600, **IO_RETRIES)

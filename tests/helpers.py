@@ -49,14 +49,15 @@ def checkpoint(tmp_path: Path, name: str) -> Path:
 
 def gate_decision(promote: bool, reason: str = "test decision"):
     """A gate decision as the gate returns it (for registry tests that need no model)."""
-    from refit.gate import GateDecision
+    from refit.gate.rule import GateDecision
 
     return GateDecision(promote, "mse", 0.01, 0.02, 0.01, 0.0, "champion", reason, reasons=[reason])
 
 
 def publish_and_record(engine, store, tmp_path: Path, version: str, decision, champion_version=None, **kwargs) -> str:
     """Publish a small checkpoint as ``version`` and record the gate's decision; returns the outcome."""
-    from refit.registry import publish_checkpoint, record_decision
+    from refit.registry.promotion import record_decision
+    from refit.registry.versions import publish_checkpoint
 
     published = publish_checkpoint(store, checkpoint(tmp_path, version), version)
     return record_decision(

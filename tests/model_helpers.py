@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from refit.models.train import TrainConfig, TrainData
+from refit.models.config import TrainConfig, TrainData
 from refit.ops.synth import generate_feedback
 
 LABELS = ["negative", "neutral", "positive"]

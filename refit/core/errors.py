@@ -40,3 +40,23 @@ class CheckpointError(RefitError):
 
 class NoChampionError(RefitError):
     """An operation needs a champion model and there is none yet."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as the one line an operator reads: a refit error as it is, a database error by
+    its driver's first line, anything else by its type and first line.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        One line, without a traceback.
+    """
+    if isinstance(exc, RefitError):
+        return str(exc)
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"database error: {str(exc.orig).strip().splitlines()[0]}"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first} (run with --debug for the traceback)"

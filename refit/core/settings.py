@@ -8,18 +8,31 @@ standard credential chain), so that every S3-compatible store works the way its 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from refit.core.drift_groups import GROUPS
 from refit.core.errors import ConfigError
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 # The columns of a feedback file that refit reads itself; every other column is a feature.
 RESERVED = ("feedback_id", "user_id", "item_id", "text", "created_at", "satisfaction", "rating", "label")
+
+# Choices that cross layers, written once: the settings fields below, the retrain flow's parameters
+# and the trainer's config (refit.models.train.TrainConfig) all take these types, so a new strategy
+# or task is added here and nowhere else.
+Task = Literal["regression", "classification"]
+Strategy = Literal["full", "freeze", "lora"]
+TASKS: tuple[str, ...] = get_args(Task)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+DEFAULT_LABELS = ("negative", "neutral", "positive")
 
 
 class Settings(BaseSettings):
@@ -100,8 +113,8 @@ class Settings(BaseSettings):
         default=PACKAGED_MODEL,
         description="A local Hugging Face model folder, a model id, or the packaged all-MiniLM-L6-v2.",
     )
-    task: Literal["regression", "classification"] = "regression"
-    labels: Annotated[list[str], NoDecode] = Field(default=["negative", "neutral", "positive"])
+    task: Task = "regression"
+    labels: Annotated[list[str], NoDecode] = Field(default=list(DEFAULT_LABELS))
     rating_min: float = 1.0
     rating_max: float = 5.0
     max_text_chars: int = Field(default=5000, gt=0)
@@ -159,8 +172,6 @@ class Settings(BaseSettings):
     @field_validator("drift_triggers")
     @classmethod
     def _known_drift_triggers(cls, value: list[str]) -> list[str]:
-        from refit.drift import GROUPS
-
         unknown = sorted(set(value) - set(GROUPS))
         if unknown:
             raise ValueError(f"unknown signal group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
@@ -190,7 +201,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     # --- model (issue 5) -----------------------------------------------------------------------
-    fine_tune: Literal["full", "freeze", "lora"] = Field(
+    fine_tune: Strategy = Field(
         default="full", description="full; freeze the lower REFIT_FREEZE_LAYERS layers; or LoRA adapters (merged)."
     )
     freeze_layers: int = Field(default=0, ge=0, description="Encoder layers kept fixed with REFIT_FINE_TUNE=freeze.")
@@ -232,6 +243,11 @@ class Settings(BaseSettings):
         default=True, description="Publish an int8 copy of the weights beside the float ones, with its dev difference."
     )
     tensorboard: bool = Field(default=True, description="Write TensorBoard event files into the checkpoint folder.")
+    train_in_child_process: bool = Field(
+        default=False,
+        description="Train the challenger in a child process: a training the kernel kills (out of memory) fails the"
+        " run, with its alert, instead of taking the worker down.",
+    )
 
     # --- the gate ----------------------------------------------------------------------------
     gate_metric: Literal["mse", "mae", "spearman", "accuracy", "macro_f1"] | None = Field(
@@ -375,6 +391,37 @@ class Settings(BaseSettings):
             raise ConfigError("REFIT_DATABASE_URL is not set (e.g. postgresql+psycopg2://user@host/db)")
         return self.database_url
 
+    def with_overrides(self, **overrides: object) -> Settings:
+        """A copy with some settings replaced, validated as a fresh load is.
+
+        ``model_copy(update=...)`` would skip validation, so a flow or command parameter could set
+        a value that ``REFIT_*`` never could (a strategy that does not exist, a port out of range).
+
+        Args:
+            **overrides: Field names and their new values; a value of None keeps the setting as
+                configured (an empty flow or command parameter means "as configured").
+
+        Returns:
+            The new, validated settings; ``self`` is unchanged.
+
+        Raises:
+            ConfigError: An unknown name, or a value the setting does not accept (one line that
+                names the setting, as :func:`load_settings` gives).
+        """
+        unknown = sorted(set(overrides) - set(type(self).model_fields))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        values = {**self.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            # model_validate, not Settings(...): the values are complete, so no REFIT_* is read again
+            settings = type(self).model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+        from refit.core.secrets import mask_settings
+
+        mask_settings(settings)  # an overridden credential is masked in logs like a loaded one
+        return settings
+
     def redacted(self) -> dict:
         """The settings as a dict that is safe to print or store: no credentials."""
         data = self.model_dump(mode="json")
@@ -386,8 +433,39 @@ class Settings(BaseSettings):
         return data
 
 
+# The settings that load_settings() returns inside a use_settings() block: a backtest's sandbox runs
+# the real flows against its own schema and store without touching the process environment.
+_CURRENT: ContextVar[Settings | None] = ContextVar("refit_settings", default=None)
+
+
+@contextmanager
+def use_settings(settings: Settings) -> Iterator[Settings]:
+    """Make :func:`load_settings` return ``settings`` (with any overrides applied) in this block.
+
+    A context variable, not the environment: it holds in this thread and in what runs inside it
+    (a flow called here, its tasks and its failure hooks), and nowhere else.
+
+    Args:
+        settings: The settings the block's flows and tasks load.
+
+    Yields:
+        ``settings``.
+    """
+    token = _CURRENT.set(settings)
+    try:
+        yield settings
+    finally:
+        _CURRENT.reset(token)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; a bad value raises a one-line :class:`ConfigError`."""
+    """Read and validate the settings; a bad value raises a one-line :class:`ConfigError`.
+
+    Inside :func:`use_settings` the settings given there are returned instead of reading ``REFIT_*``.
+    """
+    current = _CURRENT.get()
+    if current is not None:
+        return current.with_overrides(**overrides) if overrides else current
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

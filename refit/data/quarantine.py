@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from refit.data.ingest import IngestRules, RawBatch, load_batch, validate_batch
+from refit.data.load import load_batch
+from refit.data.read import RawBatch
+from refit.data.validate import IngestRules, validate_batch
 
 
 def quarantine_report(engine: Engine, limit: int = 10) -> dict:

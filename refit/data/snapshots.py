@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import pandas as pd
+import pyarrow as pa
+from pyarrow import csv as pacsv
 from sqlalchemy import Engine, text
 
 SPLITS = ("train", "dev", "test")
@@ -84,9 +86,6 @@ def iter_feedback(
     spool file, and are parsed back in chunks by Arrow's CSV reader, so the pull runs near COPY
     speed and its memory stays flat whatever the window's size.
     """
-    import pyarrow as pa
-    from pyarrow import csv as pacsv
-
     where = "id > %(after)s" + (" AND id <= %(upto)s" if upto is not None else "")
     with tempfile.TemporaryFile() as spool:
         with engine.connect() as conn:

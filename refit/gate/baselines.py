@@ -24,6 +24,8 @@ def tfidf_predictions(
 ) -> np.ndarray:
     """TF-IDF over word uni- and bigrams, then ridge regression (clipped to [0, 1]) or
     class-balanced logistic regression, fitted on the training rows and applied to ``texts``."""
+    # scikit-learn is imported here, not at the top: it takes seconds to import, and only a first
+    # model (gated against the baselines) needs it.
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression, Ridge
 

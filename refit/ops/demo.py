@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from refit.ops.synth import generate_feedback, write_feedback
-from refit.registry import pointer_key
+from refit.registry.layout import pointer_key
 
 # Demo-sized training: two phases, each trained in about a minute on 2 CPU cores.
 DEMO_SETTINGS = {
@@ -42,13 +42,13 @@ def start_embedded_postgres(folder: Path) -> str:
 
 def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | None = print) -> dict:
     """Run the demo end to end; returns what happened in each phase."""
-    from refit.cli import describe_run
     from refit.core.settings import load_settings
     from refit.data.db import engine_for, upgrade
     from refit.data.devset import refresh_devset
-    from refit.data.ingest import IngestRules, ingest_file
+    from refit.data.ingest import ingest_file
     from refit.data.snapshots import SplitConfig
-    from refit.flows.retrain import retrain
+    from refit.data.validate import IngestRules
+    from refit.flows.retrain import describe_run, retrain
 
     say = echo or (lambda _msg: None)
     data_dir = Path(data_dir).resolve()

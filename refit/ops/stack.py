@@ -220,7 +220,7 @@ def _install_alerts(api_url: str, settings) -> int:
     Slack or webhook target; none is installed without a target."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from refit.notify import install_failure_alerts
+    from refit.notify.automations import install_failure_alerts
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         return len(install_failure_alerts(settings))

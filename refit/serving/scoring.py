@@ -12,8 +12,9 @@ import pandas as pd
 from refit.core.errors import InputError, NoChampionError
 from refit.core.settings import Settings
 from refit.models.predict import Predictor
-from refit.registry import checkout, read_pointer
+from refit.registry.pointer import read_pointer
 from refit.registry.store import ObjectStore, store_for
+from refit.registry.versions import checkout
 
 
 def read_texts(path: Path) -> pd.DataFrame:

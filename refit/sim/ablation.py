@@ -31,9 +31,11 @@ import pandas as pd
 import torch
 
 from refit.data.snapshots import features_frame
-from refit.models.ensemble import ENSEMBLE_SEED_STRIDE
+from refit.models.config import TrainConfig
+from refit.models.inference import predict_texts
 from refit.models.metrics import DIRECTION
-from refit.models.train import TrainConfig, predict_texts, train
+from refit.models.train import train
+from refit.training import challenger
 from refit.training.modeling import targets, training_data
 
 DEFAULT_VARIANTS = ("baseline", "augment", "fgm", "lora", "ensemble3", "prune4")
@@ -212,9 +214,14 @@ def run_ablation(
     for variant in variants:
         runs = []
         for seed in seeds:
-            member_seeds = [seed + ENSEMBLE_SEED_STRIDE * k for k in range(variant.ensemble)]
+            member_seeds = challenger.member_seeds(seed, variant.ensemble)
             cached = [(json.dumps(variant.overrides, sort_keys=True), s) in cache for s in member_seeds]
-            results = [trained(variant.overrides, s) for s in member_seeds]
+            # the retrain's own member loop; a member another variant already trained is reused
+            results = challenger.train_seed_members(
+                replace(base, seed=seed),
+                variant.ensemble,
+                lambda _i, config, overrides=variant.overrides: trained(overrides, config.seed),
+            )
             config = results[0].config
             models = [r.model for r in results]
             model = EnsembleModel(models, config.task) if variant.ensemble > 1 else models[0]
@@ -370,8 +377,9 @@ def ingest_demo_snapshots(engine, settings, folder: Path, rows: int = 1200) -> l
     snapshot after each; for the ablation's test and benchmark. Returns the two snapshots."""
     from datetime import datetime, timedelta, timezone
 
-    from refit.data.ingest import IngestRules, ingest_file
+    from refit.data.ingest import ingest_file
     from refit.data.snapshots import SplitConfig, take_snapshot
+    from refit.data.validate import IngestRules
     from refit.ops.synth import generate_feedback, write_feedback
 
     now = datetime.now(timezone.utc)

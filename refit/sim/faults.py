@@ -9,28 +9,26 @@
 - ``pg_drop_promotion``: the same in the middle of a promotion: when the registry transaction is
   open and the champion pointer is being written to the store (through the proxy), or, with no
   proxy, while the promotion waits on the registry row.
-- ``train_kill``: training runs in a child process, which gets SIGKILL during training.
+- ``train_kill``: the sandbox trains in a child process (REFIT_TRAIN_IN_CHILD_PROCESS), which gets
+  SIGKILL from outside once it is training.
 - ``duplicate_delivery``: a step's feedback file is ingested twice.
 - ``drift_storm``: the loop is triggered many times in one step.
 
 Each fault is armed from a step drawn with the seed and fires at the first matching moment at or
-after it (a publish fault waits for a publish), once per policy.
+after it (a publish fault waits for a publish), once per policy. Every fault acts on the real
+``retrain`` flow from outside, as the world would: through the proxy, the database's connections,
+or the training process; none reaches inside a run.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
-import os
-import select
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,7 +38,10 @@ import numpy as np
 from sqlalchemy import text
 
 from refit.core.errors import RefitError
-from refit.sim.backtest import NoFaults, Sandbox, Step
+from refit.sim.replay import NoFaults
+from refit.sim.sandbox import Sandbox
+from refit.sim.stream import Step
+from refit.training.challenger import CHILD_MODULE
 
 FAULTS = (
     "s3_unreachable",
@@ -53,10 +54,6 @@ FAULTS = (
     "drift_storm",
 )
 S3_FAULTS = ("s3_unreachable", "s3_500", "corrupt_object")
-
-
-class TrainingKilled(RefitError):
-    """The training process died (SIGKILL) before it finished."""
 
 
 # --- the S3 proxy --------------------------------------------------------------------------------
@@ -277,81 +274,31 @@ def drop_when_blocked(admin, schema: str, table: str, application_name: str, tim
 # --- training killed -------------------------------------------------------------------------------
 
 
-def _settings_file(settings, folder: Path) -> Path:
-    from pydantic import SecretStr
+def kill_training_when_started(stop: threading.Event, after_s: float, state: dict) -> None:
+    """Watch this process's children for a training process (``python -m refit.training.challenger``);
+    once it reports that it trains (its status file), SIGKILL it ``after_s`` seconds later, as an
+    out-of-memory kill would. Sets ``state["killed"]`` when the kill landed."""
+    import psutil
 
-    data = {
-        k: v
-        for k, v in settings.model_dump(mode="json").items()
-        if not isinstance(getattr(settings, k), SecretStr) and v is not None
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(dir=folder, prefix="settings-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-    return Path(path)
-
-
-def train_and_kill(settings, snapshot, kill_after_s: float = 1.0, start_timeout_s: float = 300.0):
-    """Train the challenger in a child process (the same task body as the loop), and SIGKILL the
-    child ``kill_after_s`` seconds after it starts training.
-
-    Returns:
-        ``(challenger, killed)``: the child's challenger when it finished before the kill (the
-        fault missed), else ``(None, True)``.
-    """
-    from refit.tasks.training import Challenger
-
-    path = _settings_file(settings, Path(settings.work_dir) / "chaos")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "refit.sim.faults", "train", str(path), str(snapshot.id)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([child.stdout], [], [], 0.5)
-            if ready:
-                line = child.stdout.readline()
-                if line.strip() == "training" or not line:
-                    break
-            if child.poll() is not None:
-                break
-        time.sleep(kill_after_s)
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-            return None, True
-        out = child.stdout.read().strip().splitlines()
-        if child.returncode != 0 or not out:
-            raise RefitError(f"the training process exited with status {child.returncode}")
-        data = json.loads(out[-1])
-        return Challenger(**{**data, "folder": Path(data["folder"])}), False
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        path.unlink(missing_ok=True)
-
-
-def _child_train(settings_path: str, snapshot_id: str) -> None:
-    from prefect.logging import disable_run_logger
-
-    from refit.core.settings import load_settings
-    from refit.data.db import engine_for
-    from refit.data.snapshots import get_snapshot
-    from refit.registry import champion
-    from refit.tasks.training import train_challenger
-
-    settings = load_settings(**json.loads(Path(settings_path).read_text()))
-    engine = engine_for(settings)
-    snapshot = get_snapshot(engine, int(snapshot_id))
-    print("training", flush=True)
-    with disable_run_logger():
-        challenger = train_challenger.fn(settings, snapshot, champion(engine))
-    print(json.dumps({**challenger.__dict__, "folder": str(challenger.folder)}), flush=True)
+    me = psutil.Process()
+    while not stop.is_set():
+        for child in me.children(recursive=True):
+            try:
+                command = child.cmdline()
+            except psutil.Error:
+                continue
+            if CHILD_MODULE not in command or not command[-1].endswith(".status"):
+                continue
+            status = Path(command[-1])
+            if status.is_file() and status.read_text() == "training":
+                time.sleep(after_s)
+                try:
+                    child.send_signal(signal.SIGKILL)
+                    state["killed"] = True
+                except psutil.NoSuchProcess:  # it finished first: the fault missed
+                    pass
+                return
+        stop.wait(0.05)
 
 
 # --- the injector --------------------------------------------------------------------------------
@@ -365,7 +312,7 @@ def plan(seed: int, steps: int, faults: tuple[str, ...] = FAULTS) -> dict[str, i
 
 @dataclass
 class Chaos(NoFaults):
-    """Injects the faults of :data:`FAULTS` into a replay, through :class:`refit.simulate.NoFaults`'
+    """Injects the faults of :data:`FAULTS` into a replay, through :class:`refit.sim.replay.NoFaults`'
     hooks. Give it the proxy that fronts the store's S3 endpoint for the S3 faults (without one
     they are skipped, and reported so)."""
 
@@ -400,39 +347,61 @@ class Chaos(NoFaults):
             return self.storm_triggers
         return 1
 
+    def sandbox_overrides(self) -> dict:
+        # a training to kill must run in its own process; the loop then fails cleanly, not the replay
+        return {"train_in_child_process": True} if "train_kill" in self.schedule else {}
+
     @contextmanager
-    def phase(self, box: Sandbox, step: Step, name: str):
-        if name == "pull":
-            if self._armed(box, step, "s3_unreachable"):
+    def cycle(self, box: Sandbox, step: Step):
+        """Arm the faults due for one run of the flow, from outside it: the proxy's outage, errors
+        and corruption, the database's dropped connections, the training process's kill."""
+        with ExitStack() as stack:
+            after = []  # what fired, read once the run is over
+            if self._armed(box, step, "s3_unreachable"):  # as the run starts: its preflight meets it
                 self.proxy.down_for(self.s3_outage_s)
                 self._fire(box, step, "s3_unreachable", seconds=self.s3_outage_s)
-            if self._armed(box, step, "pg_drop_pull"):
-                with drop_when_blocked(box.admin, box.schema, "feedback", box.application_name, 20) as state:
-                    yield
-                if state["dropped"]:
-                    self._fire(box, step, "pg_drop_pull", dropped=state["dropped"])
-                return
-        elif name == "publish":
+            if self._armed(box, step, "pg_drop_pull"):  # the first query on feedback is the pull's
+                dropped = stack.enter_context(
+                    drop_when_blocked(box.admin, box.schema, "feedback", box.application_name, 20)
+                )
+                after.append(lambda: dropped["dropped"] and self._fire(box, step, "pg_drop_pull", **dropped))
             if self._armed(box, step, "s3_500"):
-                self.proxy.fail_for(self.s3_error_s)
-                self._fire(box, step, "s3_500", seconds=self.s3_error_s)
+                after.append(self._s3_500_on_publish(box, step, stack))
             if self._armed(box, step, "corrupt_object"):
-                before = len(self.proxy.corrupted)
-                self.proxy.corrupt_next("model.safetensors")
-                try:
-                    yield
-                finally:
-                    self.proxy.corrupt = None
-                if len(self.proxy.corrupted) > before:
-                    self._fire(box, step, "corrupt_object", key=self.proxy.corrupted[-1])
-                return
-        elif name == "promote" and self._armed(box, step, "pg_drop_promotion"):
-            yield from self._drop_during_promotion(box, step)
-            return
-        yield
+                after.append(self._corrupt_on_publish(box, step, stack))
+            if self._armed(box, step, "pg_drop_promotion"):
+                after.append(self._drop_during_promotion(box, step, stack))
+            if self._armed(box, step, "train_kill"):
+                after.append(self._kill_training(box, step, stack))
+            try:
+                yield
+            finally:
+                stack.close()
+                for check in after:
+                    check()
 
-    def _drop_during_promotion(self, box: Sandbox, step: Step):
-        from refit.registry import pointer_key
+    def _s3_500_on_publish(self, box: Sandbox, step: Step, stack: ExitStack):
+        # The checkpoint's weights pass the proxy only when a challenger is uploaded: errors from then on.
+        state = {}
+
+        def hook() -> None:
+            self.proxy.fail_for(self.s3_error_s)
+            state["fired"] = True
+
+        self.proxy.on_request("PUT", "model.safetensors", hook)
+        stack.callback(lambda: setattr(self.proxy, "hooks", [h for h in self.proxy.hooks if h[2] is not hook]))
+        return lambda: state and self._fire(box, step, "s3_500", seconds=self.s3_error_s)
+
+    def _corrupt_on_publish(self, box: Sandbox, step: Step, stack: ExitStack):
+        before = len(self.proxy.corrupted)
+        self.proxy.corrupt_next("model.safetensors")
+        stack.callback(lambda: setattr(self.proxy, "corrupt", None))
+        return lambda: (
+            len(self.proxy.corrupted) > before and self._fire(box, step, "corrupt_object", key=self.proxy.corrupted[-1])
+        )
+
+    def _drop_during_promotion(self, box: Sandbox, step: Step, stack: ExitStack):
+        from refit.registry.layout import pointer_key
 
         if self.proxy is not None:
             # The registry transaction is open while the pointer is written: drop it right then.
@@ -442,24 +411,22 @@ class Chaos(NoFaults):
                 state["dropped"] = terminate_connections(box.admin, box.application_name)
 
             self.proxy.on_request("PUT", pointer_key(box.settings.model_name), hook)
-            try:
-                yield
-            finally:
-                self.proxy.hooks = [h for h in self.proxy.hooks if h[2] is not hook]
+            stack.callback(lambda: setattr(self.proxy, "hooks", [h for h in self.proxy.hooks if h[2] is not hook]))
         else:
-            with drop_when_blocked(box.admin, box.schema, "registry_head", box.application_name, 20) as state:
-                yield
-        if state["dropped"]:
-            self._fire(box, step, "pg_drop_promotion", dropped=state["dropped"])
+            state = stack.enter_context(
+                drop_when_blocked(box.admin, box.schema, "registry_head", box.application_name, 20)
+            )
+        return lambda: state["dropped"] and self._fire(box, step, "pg_drop_promotion", dropped=state["dropped"])
 
-    def train(self, box: Sandbox, step: Step, snapshot, champion):
-        if not self._armed(box, step, "train_kill"):
-            return None
-        challenger, killed = train_and_kill(box.settings, snapshot, self.kill_after_s)
-        if not killed:
-            return challenger  # it finished first: the fault missed, and stays armed
-        self._fire(box, step, "train_kill", after_s=self.kill_after_s)
-        raise TrainingKilled(f"the training process was killed (SIGKILL) {self.kill_after_s:g} s into training")
+    def _kill_training(self, box: Sandbox, step: Step, stack: ExitStack):
+        stop, state = threading.Event(), {}
+        watcher = threading.Thread(
+            target=kill_training_when_started, args=(stop, self.kill_after_s, state), daemon=True
+        )
+        watcher.start()
+        stack.callback(watcher.join, 30)
+        stack.callback(stop.set)
+        return lambda: state.get("killed") and self._fire(box, step, "train_kill", after_s=self.kill_after_s)
 
     def injected(self, box: Sandbox, step: Step) -> list[str]:
         return sorted(
@@ -477,10 +444,3 @@ class Chaos(NoFaults):
             }
             for fault, armed in self.schedule.items()
         }
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "train":
-        _child_train(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit("usage: python -m refit.chaos train SETTINGS_JSON SNAPSHOT_ID")

@@ -236,7 +236,7 @@ def measure_rates(
     first_seed: int = 0,
 ) -> Rates:
     """Run the drift check (no report rendering) on ``draws`` fresh pairs of a scenario."""
-    from refit.drift import check_drift
+    from refit.drift.check import check_drift
 
     rates = Rates(kind, size, draws)
     started = time.perf_counter()
@@ -269,7 +269,9 @@ def tiny_bert(folder: Path, seed: int = 0) -> Path:
 def train_champion(base_model: Path, folder: Path, rows: int = 800, dev: pd.DataFrame | None = None) -> Path:
     """Fine-tune ``base_model`` on the base regime into a checkpoint folder: a champion with real
     skill, so that label noise can raise its error. Early stopping uses ``dev``, as in refit."""
-    from refit.models.train import TrainConfig, TrainData, save_checkpoint, train
+    from refit.models.config import TrainConfig, TrainData
+    from refit.models.saving import save_checkpoint
+    from refit.models.train import train
 
     train_rows = feedback_frame(base_rows(rows, 11, id_prefix="train"))
     dev = dev if dev is not None else dev_frame()

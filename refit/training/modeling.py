@@ -12,8 +12,8 @@ import pandas as pd
 
 from refit.core.settings import PACKAGED_MODEL, Settings
 from refit.data.snapshots import features_frame
+from refit.models.config import TrainConfig, TrainData
 from refit.models.metrics import baseline_prediction, task_metrics
-from refit.models.train import TrainConfig, TrainData
 
 
 def resolve_base_model(name: str) -> str:

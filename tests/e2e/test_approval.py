@@ -11,7 +11,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.flow_runs import resume_flow_run
 from sqlalchemy import create_engine, text
 
-from refit.gate import GateDecision
+from refit.gate.rule import GateDecision
 from refit.registry.store import open_store
 from refit.tasks.approval import await_approval
 

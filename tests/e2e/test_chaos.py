@@ -14,8 +14,12 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from refit.sim import backtest as sim
 from refit.sim import faults as chaos
+from refit.sim.backtest import simulate
+from refit.sim.invariants import FAILED
+from refit.sim.policies import Policy
+from refit.sim.sandbox import sandbox_url
+from refit.sim.stream import scenario_stream
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +69,7 @@ def test_proxy_refuses_fails_and_corrupts_then_recovers(proxy, s3_bucket):
 def test_a_query_waiting_on_the_lock_loses_its_connection(pg_admin, db_url):
     from refit.data.db import get_engine
 
-    url = sim.sandbox_url(db_url, "public")
+    url = sandbox_url(db_url, "public")
     engine = get_engine(url)
     admin = get_engine(db_url)
     with (
@@ -83,14 +87,14 @@ def test_seeded_chaos_run_keeps_every_invariant(prefect_api, sim_settings, proxy
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)  # boto3 reaches the store through the proxy
     settings = sim_settings.model_copy(update={"slack_webhook_url": SecretStr(slack.url)})
     injector = chaos.Chaos(chaos.plan(seed=5, steps=3), proxy=proxy)
-    stream = sim.scenario_stream("steady", rows=1200, steps=4, seed=4)
-    result = sim.simulate(settings, stream, [sim.Policy.parse("schedule:1")], 7, run_id="chaos", faults=injector)
+    stream = scenario_stream("steady", rows=1200, steps=4, seed=4)
+    result = simulate(settings, stream, [Policy.parse("schedule:1")], 7, run_id="chaos", faults=injector)
 
     report = injector.report(["schedule-1"])
     assert {fault for fault, row in report.items() if row["fired"]["schedule-1"] is None} == set()
     assert result["violations"] == 0, [(r["step"], r["violations"]) for r in result["steps"] if r["violations"]]
     cycles = [c for r in result["steps"] for c in r["cycles"]]
-    failed = [c for c in cycles if c["outcome"] == sim.FAILED]
+    failed = [c for c in cycles if c["outcome"] == FAILED]
     # The killed training fails its cycle cleanly, with an alert on Slack; nothing else is lost.
     assert any("killed (SIGKILL)" in c["error"] for c in failed)
     assert all(c["alerted"] for c in failed)
@@ -103,8 +107,9 @@ def test_seeded_chaos_run_keeps_every_invariant(prefect_api, sim_settings, proxy
 
 def test_a_checkpoint_damaged_in_transit_is_uploaded_again_not_sealed(proxy, s3_bucket, monkeypatch, tmp_path):
     from refit.core.errors import CheckpointError
-    from refit.registry import model_prefix, publish_checkpoint
+    from refit.registry.layout import model_prefix
     from refit.registry.store import open_store
+    from refit.registry.versions import publish_checkpoint
 
     from helpers import checkpoint
 
@@ -123,14 +128,17 @@ def test_a_checkpoint_damaged_in_transit_is_uploaded_again_not_sealed(proxy, s3_
 
 def test_a_promotion_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucket, db_url, monkeypatch, tmp_path):
     from refit.data.db import get_engine
-    from refit.registry import champion, publish_checkpoint, read_pointer, record_decision
+    from refit.registry.pointer import read_pointer
+    from refit.registry.promotion import record_decision
     from refit.registry.store import open_store
+    from refit.registry.table import champion
+    from refit.registry.versions import publish_checkpoint
 
     from helpers import checkpoint, gate_decision, publish_and_record
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
     store = open_store(f"s3://{s3_bucket}/refit")
-    engine = get_engine(sim.sandbox_url(db_url, "public"))  # its connections are named refit-public
+    engine = get_engine(sandbox_url(db_url, "public"))  # its connections are named refit-public
     assert publish_and_record(engine, store, tmp_path, "v1", gate_decision(True)) == "promoted"
     v2 = publish_checkpoint(store, checkpoint(tmp_path, "v2"), "v2")
     # The registry transaction is open while the pointer is written: the database drops it then.
@@ -146,14 +154,16 @@ def test_a_promotion_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucke
 
 def test_a_rollback_whose_commit_is_lost_moves_the_pointer_back(proxy, s3_bucket, db_url, monkeypatch, tmp_path):
     from refit.data.db import get_engine
-    from refit.registry import champion, read_pointer, rollback
+    from refit.registry.pointer import read_pointer
+    from refit.registry.promotion import rollback
     from refit.registry.store import open_store
+    from refit.registry.table import champion
 
     from helpers import gate_decision, publish_and_record
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
     store = open_store(f"s3://{s3_bucket}/refit")
-    engine = get_engine(sim.sandbox_url(db_url, "public"))  # its connections are named refit-public
+    engine = get_engine(sandbox_url(db_url, "public"))  # its connections are named refit-public
     assert publish_and_record(engine, store, tmp_path, "v1", gate_decision(True)) == "promoted"
     assert publish_and_record(engine, store, tmp_path, "v2", gate_decision(True), champion_version="v1") == "promoted"
     proxy.on_request("PUT", "champion.json", lambda: chaos.terminate_connections(get_engine(db_url), "refit-public"))

@@ -12,13 +12,14 @@ from sqlalchemy import text
 from refit.core.settings import load_settings
 from refit.data.db import get_engine
 from refit.data.devset import refresh_devset
-from refit.data.ingest import IngestRules, ingest_file
+from refit.data.ingest import ingest_file
 from refit.data.snapshots import SplitConfig, split_of, take_snapshot
-from refit.drift import run_drift_check
+from refit.data.validate import IngestRules
 from refit.ops.synth import write_feedback
-from refit.registry import publish_checkpoint
 from refit.registry.store import open_store
+from refit.registry.versions import publish_checkpoint
 from refit.sim.scenarios import EXPECTED_SIGNALS, START, base_rows, draw_rows, label_noise_fraction
+from refit.tasks.drift import run_and_announce as run_drift_check
 
 pytestmark = pytest.mark.integration
 PERIOD = timedelta(days=30)

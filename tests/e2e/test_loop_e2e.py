@@ -9,12 +9,15 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from sqlalchemy import text
 
 from refit.data.db import get_engine
-from refit.data.ingest import IngestRules, ingest_file
+from refit.data.ingest import ingest_file
 from refit.data.snapshots import SplitConfig, split_of
+from refit.data.validate import IngestRules
 from refit.flows.retrain import retrain
 from refit.ops.synth import generate_feedback, write_feedback
-from refit.registry import POINTER, champion, model_prefix, read_pointer
+from refit.registry.layout import POINTER, model_prefix
+from refit.registry.pointer import read_pointer
 from refit.registry.store import open_store
+from refit.registry.table import champion
 
 from helpers import count, refit_cli
 

@@ -26,10 +26,12 @@ from sqlalchemy import text
 
 from refit.core.settings import load_settings
 from refit.data.db import get_engine
-from refit.data.ingest import IngestRules, ingest_file
+from refit.data.ingest import ingest_file
+from refit.data.validate import IngestRules
 from refit.ops.synth import generate_feedback, write_feedback
-from refit.registry import champion, read_pointer
+from refit.registry.pointer import read_pointer
 from refit.registry.store import open_store
+from refit.registry.table import champion
 
 from conftest import TINY_TRAINING
 from helpers import free_port

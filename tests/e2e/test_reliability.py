@@ -17,7 +17,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from refit.core.settings import load_settings
 from refit.data.db import get_engine
-from refit.data.ingest import IngestRules, ingest_file
+from refit.data.ingest import ingest_file
+from refit.data.validate import IngestRules
 from refit.flows.drift_check import drift_check_flow
 from refit.ops.synth import generate_feedback, write_feedback
 from refit.tasks.data import pull_snapshot

@@ -13,11 +13,12 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from refit import notify
 from refit.core.settings import load_settings
-from refit.models.train import CURVE_FILE, save_training_curve
-from refit.registry import Published, model_prefix
+from refit.models.curves import CURVE_FILE, save_training_curve
+from refit.notify.links import browser_url, report_link
+from refit.registry.layout import model_prefix
 from refit.registry.store import store_for
+from refit.registry.versions import Published
 from refit.tasks.artifacts import (
     CURVE_KEY,
     HISTORY_KEY,
@@ -28,7 +29,7 @@ from refit.tasks.artifacts import (
     summary_row,
     training_curve_artifact,
 )
-from refit.tasks.training import Challenger
+from refit.training.challenger import Challenger
 
 HISTORY = [
     {"epoch": 1, "train_loss": 0.31, "dev_mse": 0.052},
@@ -150,10 +151,10 @@ def test_report_links_open_in_a_browser_when_the_store_can_presign(s3_bucket, tm
     store = store_for(settings)
     store.put("reports/drift/1/report.html", b"<html>drift</html>")
     uri = store.uri("reports/drift/1/report.html")
-    link = notify.report_link(settings, uri)
+    link = report_link(settings, uri)
     assert link != uri and httpx.get(link, timeout=10).content == b"<html>drift</html>"
     # a file:// report has no browser link: its path is shown as it is
     monkeypatch.setenv("REFIT_STORE_URL", f"file://{tmp_path}")
     file_uri = f"file://{Path(tmp_path) / 'report.html'}"
-    assert notify.report_link(load_settings(), file_uri) == file_uri
-    assert notify.browser_url(load_settings(), file_uri) is None
+    assert report_link(load_settings(), file_uri) == file_uri
+    assert browser_url(load_settings(), file_uri) is None

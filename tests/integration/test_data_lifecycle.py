@@ -6,9 +6,10 @@ import pytest
 from sqlalchemy import text
 
 from refit.data.devset import current_devset, dev_rows, refresh_devset
-from refit.data.ingest import IngestRules, ingest_file
+from refit.data.ingest import ingest_file
 from refit.data.privacy import forget_user
 from refit.data.snapshots import SplitConfig, read_feedback, snapshot_rows, take_snapshot
+from refit.data.validate import IngestRules
 from refit.ops.synth import generate_feedback, write_feedback
 from refit.training.modeling import training_data
 

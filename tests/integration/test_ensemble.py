@@ -12,7 +12,8 @@ from refit.core.errors import CheckpointError
 from refit.models.checkpoint import build_manifest, verify_folder
 from refit.models.ensemble import build_ensemble
 from refit.models.predict import Predictor
-from refit.models.train import save_checkpoint, train
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
 
 from model_helpers import review_data, tiny_config
 
@@ -70,11 +71,13 @@ def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, re
     whose manifest lists K weight files, the int8 record and the TensorBoard events."""
     from refit.core.settings import load_settings
     from refit.data.db import get_engine
-    from refit.data.ingest import IngestRules, ingest_file
+    from refit.data.ingest import ingest_file
+    from refit.data.validate import IngestRules
     from refit.flows.retrain import retrain
     from refit.ops.synth import generate_feedback, write_feedback
-    from refit.registry import checkout, model_prefix
+    from refit.registry.layout import model_prefix
     from refit.registry.store import open_store
+    from refit.registry.versions import checkout
 
     monkeypatch.setenv("REFIT_ENSEMBLE_SIZE", "2")
     monkeypatch.setenv("REFIT_EPOCHS", "2")
@@ -99,7 +102,7 @@ def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, re
 
     # With REFIT_ENSEMBLE_SOURCE=champions the next challenger joins the previous champions; an
     # ensemble champion gives its members.
-    from refit.tasks.training import previous_champion_folders
+    from refit.training.challenger import previous_champion_folders
 
     joined = previous_champion_folders(settings, get_engine(settings.database_url), 1, like=folder / "members/0")
     assert joined == [folder / "members/0"]

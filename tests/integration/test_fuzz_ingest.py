@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from refit.core.errors import InputError
-from refit.data.ingest import IngestRules, ingest
+from refit.data.ingest import ingest
+from refit.data.validate import IngestRules
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,13 @@ from schemathesis import GenerationMode
 from sqlalchemy import text
 
 from refit.core.settings import load_settings
-from refit.models.train import save_checkpoint, train
-from refit.registry import publish_checkpoint, write_pointer
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
+from refit.registry.pointer import write_pointer
 from refit.registry.store import open_store
-from refit.serving import Champion, create_app
+from refit.registry.versions import publish_checkpoint
+from refit.serving.app import create_app
+from refit.serving.follower import Champion
 
 from helpers import serving
 from model_helpers import review_data, tiny_config

@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import text
 
 from refit.core.errors import InputError
-from refit.data.ingest import IngestRules, ingest_file, label_for
+from refit.data.ingest import ingest_file
+from refit.data.validate import IngestRules, label_for
 from refit.ops.synth import generate_feedback, write_feedback
 
 from helpers import count, quarantine_reasons, write_csv

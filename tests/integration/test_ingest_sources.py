@@ -16,8 +16,9 @@ from sqlalchemy import text
 from refit.core.errors import InputError
 from refit.core.settings import load_settings
 from refit.data.db import get_engine
-from refit.data.ingest import IngestRules, ingest
+from refit.data.ingest import ingest
 from refit.data.quarantine import quarantine_report, requeue_quarantine
+from refit.data.validate import IngestRules
 from refit.ops.synth import generate_feedback, write_feedback
 
 from helpers import count, quarantine_reasons, write_csv

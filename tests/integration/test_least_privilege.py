@@ -11,8 +11,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from refit.data.ingest import IngestRules, ingest_file
+from refit.data.ingest import ingest_file
 from refit.data.snapshots import SplitConfig, take_snapshot
+from refit.data.validate import IngestRules
 from refit.ops.synth import generate_feedback, write_feedback
 from refit.registry.store import open_store
 
@@ -100,7 +101,7 @@ def test_the_flow_role_does_a_real_cycle_but_cannot_change_the_schema(roles, tmp
 
 
 def test_the_serve_role_only_appends_predictions(roles):
-    from refit.serving import PredictionLog
+    from refit.serving.predlog import PredictionLog
 
     serve = roles["serve"]
     log = PredictionLog(serve, flush_s=60)
@@ -119,8 +120,10 @@ def test_serving_needs_only_read_access_to_the_store(tiny_model, tmp_path):
     import subprocess
     import sys
 
-    from refit.models.train import save_checkpoint, train
-    from refit.registry import publish_checkpoint, write_pointer
+    from refit.models.saving import save_checkpoint
+    from refit.models.train import train
+    from refit.registry.pointer import write_pointer
+    from refit.registry.versions import publish_checkpoint
 
     from model_helpers import review_data, tiny_config
 
@@ -135,7 +138,7 @@ def test_serving_needs_only_read_access_to_the_store(tiny_model, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     code = (
-        "from refit.settings import load_settings; from refit.serving import Champion;"
+        "from refit.core.settings import load_settings; from refit.serving.follower import Champion;"
         f"s = load_settings(store_url={root.as_uri()!r}, work_dir={str(work)!r});"
         "c = Champion(s); c.refresh(); print(c.current.version, c.current.predictor.predict(['works well']).shape)"
     )

@@ -9,8 +9,10 @@ import time
 import pytest
 from prefect import flow, task
 
-from refit import notify
 from refit.core.settings import load_settings
+from refit.notify.automations import install_automations, install_failure_alerts, save_alert_block
+from refit.notify.delivery import post, send, targets
+from refit.notify.notices import gate_notice, outcome_notice, rollback_notice
 from refit.tasks.notify import notify_failure, notify_gate, notify_summary
 
 from conftest import SlackReceiver
@@ -40,8 +42,8 @@ def test_slack_and_the_json_webhook_each_get_their_format(monkeypatch, slack, ho
     monkeypatch.setenv("REFIT_WEBHOOK_URL", hook.url)
     monkeypatch.setenv("REFIT_WEBHOOK_TOKEN", "tok-s3cret")
     settings = load_settings()
-    assert "tok-s3cret" not in repr(notify.targets(settings)) and slack.url not in repr(notify.targets(settings))
-    results = notify.send(settings, notify.gate_notice(GATE, "v2", "http://ui/runs/flow-run/1"))
+    assert "tok-s3cret" not in repr(targets(settings)) and slack.url not in repr(targets(settings))
+    results = send(settings, gate_notice(GATE, "v2", "http://ui/runs/flow-run/1"))
     assert results == {"slack": True, "webhook": True}
     assert slack.kinds() == ["gate"] and slack.messages[0]["blocks"][0]["type"] == "header"
     assert _header(slack.headers[0], "Authorization") is None  # the token is the generic webhook's only
@@ -53,7 +55,7 @@ def test_slack_and_the_json_webhook_each_get_their_format(monkeypatch, slack, ho
     # a refusal is logged without the URL or the token
     hook.status = 403
     with caplog.at_level("WARNING", logger="refit.notify"):
-        assert notify.send(settings, notify.outcome_notice({"outcome": "no_retrain"})) == {
+        assert send(settings, outcome_notice({"outcome": "no_retrain"})) == {
             "slack": True,
             "webhook": False,
         }
@@ -62,13 +64,13 @@ def test_slack_and_the_json_webhook_each_get_their_format(monkeypatch, slack, ho
 
 def test_delivery_failures_are_retried_once_then_reported_never_raised(slack):
     slack.status = 503
-    assert notify.post(slack.url, {"text": "x"}, retry_delays=(0.1,)) is False
+    assert post(slack.url, {"text": "x"}, retry_delays=(0.1,)) is False
     assert len(slack.messages) == 2  # a 5xx is tried again
     slack.status = 404
-    assert notify.post(slack.url, {"text": "x"}, retry_delays=(0.1,)) is False
+    assert post(slack.url, {"text": "x"}, retry_delays=(0.1,)) is False
     assert len(slack.messages) == 3  # a 4xx is not
-    assert notify.post("http://127.0.0.1:9/nothing-listens", {"text": "x"}, timeout=1, retry_delays=(0.1,)) is False
-    assert notify.post("not a url", {"text": "x"}) is False
+    assert post("http://127.0.0.1:9/nothing-listens", {"text": "x"}, timeout=1, retry_delays=(0.1,)) is False
+    assert post("not a url", {"text": "x"}) is False
 
 
 def test_saved_blocks_hold_the_urls(prefect_api, monkeypatch, slack, hook):
@@ -77,7 +79,7 @@ def test_saved_blocks_hold_the_urls(prefect_api, monkeypatch, slack, hook):
     # a custom-webhook block saved by refit for the generic target, URL and token kept as secrets
     monkeypatch.setenv("REFIT_WEBHOOK_URL", hook.url)
     monkeypatch.setenv("REFIT_WEBHOOK_TOKEN", "tok-2")
-    ref = notify.save_alert_block(load_settings(), "refit-test-hook")
+    ref = save_alert_block(load_settings(), "refit-test-hook")
     assert ref == "custom-webhook/refit-test-hook"
     monkeypatch.delenv("REFIT_WEBHOOK_URL")
     monkeypatch.delenv("REFIT_WEBHOOK_TOKEN")
@@ -86,7 +88,7 @@ def test_saved_blocks_hold_the_urls(prefect_api, monkeypatch, slack, hook):
     SlackWebhook(url=slack.url).save("refit-test-slack", overwrite=True)
     monkeypatch.setenv("REFIT_SLACK_WEBHOOK_BLOCK", "refit-test-slack")
     settings = load_settings()
-    assert notify.send(settings, notify.rollback_notice({"from": "v3", "to": "v2"}, "why", "bob")) == {
+    assert send(settings, rollback_notice({"from": "v3", "to": "v2"}, "why", "bob")) == {
         "slack": True,
         "webhook": True,
     }
@@ -94,7 +96,7 @@ def test_saved_blocks_hold_the_urls(prefect_api, monkeypatch, slack, hook):
     assert _header(hook.headers[0], "Authorization") == "Bearer tok-2"
     # a block that does not exist is logged and skipped; the other target still gets the message
     monkeypatch.setenv("REFIT_SLACK_WEBHOOK_BLOCK", "no-such-block")
-    assert notify.send(load_settings(), notify.outcome_notice({"outcome": "no_retrain"})) == {"webhook": True}
+    assert send(load_settings(), outcome_notice({"outcome": "no_retrain"})) == {"webhook": True}
 
 
 def test_a_refused_notification_never_fails_the_flow(prefect_api, monkeypatch, slack):
@@ -144,11 +146,11 @@ def installed_automation(prefect_api, monkeypatch, slack):
     from prefect.client.orchestration import get_client
 
     monkeypatch.setenv("REFIT_SLACK_WEBHOOK_URL", slack.url)
-    assert notify.install_failure_alerts(load_settings()) != []  # saves custom-webhook/refit-alerts
+    assert install_failure_alerts(load_settings()) != []  # saves custom-webhook/refit-alerts
     # or a saved notification block by name; installing again replaces, never duplicates
-    notify.save_alert_block(load_settings(), "refit-test-alerts")
+    save_alert_block(load_settings(), "refit-test-alerts")
     monkeypatch.setenv("REFIT_SLACK_WEBHOOK_BLOCK", "custom-webhook/refit-test-alerts")
-    ids = notify.install_failure_alerts(load_settings())
+    ids = install_failure_alerts(load_settings())
     yield ids
     with get_client(sync_client=True) as client:
         for automation in client.read_automations_by_name("refit-run-failed"):
@@ -202,8 +204,8 @@ def test_installing_needs_a_notification_block(prefect_api):
 
     Secret(value="x").save("refit-test-not-a-notifier", overwrite=True)
     with pytest.raises(ConfigError, match="not a notification block"):
-        notify.install_automations("secret/refit-test-not-a-notifier")
-    assert notify.install_failure_alerts(load_settings()) == []  # no target: nothing installed
+        install_automations("secret/refit-test-not-a-notifier")
+    assert install_failure_alerts(load_settings()) == []  # no target: nothing installed
 
 
 def _wait_for(predicate, seconds: float) -> bool:

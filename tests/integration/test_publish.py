@@ -11,18 +11,11 @@ from sqlalchemy import create_engine, text
 
 from refit.core.errors import CheckpointError
 from refit.models.checkpoint import MANIFEST
-from refit.registry import (
-    POINTER,
-    Published,
-    collect_garbage,
-    fetch_checkpoint,
-    model_prefix,
-    publish_checkpoint,
-    read_pointer,
-    withdraw_unregistered,
-    write_pointer,
-)
+from refit.registry.layout import POINTER, model_prefix
+from refit.registry.pointer import read_pointer, write_pointer
 from refit.registry.store import AlreadyExists, Conflict, FileStore, S3Store, TransferOptions, open_store
+from refit.registry.table import collect_garbage
+from refit.registry.versions import Published, fetch_checkpoint, publish_checkpoint, withdraw_unregistered
 
 from helpers import checkpoint, gate_decision, publish_and_record
 
@@ -146,7 +139,8 @@ def test_the_pointer_moves_only_from_the_expected_champion_by_etag(kind, s3_buck
 
 POINTER_WORKER = """
 import sys
-from refit.registry import Published, write_pointer
+from refit.registry.pointer import write_pointer
+from refit.registry.versions import Published
 from refit.registry.store import open_store, Conflict
 store = open_store(sys.argv[1])
 try:

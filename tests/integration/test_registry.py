@@ -12,8 +12,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from refit.core.errors import CheckpointError, RefitError
-from refit.registry import POINTER, champion, get_version, lineage, model_prefix, read_pointer, rollback
+from refit.registry.layout import POINTER, model_prefix
+from refit.registry.pointer import read_pointer
+from refit.registry.promotion import rollback
 from refit.registry.store import open_store
+from refit.registry.table import champion, get_version, lineage
 
 from helpers import checkpoint, gate_decision, publish_and_record, refit_cli
 
@@ -100,8 +103,9 @@ WORKER = """
 import sys
 from pathlib import Path
 from sqlalchemy import create_engine
-from refit.gate import GateDecision
-from refit.registry import publish_checkpoint, record_decision
+from refit.gate.rule import GateDecision
+from refit.registry.promotion import record_decision
+from refit.registry.versions import publish_checkpoint
 from refit.registry.store import open_store
 
 url, store_url, folder, version = sys.argv[1:]

@@ -75,7 +75,8 @@ def test_a_whole_loop_and_its_failures_never_show_a_credential(
 
     from refit.flows.retrain import retrain
     from refit.ops.synth import generate_feedback, write_feedback
-    from refit.serving import Champion, create_app
+    from refit.serving.app import create_app
+    from refit.serving.follower import Champion
 
     caplog.set_level("DEBUG")
     found: list[str] = []

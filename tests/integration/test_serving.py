@@ -13,10 +13,15 @@ import pytest
 from refit.core.errors import RefitError
 from refit.core.settings import load_settings
 from refit.models.predict import Predictor
-from refit.models.train import save_checkpoint, train
-from refit.registry import model_prefix, publish_checkpoint, write_pointer
+from refit.models.quantize import quantized
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
+from refit.registry.layout import model_prefix
+from refit.registry.pointer import write_pointer
 from refit.registry.store import open_store
-from refit.serving import Champion, create_app, quantized
+from refit.registry.versions import publish_checkpoint
+from refit.serving.app import create_app
+from refit.serving.follower import Champion
 
 from helpers import free_port, serving
 from model_helpers import review_data, tiny_config
@@ -222,7 +227,7 @@ def test_predictions_are_logged_in_batches_without_the_text(server, db_url):
 def test_prediction_logging_keeps_rows_while_the_database_is_away():
     from sqlalchemy import create_engine
 
-    from refit.serving import PredictionLog
+    from refit.serving.predlog import PredictionLog
 
     away = PredictionLog(create_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none"), flush_s=60)
     away.add("v1", ["some text"], [{"prediction": 0.7}])

@@ -2,8 +2,9 @@
 
 from collections import Counter
 
-from refit.data.ingest import IngestRules, ingest_file
+from refit.data.ingest import ingest_file
 from refit.data.snapshots import SplitConfig, iter_feedback, latest_snapshot, read_feedback, split_of, take_snapshot
+from refit.data.validate import IngestRules
 from refit.ops.synth import generate_feedback, write_feedback
 
 RULES = IngestRules(labels=("negative", "neutral", "positive"))

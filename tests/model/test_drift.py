@@ -13,17 +13,9 @@ import pytest
 
 from refit.core.errors import ConfigError, InputError
 from refit.core.settings import load_settings
-from refit.drift import (
-    COOLDOWN,
-    INSUFFICIENT,
-    NO_DRIFT,
-    RETRAIN,
-    UNCONFIRMED,
-    DriftPolicy,
-    check_drift,
-    decide,
-    time_stratified_sample,
-)
+from refit.drift.check import check_drift
+from refit.drift.policy import COOLDOWN, INSUFFICIENT, NO_DRIFT, RETRAIN, UNCONFIRMED, DriftPolicy, decide
+from refit.drift.windows import time_stratified_sample
 from refit.sim.scenarios import EXPECTED_SIGNALS, SHIFTS, draw, label_noise_fraction, measure_rates
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)

@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from refit.models.config import TrainData
 from refit.models.explain import explain
 from refit.models.predict import Predictor
-from refit.models.train import TrainData, save_checkpoint, train
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
 
 from model_helpers import review_data, tiny_config
 

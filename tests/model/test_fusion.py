@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from refit.core.errors import CheckpointError
+from refit.models.config import TrainData
 from refit.models.fusion import FeatureSchema, SatisfactionModel
 from refit.models.predict import Predictor
-from refit.models.train import TrainData, save_checkpoint, train
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
 from refit.ops.synth import generate_feedback
 
 from model_helpers import tiny_config

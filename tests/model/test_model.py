@@ -8,8 +8,11 @@ import pytest
 from refit.core.errors import CheckpointError
 from refit.core.settings import PACKAGED_MODEL
 from refit.models.checkpoint import MANIFEST, build_manifest, verify_folder
+from refit.models.config import TrainConfig
+from refit.models.inference import collate
 from refit.models.predict import Predictor
-from refit.models.train import TrainConfig, collate, length_bucketed_batches, save_checkpoint, train
+from refit.models.saving import save_checkpoint
+from refit.models.train import length_bucketed_batches, train
 from refit.training.modeling import resolve_base_model
 
 from model_helpers import LABELS, review_data, tiny_config

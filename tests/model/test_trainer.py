@@ -10,17 +10,14 @@ from safetensors.torch import load_file
 
 from refit.core.errors import ConfigError
 from refit.core.settings import load_settings
+from refit.models.config import TrainData
 from refit.models.fusion import FeatureSchema, build_model
+from refit.models.inference import predict_texts
+from refit.models.objective import class_weight_tensor
 from refit.models.predict import Predictor
-from refit.models.train import (
-    TrainData,
-    apply_strategy,
-    class_weight_tensor,
-    merge_adapters,
-    predict_texts,
-    save_checkpoint,
-    train,
-)
+from refit.models.saving import save_checkpoint
+from refit.models.strategies import apply_strategy, merge_adapters
+from refit.models.train import train
 from refit.training.modeling import replay_window, train_config
 
 from model_helpers import LABELS, review_data, tiny_config

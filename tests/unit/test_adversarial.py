@@ -7,7 +7,9 @@ import torch
 
 from refit.models.adversarial import EmbeddingAttack, _added, word_embeddings
 from refit.models.fusion import FeatureSchema, build_model
-from refit.models.train import collate, encode, per_sample_loss, train
+from refit.models.inference import collate, encode
+from refit.models.objective import per_sample_loss
+from refit.models.train import train
 
 from model_helpers import review_data, tiny_config
 

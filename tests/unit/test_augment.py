@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from refit.models.augment import AugmentConfig, augment_texts, synonyms
+from refit.models.inference import predict_texts
 from refit.models.metrics import task_metrics
-from refit.models.train import predict_texts, train
+from refit.models.train import train
 
 from model_helpers import review_data, tiny_config
 

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refit.gate import GatePolicy, calibration_error, gate
 from refit.gate.baselines import baseline_predictions, tfidf_predictions
+from refit.gate.rule import GatePolicy, calibration_error, gate
 from refit.ops.synth import generate_feedback
 
 MSE = GatePolicy(metric="mse", resamples=1000, seed=0)

@@ -13,10 +13,10 @@ SINKS = {"text", "execute", "exec_driver_sql", "executemany", "copy_expert", "co
 
 
 ALLOWED = {
-    ("refit/data/ingest.py", 'f"COPY feedback_staging ('): "the column list is the constant _COLUMNS",
-    ("refit/sim/backtest.py", 'f\'DROP SCHEMA IF EXISTS "{schema}"'): "sandbox schema names come from _identifier()",
-    ("refit/sim/backtest.py", "f'CREATE SCHEMA \"{schema}\"'"): "sandbox schema names come from _identifier()",
-    ("refit/sim/backtest.py", 'f\'DROP SCHEMA IF EXISTS "{box.schema}"'): "sandbox schema names come from _identifier()",
+    ("refit/data/load.py", 'f"COPY feedback_staging ('): "the column list is the constant _COLUMNS",
+    ("refit/sim/sandbox.py", 'f\'DROP SCHEMA IF EXISTS "{schema}"'): "sandbox schema names come from _identifier()",
+    ("refit/sim/sandbox.py", "f'CREATE SCHEMA \"{schema}\"'"): "sandbox schema names come from _identifier()",
+    ("refit/sim/sandbox.py", 'f\'DROP SCHEMA IF EXISTS "{box.schema}"'): "sandbox schema names come from _identifier()",
     ("refit/sim/faults.py", 'f\'LOCK TABLE "{schema}"."{table}"'): "a sandbox schema and refit's own table names",
     ("refit/sim/faults.py", "'SELECT pid FROM pg_stat_activity"): "the appended condition is a constant string",
 }

@@ -8,8 +8,17 @@ from pathlib import Path
 
 from prefect import task
 
-from refit import notify
 from refit.core.settings import load_settings
+from refit.notify.automations import load_automations
+from refit.notify.links import flow_run_url, ui_base
+from refit.notify.notices import (
+    drift_notice,
+    failure_notice,
+    gate_notice,
+    outcome_notice,
+    retrain_started_notice,
+    rollback_notice,
+)
 from refit.tasks.notify import failed_task_name
 
 from helpers import GATE
@@ -49,7 +58,7 @@ DRIFT = {
 
 
 def test_drift_message_has_the_signals_table_drifted_first_and_the_report_link():
-    notice = notify.drift_notice(DRIFT, "v1", report_url="https://s3.example/report?sig=1", run_url="http://ui/r/1")
+    notice = drift_notice(DRIFT, "v1", report_url="https://s3.example/report?sig=1", run_url="http://ui/r/1")
     slack = notice.slack()
     assert slack["refit"]["kind"] == "drift"
     header, body, table, links = slack["blocks"]
@@ -71,13 +80,13 @@ def test_drift_message_has_the_signals_table_drifted_first_and_the_report_link()
 
 
 def test_drift_message_without_a_browser_link_names_the_stored_report():
-    notice = notify.drift_notice(DRIFT, "v1")
+    notice = drift_notice(DRIFT, "v1")
     assert notice.links == {"Drift report": DRIFT["html_uri"]}
     assert notice.run_url is None and "Open the run" not in notice.slack()["text"]
 
 
 def test_gate_message_has_the_metrics_table_with_interval_and_the_failed_slices():
-    notice = notify.gate_notice(GATE, "v2", run_url="http://ui/runs/flow-run/abc")
+    notice = gate_notice(GATE, "v2", run_url="http://ui/runs/flow-run/abc")
     slack = notice.slack()
     assert slack["refit"]["kind"] == "gate"
     assert slack["blocks"][0]["text"]["text"] == "refit: gate FAILED for v2"
@@ -92,15 +101,15 @@ def test_gate_message_has_the_metrics_table_with_interval_and_the_failed_slices(
 
 def test_retrain_started_says_on_what_and_why():
     snapshot = {"id": 4, "watermark_from": 801, "watermark_to": 1600, "total_rows": 800}
-    drifted = notify.retrain_started_notice(snapshot, "v1", DRIFT, run_url="http://ui/r/2")
+    drifted = retrain_started_notice(snapshot, "v1", DRIFT, run_url="http://ui/r/2")
     assert drifted.kind == "retrain_started" and "*Why*: drift: text" in drifted.slack()["text"]
     assert "feedback ids 801..1600, 800 rows" in drifted.slack()["text"]
     assert drifted.event()["fields"]["snapshot_id"] == 4 and drifted.event()["fields"]["champion"] == "v1"
     # a run started by a drift event knows the check's reasons, not its columns
-    triggered = notify.retrain_started_notice(snapshot, "v1", {"reasons": ["drift report 7 decided to retrain"]})
+    triggered = retrain_started_notice(snapshot, "v1", {"reasons": ["drift report 7 decided to retrain"]})
     assert triggered.fields["reason"] == "drift: drift report 7 decided to retrain"
-    assert notify.retrain_started_notice(snapshot, None).fields["reason"] == "no champion yet: the first model"
-    assert notify.retrain_started_notice(snapshot, "v1", forced=True).fields["reason"] == "forced by the operator"
+    assert retrain_started_notice(snapshot, None).fields["reason"] == "no champion yet: the first model"
+    assert retrain_started_notice(snapshot, "v1", forced=True).fields["reason"] == "forced by the operator"
 
 
 def test_outcome_rollback_and_failure_messages_are_machine_readable():
@@ -111,14 +120,14 @@ def test_outcome_rollback_and_failure_messages_are_machine_readable():
         "drift": DRIFT,
         "gate": {**GATE, "promote": True},
     }
-    promoted = notify.outcome_notice(summary)
+    promoted = outcome_notice(summary)
     assert promoted.slack()["refit"]["kind"] == "promoted" and "`v2`" in promoted.slack()["text"]
-    assert notify.outcome_notice({"outcome": "no_new_data"}).title == "refit: no new feedback"
-    rolled = notify.rollback_notice({"from": "v3", "to": "v2"}, "bad scores in prod", "alice")
+    assert outcome_notice({"outcome": "no_new_data"}).title == "refit: no new feedback"
+    rolled = rollback_notice({"from": "v3", "to": "v2"}, "bad scores in prod", "alice")
     assert rolled.kind == "rolled_back" and rolled.event()["fields"] == {
         "from": "v3", "to": "v2", "actor": "alice", "reason": "bad scores in prod"
     }  # fmt: skip
-    failed = notify.failure_notice("retrain", "calm-fox", "StoreError: <bucket> missing", "preflight", "http://ui/x")
+    failed = failure_notice("retrain", "calm-fox", "StoreError: <bucket> missing", "preflight", "http://ui/x")
     text = failed.slack()["blocks"][1]["text"]["text"]
     assert "*Flow*: retrain / calm-fox (Failed)" in text and "*Task*: preflight" in text
     assert "&lt;bucket&gt;" in text
@@ -128,13 +137,13 @@ def test_outcome_rollback_and_failure_messages_are_machine_readable():
 def test_run_links_use_the_configured_ui_else_prefects(monkeypatch):
     from prefect.settings import PREFECT_UI_URL, temporary_settings
 
-    assert notify.flow_run_url(None, "abc") is None
+    assert flow_run_url(None, "abc") is None
     monkeypatch.setenv("REFIT_UI_URL", "https://prefect.example.com/")
-    assert notify.ui_base(load_settings()) == "https://prefect.example.com"
+    assert ui_base(load_settings()) == "https://prefect.example.com"
     monkeypatch.delenv("REFIT_UI_URL")
     with temporary_settings({PREFECT_UI_URL: "http://prefect.internal:4200"}):
-        base = notify.ui_base(load_settings())
-    assert notify.flow_run_url(base, "abc") == "http://prefect.internal:4200/runs/flow-run/abc"
+        base = ui_base(load_settings())
+    assert flow_run_url(base, "abc") == "http://prefect.internal:4200/runs/flow-run/abc"
 
 
 @task(name="boom-task")
@@ -156,7 +165,7 @@ def test_the_failed_task_is_read_from_the_traceback():
 def test_the_automation_file_parses_into_prefects_model():
     from prefect.events.schemas.automations import AutomationCore, EventTrigger
 
-    (automation,) = notify.load_automations(ROOT / "deployments" / "automations.yaml")
+    (automation,) = load_automations(ROOT / "deployments" / "automations.yaml")
     assert isinstance(automation, AutomationCore) and isinstance(automation.trigger, EventTrigger)
     # after a Failed or Crashed run, the absence of the hook's confirmation is what alerts
     assert automation.trigger.posture == "Proactive"

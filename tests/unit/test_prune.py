@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from refit.models.fusion import FeatureSchema, build_model
+from refit.models.inference import collate, encode, predict_texts
+from refit.models.objective import per_sample_loss
 from refit.models.predict import Predictor
 from refit.models.prune import head_counts, head_importance, least_important, prune_heads, remaining_heads
-from refit.models.train import collate, encode, per_sample_loss, predict_texts, save_checkpoint, train
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
 
 from model_helpers import review_data, tiny_config
 

@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from refit.models.int8_artifact import add_int8_artifact
 from refit.models.predict import Predictor
-from refit.models.quantize import INT8_FILE, add_int8_artifact
-from refit.models.train import save_checkpoint, train
-from refit.registry import publish_checkpoint
+from refit.models.quantize import INT8_FILE
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
 from refit.registry.store import open_store
+from refit.registry.versions import publish_checkpoint
 
 from model_helpers import review_data, tiny_config
 

@@ -8,24 +8,25 @@ import pandas as pd
 import pytest
 
 from refit.core.errors import InputError
-from refit.sim import backtest as sim
+from refit.sim.policies import Policy
+from refit.sim.stream import load_stream, scenario_stream, shifted_share, steps_of
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("never", sim.Policy("never", "never")),
-        ("schedule:4", sim.Policy("schedule-4", "schedule", every=4)),
-        ("drift", sim.Policy("drift", "drift")),
-        ("drift:2/3", sim.Policy("drift-2of3", "drift", confirm_n=2, confirm_m=3)),
-        ("drift:2/3:14d", sim.Policy("drift-2of3-cd336h", "drift", confirm_n=2, confirm_m=3, cooldown_hours=336)),
-        ("drift:1/2:36", sim.Policy("drift-1of2-cd36h", "drift", confirm_n=1, confirm_m=2, cooldown_hours=36)),
-        ("drift@14d", sim.Policy("drift-w14d", "drift", window_days=14)),
-        ("drift:2/3:1w@2w", sim.Policy("drift-2of3-cd168h-w14d", "drift", 0, 2, 3, 168, 14)),
+        ("never", Policy("never", "never")),
+        ("schedule:4", Policy("schedule-4", "schedule", every=4)),
+        ("drift", Policy("drift", "drift")),
+        ("drift:2/3", Policy("drift-2of3", "drift", confirm_n=2, confirm_m=3)),
+        ("drift:2/3:14d", Policy("drift-2of3-cd336h", "drift", confirm_n=2, confirm_m=3, cooldown_hours=336)),
+        ("drift:1/2:36", Policy("drift-1of2-cd36h", "drift", confirm_n=1, confirm_m=2, cooldown_hours=36)),
+        ("drift@14d", Policy("drift-w14d", "drift", window_days=14)),
+        ("drift:2/3:1w@2w", Policy("drift-2of3-cd168h-w14d", "drift", 0, 2, 3, 168, 14)),
     ],
 )
 def test_policy_specs(spec, expected):
-    assert sim.Policy.parse(spec) == expected
+    assert Policy.parse(spec) == expected
 
 
 @pytest.mark.parametrize(
@@ -33,24 +34,24 @@ def test_policy_specs(spec, expected):
 )
 def test_bad_policy_specs_are_one_line_errors(spec):
     with pytest.raises(InputError, match="policy|unknown"):
-        sim.Policy.parse(spec)
+        Policy.parse(spec)
 
 
 def test_scenario_streams_shift_as_named():
-    sudden = sim.scenario_stream("sudden", rows=400, steps=10, seed=3)
-    steps = sim.steps_of(sudden, 7)
+    sudden = scenario_stream("sudden", rows=400, steps=10, seed=3)
+    steps = steps_of(sudden, 7)
     assert [len(s.feedback) for s in steps] == [40] * 10
     assert all(s.feedback["created_at"].between(s.start, s.end, inclusive="left").all() for s in steps)
     shifted = [s.feedback["feedback_id"].str.contains("-s").mean() for s in steps]
     assert shifted == [0.0] * 4 + [1.0] * 6  # all at once, 40% of the way in
-    warm = sim.steps_of(sudden, 7, warmup=3)  # three weeks of history train the first champion
+    warm = steps_of(sudden, 7, warmup=3)  # three weeks of history train the first champion
     assert [s.index for s in warm] == [0, 3, 4, 5, 6, 7, 8, 9] and len(warm[0].feedback) == 120
     assert warm[0].end == steps[2].end
-    gradual = [sim.shifted_share("gradual", i, 20) for i in range(20)]
+    gradual = [shifted_share("gradual", i, 20) for i in range(20)]
     assert gradual[0] == 0 and gradual[-1] == 1 and all(b >= a for a, b in zip(gradual, gradual[1:], strict=False))
-    seasonal = [sim.shifted_share("seasonal", i, 52) for i in range(52)]
+    seasonal = [shifted_share("seasonal", i, 52) for i in range(52)]
     assert max(seasonal) > 0.7 and seasonal[0] == 0 and seasonal[13] < 0.01  # a season returns to base
-    assert set(sim.scenario_stream("steady", rows=200, steps=4)["feedback_id"].str.split("-").str[1]) == {
+    assert set(scenario_stream("steady", rows=200, steps=4)["feedback_id"].str.split("-").str[1]) == {
         "b0",
         "b1",
         "b2",
@@ -63,10 +64,10 @@ def test_load_stream_orders_by_feedback_time(tmp_path):
     pd.DataFrame(
         {"text": ["b", "a"], "rating": [5, 1], "created_at": ["2025-02-01T00:00:00Z", "2025-01-01T00:00:00Z"]}
     ).to_csv(path, index=False)
-    assert sim.load_stream(path)["text"].tolist() == ["a", "b"]
+    assert load_stream(path)["text"].tolist() == ["a", "b"]
     pd.DataFrame({"text": ["x"], "rating": [3]}).to_csv(tmp_path / "untimed.csv", index=False)
     with pytest.raises(InputError, match="no created_at"):
-        sim.load_stream(tmp_path / "untimed.csv")
+        load_stream(tmp_path / "untimed.csv")
 
 
 def test_cli_refuses_an_unknown_policy_in_one_line():

@@ -7,9 +7,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from refit.cli import app
-from refit.models.train import save_checkpoint, train
-from refit.registry import publish_checkpoint
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
 from refit.registry.store import open_store
+from refit.registry.versions import publish_checkpoint
 
 from model_helpers import review_data, tiny_config
 

@@ -1,0 +1,164 @@
+"""Commands on the data: the schema, ingest, quarantine, the dev set, forgetting a user."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from refit.cli._shared import JsonOpt, current_settings, emit, group, migrated_engine
+
+db_app = group("Database schema commands.", no_args_is_help=True)
+devset_app = group("The gate's frozen, versioned dev set.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: JsonOpt = False) -> None:
+    """Apply the SQL migrations in sql/ that are not applied yet.
+
+    A second run is a no-op.
+    """
+    from refit.data.db import check_connection, engine_for, upgrade
+
+    engine = engine_for(current_settings())
+    check_connection(engine)
+    applied = upgrade(engine)
+    emit(
+        {"applied": applied},
+        as_json,
+        f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date",
+    )
+
+
+def ingest(
+    file: Annotated[str, typer.Argument(help="CSV, JSONL or Parquet feedback file, or - for standard input.")],
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="refit column=file column, e.g. --map text=review_body (repeatable)."),
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from the name).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load feedback into Postgres.
+
+    Needs text and created_at, and one of satisfaction (0..1), rating or label; feedback_id,
+    user_id and item_id are optional; other columns are behaviour features. Bad rows go to
+    quarantine with a reason; re-ingesting a file adds nothing.
+    """
+    from refit.data.ingest import ingest as run_ingest
+    from refit.data.validate import IngestRules
+
+    settings = current_settings()
+    engine = migrated_engine(settings)
+    rules = IngestRules.from_settings(settings, column_map=pairs(mapping or [], "--map"))
+    show_progress = sys.stderr.isatty() and not as_json
+
+    def progress(summary) -> None:
+        if show_progress:
+            sys.stderr.write(
+                f"\r{summary.rows_read:,} rows: {summary.accepted:,} accepted, {summary.duplicates:,} duplicate,"
+                f" {summary.quarantined:,} quarantined ({summary.rows_per_second:,.0f} rows/s)"
+            )
+
+    summary = run_ingest(engine, file, rules, fmt=fmt, batch_rows=settings.ingest_batch_rows, on_progress=progress)
+    if show_progress:
+        sys.stderr.write("\n")
+    data = summary.as_dict()
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.reasons.items())) or "none"
+    emit(
+        data,
+        as_json,
+        f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} accepted, {summary.duplicates} "
+        f"duplicate, {summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s",
+    )
+
+
+def pairs(values: list[str], option: str) -> dict[str, str]:
+    """``name=value`` option values as a dict.
+
+    Args:
+        values: The values given, e.g. ``["text=review_body"]``.
+        option: The option's name, for the error message.
+
+    Returns:
+        Each name mapped to its value, both stripped.
+
+    Raises:
+        typer.BadParameter: A value without ``=``, a name or a value.
+    """
+    mapped = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key or not val:
+            raise typer.BadParameter(f"expected {option} name=value, got {value!r}")
+        mapped[key.strip()] = val.strip()
+    return mapped
+
+
+def quarantine(
+    requeue: Annotated[
+        bool, typer.Option("--requeue", help="Re-validate quarantined rows with the current settings.")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="How many recent rows to list.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Count quarantined rows by reason and list the latest.
+
+    With --requeue, re-validate them after a configuration change, moving the rows that now pass
+    into feedback.
+    """
+    from refit.data.quarantine import quarantine_report, requeue_quarantine
+
+    settings = current_settings()
+    engine = migrated_engine(settings)
+    if requeue:
+        result = requeue_quarantine(engine, settings)
+        emit(result, as_json, f"requeued {result['requeued']} row(s); {result['still_quarantined']} still quarantined")
+        return
+    report = quarantine_report(engine, limit)
+    lines = [f"{n:>8}  {reason}" for reason, n in report["counts"].items()] or ["quarantine is empty"]
+    lines += [
+        f"  #{r['id']} {r['reason']} (line {r['line_no']} of {r['source']}): {r['detail']}" for r in report["latest"]
+    ]
+    emit(report, as_json, "\n".join(lines))
+
+
+@devset_app.command("show")
+def devset_show(as_json: JsonOpt = False) -> None:
+    """Show the current dev set version: its watermark, size and hash."""
+    from refit.data.devset import current_devset
+
+    devset = current_devset(migrated_engine(current_settings()))
+    data = devset.as_dict() if devset else {}
+    emit(data, as_json, f"dev set v{devset.version}: {devset.rows} rows up to id {devset.watermark} ({devset.reason})"
+         if devset else "no dev set yet: the first gate creates one")  # fmt: skip
+
+
+@devset_app.command("refresh")
+def devset_refresh(
+    reason: Annotated[str, typer.Option(help="Why the dev set grows (recorded).")] = "manual refresh",
+    as_json: JsonOpt = False,
+) -> None:
+    """Grow the dev set to every dev-split row ingested so far, as a new recorded version.
+
+    The gate never does this on its own.
+    """
+    from refit.data.devset import refresh_devset
+    from refit.data.snapshots import SplitConfig
+
+    settings = current_settings()
+    devset = refresh_devset(migrated_engine(settings), SplitConfig.from_settings(settings), reason)
+    emit(devset.as_dict(), as_json, f"dev set v{devset.version}: {devset.rows} rows up to id {devset.watermark}")
+
+
+def forget(
+    user: Annotated[str, typer.Option("--user", help="The user id whose feedback is deleted.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a user's feedback, record that it was done, and list the models trained on it."""
+    from refit.data.privacy import forget_user
+
+    result = forget_user(migrated_engine(current_settings()), user)
+    affected = ", ".join(result["affected_versions"]) or "none"
+    emit(result, as_json, f"deleted {result['rows_deleted']} row(s); models trained on them: {affected}")

@@ -1,0 +1,192 @@
+"""Commands that run refit: the demo, the local stack, ablations and backtests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from refit.cli._shared import JsonOpt, current_settings, emit, migrated_engine
+from refit.core.errors import RefitError
+
+StateDirOpt = Annotated[
+    Path, typer.Option("--state-dir", help="Where the stack keeps its PIDs, logs and Prefect database.")
+]
+
+
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Where the embedded Postgres, store and work go.")] = Path(
+        ".refit/demo"
+    ),
+    rows: Annotated[int, typer.Option(help="Rows in each of the two phases.")] = 1200,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole loop on embedded defaults, before and after a shift in the feedback.
+
+    An embedded Postgres, a file:// store, synthetic feedback with a shift in it, and the packaged
+    BERT.
+    """
+    from refit.ops.demo import run_demo
+
+    report = run_demo(data_dir, rows, echo=None if as_json else typer.echo)
+    if as_json:
+        emit(report, True, "")
+
+
+# --- the local stack (issue 8) ----------------------------------------------------------------
+def up(
+    port: Annotated[int, typer.Option(help="The Prefect server's port.")] = 4200,
+    host: Annotated[str, typer.Option(help="The address the Prefect server listens on.")] = "127.0.0.1",
+    state_dir: StateDirOpt = Path(".refit/stack"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the local stack: a Prefect server, its work pools, the deployments and the workers.
+
+    The server keeps its state in SQLite, or in PREFECT_API_DATABASE_CONNECTION_URL. Then come the
+    cpu and gpu work pools, every deployment of deployments/prefect.yaml and a worker per pool.
+    """
+    from refit.ops.stack import up as start
+
+    settings = current_settings()
+    if settings.database_url:
+        from refit.data.db import upgrade
+
+        upgrade(migrated_engine(settings))
+    root = Path.cwd()  # the workers run here, with this folder's .env
+    echo = (lambda _line: None) if as_json else typer.echo
+    stack = start(root, state_dir, host=host, port=port, settings=settings, echo=echo)
+    emit(stack.__dict__, as_json, f"deployments: {', '.join(stack.deployments)}\nstop it with: refit down")
+
+
+def down(state_dir: StateDirOpt = Path(".refit/stack"), as_json: JsonOpt = False) -> None:
+    """Stop what `refit up` started: the workers (their unfinished runs are marked Crashed), then the server."""
+    from refit.ops.stack import down as stop
+
+    result = stop(state_dir, echo=(lambda _line: None) if as_json else typer.echo)
+    emit(result, as_json, f"stopped {len(result['stopped'])} process(es)")
+
+
+# --- defences and compression (issue 10) ------------------------------------------------------
+def ablate(
+    snapshot: Annotated[int | None, typer.Option("--snapshot", help="Snapshot to train on (default: latest).")] = None,
+    variants: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: `baseline`, `augment`, `fgm`, `pgd`, `lora`, `ensemble<K>`, `prune<L>`, `heads<N>`."
+        ),
+    ] = "baseline,augment,fgm,lora,ensemble3,prune4",
+    seeds: Annotated[int, typer.Option(help="Seeds per variant, from REFIT_SEED on.")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Folder for ablation.md and ablation.json.")] = None,
+    train_rows: Annotated[int | None, typer.Option(help="Sample this many training rows (default: all).")] = None,
+    eval_rows: Annotated[int | None, typer.Option(help="At most this many dev and test rows (default: all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train every variant on one snapshot with the same seeds; print and save the comparison."""
+    from refit.sim.ablation import ablate as run_ablate
+
+    settings = current_settings()
+    migrated_engine(settings)
+    result = run_ablate(
+        settings,
+        snapshot,
+        [v for v in variants.split(",") if v.strip()],
+        n_seeds=seeds,
+        out_dir=out,
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        echo=None if as_json else typer.echo,
+    )
+    text = f"{result['table']}\n\nsaved {result['markdown']} and {result['json']}"
+    emit({k: v for k, v in result.items() if k != "table"}, as_json, text)
+
+
+def simulate(
+    feedback: Annotated[
+        Path | None, typer.Argument(help="Feedback with created_at (CSV, JSONL, Parquet); omit to use --scenario.")
+    ] = None,
+    scenario: Annotated[
+        str, typer.Option(help="steady, gradual, sudden or seasonal (the demo's generator).")
+    ] = "sudden",
+    rows: Annotated[int, typer.Option(help="Rows in the generated stream.")] = 50_000,
+    steps: Annotated[int, typer.Option(help="Steps in the generated stream.")] = 52,
+    step: Annotated[str, typer.Option(help="day or week.")] = "week",
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", help="never, schedule:K, drift or drift:N/M[:COOLDOWN] (repeatable)."),
+    ] = None,
+    devset_every: Annotated[int, typer.Option(help="Refresh the gate's dev set every N steps (0: never).")] = 4,
+    warmup: Annotated[int, typer.Option(help="Steps of history the first champion trains on before the replay.")] = 4,
+    out: Annotated[Path, typer.Option(help="Where the table, steps.json and simulate.png go.")] = Path(
+        ".refit/simulate"
+    ),
+    real_model: Annotated[
+        bool, typer.Option("--real-model", help="Train the configured BERT, not a tiny one.")
+    ] = False,
+    chaos: Annotated[bool, typer.Option("--chaos", help="Inject faults at random steps and check invariants.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the generated stream and of the fault steps.")] = 0,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep each policy's database schema afterwards.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Backtest retraining policies on a simulated clock; compare online quality and cost.
+
+    Feedback is replayed through the real loop, with one database schema and store prefix per
+    policy.
+    """
+    from refit.sim import backtest as sim
+    from refit.sim.policies import Policy
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # a line per step here, not one per task run
+    if step not in ("day", "week"):
+        raise typer.BadParameter("--step must be day or week")
+    policies = [Policy.parse(p) for p in policy or ["never", "schedule:4", "drift", "drift:2/3:14d"]]
+    settings = current_settings()
+    if not settings.database_url:  # like the demo: an embedded Postgres when none is configured
+        from refit.ops.demo import start_embedded_postgres
+
+        settings = settings.with_overrides(database_url=start_embedded_postgres(Path(settings.work_dir) / "pg"))
+    faults_for = None
+    if chaos:
+        from refit.sim.faults import Chaos, FaultProxy, plan
+
+        proxy, endpoint = None, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if settings.store_url.startswith("s3://") and endpoint and endpoint.startswith("http://"):
+            proxy = FaultProxy(endpoint).start()
+            os.environ["AWS_ENDPOINT_URL_S3"] = proxy.url  # boto3 reaches the store through the proxy
+        faults_for = lambda n: Chaos(plan(seed, n), proxy=proxy)  # noqa: E731
+    echo = (lambda _r: None) if as_json else (lambda r: typer.echo(step_line(r)))
+    result = sim.backtest(
+        settings, policies, out, feedback=feedback, scenario=scenario, rows=rows, steps=steps,
+        step_days=1.0 if step == "day" else 7.0, seed=seed, real_model=real_model,
+        devset_every=devset_every or None, warmup=warmup, faults_for=faults_for, keep=keep, on_step=echo,
+    )  # fmt: skip
+    text = f"{result['table']}\n\n{len(result['steps'])} policy-steps in {result['seconds']:.0f} s; "
+    text += f"invariant violations: {result['violations']}\n" + "\n".join(
+        f"{k}: {v}" for k, v in result["outputs"].items()
+    )
+    if "chaos" in result:
+        text += "\nfaults (step fired per policy): " + json.dumps({k: v["fired"] for k, v in result["chaos"].items()})
+    emit({k: v for k, v in result.items() if k != "steps"}, as_json, text)
+    if result["violations"]:
+        raise RefitError(f"{result['violations']} invariant violation(s); see {result['outputs']['json']}")
+
+
+def step_line(record: dict) -> str:
+    """One backtest step of one policy as a line: online quality, cycles, faults, violations.
+
+    Args:
+        record: A step record from :func:`refit.sim.backtest.backtest`.
+
+    Returns:
+        The line.
+    """
+    online = record["online"]
+    quality = f"{online['metric']} {online['value']:.4f}" if online else "no champion"
+    cycles = ", ".join(
+        c["outcome"] + (f" ({c['drift']['decision']})" if c.get("drift") else "") for c in record["cycles"]
+    )
+    faults = f" faults: {', '.join(record['faults'])}" if record["faults"] else ""
+    problems = f" VIOLATIONS: {'; '.join(record['violations'])}" if record["violations"] else ""
+    return f"{record['policy']:>18} step {record['step']:>3}: {quality}; {cycles}{faults}{problems}"

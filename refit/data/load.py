@@ -1,0 +1,135 @@
+"""Loading validated feedback: COPY into a temporary staging table, then one set-based statement
+inserts the rows whose ids are new (``ON CONFLICT (feedback_id) DO NOTHING``); conflicting
+duplicates, in the batch or against stored rows, and the batch's rejections are written to
+``quarantine``. Each batch commits in one transaction of its own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pyarrow as pa
+from pyarrow import csv as pacsv
+from sqlalchemy import Engine, text
+
+from refit.data.db import INGEST_LOCK
+from refit.data.read import Rejection
+
+# The staging table's columns, in COPY order.
+_COLUMNS = (
+    "line_no", "feedback_id", "user_id", "item_id", "text", "satisfaction", "label",
+    "created_at", "features", "content_hash",
+)  # fmt: skip
+
+
+def _copy_frame(conn, valid: pd.DataFrame) -> None:
+    table = pa.Table.from_pandas(valid[list(_COLUMNS)], preserve_index=False)
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer, write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    buffer.seek(0)
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.copy_expert(f"COPY feedback_staging ({', '.join(_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buffer)
+
+
+def _conflict_rejection(row: dict, why: str) -> Rejection:
+    raw = {k: row[k] for k in ("feedback_id", "user_id", "item_id", "text", "satisfaction", "label")}
+    raw["created_at"] = row["created_at"].isoformat()
+    raw["features"] = json.loads(row["features"])
+    return Rejection(int(row["line_no"]), "duplicate_conflict", why, raw, row["feedback_id"])
+
+
+def split_repeats(valid: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Within one batch, keep each id's first row; repeats with other content are conflicts.
+
+    Returns:
+        ``(first rows, conflicting repeats, identical repeats)``.
+    """
+    repeated = valid["feedback_id"].duplicated(keep="first")
+    if not repeated.any():
+        return valid, valid.iloc[0:0], 0
+    first_hash = valid.loc[~repeated].set_index("feedback_id")["content_hash"]
+    conflict = repeated & (valid["feedback_id"].map(first_hash) != valid["content_hash"])
+    return valid.loc[~repeated], valid.loc[conflict], int((repeated & ~conflict).sum())
+
+
+def load_batch(engine: Engine, source: str, valid: pd.DataFrame, rejections: list[Rejection]):
+    """Write one batch in one transaction.
+
+    Args:
+        engine: the refit database.
+        source: the file's name, stored with each quarantined row.
+        valid: the batch's valid rows, as :func:`refit.data.validate.validate_batch` returns them.
+        rejections: the batch's invalid rows.
+
+    Returns:
+        ``(accepted, duplicates, rejections)``: the rows inserted, the rows already stored (or
+        repeated) with the same content, and every row quarantined (conflicts included).
+    """
+    valid, repeats, duplicates = split_repeats(valid)
+    rejections = rejections + [
+        _conflict_rejection(row, "feedback_id repeated in the file with other content; the first is kept")
+        for row in repeats.to_dict("records")
+    ]
+    accepted = 0
+    with engine.begin() as conn:
+        # Serialize ingests so that feedback ids (the watermark) become visible in order.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK})
+        if len(valid):
+            conn.execute(
+                text(
+                    "CREATE TEMP TABLE feedback_staging (ord SERIAL, line_no INTEGER, feedback_id TEXT,"
+                    " user_id TEXT, item_id TEXT, text TEXT, satisfaction DOUBLE PRECISION, label TEXT,"
+                    " created_at TIMESTAMPTZ, features JSONB, content_hash TEXT) ON COMMIT DROP"
+                )
+            )
+            _copy_frame(conn, valid)
+            # An id already stored with other content keeps the stored row.
+            stored_conflicts = (
+                conn.execute(
+                    text(
+                        "SELECT s.ord FROM feedback_staging s JOIN feedback f ON f.feedback_id = s.feedback_id"
+                        " WHERE f.content_hash <> s.content_hash"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            accepted = conn.execute(
+                text(
+                    "INSERT INTO feedback (feedback_id, user_id, item_id, text, satisfaction, label, features,"
+                    " content_hash, created_at)"
+                    " SELECT feedback_id, user_id, item_id, text, satisfaction, label, features, content_hash,"
+                    " created_at FROM feedback_staging WHERE NOT (ord = ANY(:conflicts))"
+                    " ON CONFLICT (feedback_id) DO NOTHING"
+                ),
+                {"conflicts": stored_conflicts},
+            ).rowcount
+            records = valid.to_dict("records") if stored_conflicts else []
+            rejections += [
+                _conflict_rejection(records[i - 1], "feedback_id already stored with other content; it is kept")
+                for i in stored_conflicts
+            ]
+            duplicates += len(valid) - accepted - len(stored_conflicts)
+        if rejections:
+            conn.execute(
+                text(
+                    "INSERT INTO quarantine (source, line_no, feedback_id, reason, detail, raw, raw_hash)"
+                    " VALUES (:source, :line_no, :feedback_id, :reason, :detail, CAST(:raw AS JSONB),"
+                    "  encode(sha256(convert_to(:reason || CAST(:raw AS JSONB)::text, 'UTF8')), 'hex'))"
+                    " ON CONFLICT (source, raw_hash) DO NOTHING"
+                ),
+                [
+                    {
+                        "source": source,
+                        "line_no": r.line_no,
+                        "feedback_id": r.feedback_id,
+                        "reason": r.reason,
+                        "detail": r.detail,
+                        "raw": json.dumps(r.raw, default=str),
+                    }
+                    for r in rejections
+                ],
+            )
+    return accepted, duplicates, rejections

@@ -1,0 +1,29 @@
+"""Where a model's objects live under the store root (``REFIT_STORE_URL``), per model name
+(``REFIT_MODEL_NAME``)::
+
+    models/<name>/versions/<version>/...             checkpoint files, MODEL_CARD.md
+    models/<name>/versions/<version>/manifest.json   size and SHA-256 of every file, version,
+                                                     lineage; written last, never overwritten
+    models/<name>/champion.json                      the pointer: version, manifest URI and
+                                                     SHA-256, promoted at; moved last, by ETag
+    reports/drift/<id>/report.{html,json}
+
+The keys of a version and of the pointer are built here only.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "satisfaction"
+
+
+def model_prefix(version: str, model_name: str = DEFAULT_MODEL) -> str:
+    """The store prefix under which ``version`` of ``model_name`` keeps its files and manifest."""
+    return f"models/{model_name}/versions/{version}"
+
+
+def pointer_key(model_name: str = DEFAULT_MODEL) -> str:
+    """The store key of ``model_name``'s champion pointer."""
+    return f"models/{model_name}/champion.json"
+
+
+POINTER = pointer_key()

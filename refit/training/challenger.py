@@ -1,0 +1,322 @@
+"""The challenger recipe: the data a challenger trains on, its seed members, warm start, ensemble
+and int8 copy, as plain functions (no Prefect).
+
+``tasks/training.py`` wraps :func:`train_challenger` in a task; ``refit ablate`` and the benchmarks
+call the same functions. :func:`train_in_child` runs the recipe in a child process, so that a
+training killed by the kernel (out of memory, SIGKILL) fails the run cleanly instead of the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from refit.core.errors import RefitError
+from refit.core.settings import Settings
+from refit.data.db import engine_for
+from refit.data.devset import dev_rows, ensure_devset
+from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
+from refit.models.checkpoint import METADATA, read_metadata
+from refit.models.config import TrainConfig
+from refit.models.ensemble import ENSEMBLE_SEED_STRIDE, build_ensemble, member_folders, same_tokenizer
+from refit.models.inference import predict_texts
+from refit.models.int8_artifact import add_int8_artifact
+from refit.models.metrics import task_metrics
+from refit.models.predict import Predictor
+from refit.models.saving import save_checkpoint
+from refit.models.train import train
+from refit.registry.versions import checkout, new_version
+from refit.training.modeling import score, train_config, training_data
+
+log = logging.getLogger("refit.training")
+
+# The module a child training process runs (python -m ...); the fault injector finds it by this name.
+CHILD_MODULE = "refit.training.challenger"
+
+
+@dataclass
+class Challenger:
+    version: str
+    folder: Path
+    dev_metrics: dict
+    best_epoch: int
+    epochs_run: int
+    train_rows: int
+    samples_per_second: float
+    train_seconds: float = 0.0  # wall time of the training itself (every member), not of the whole recipe
+
+
+class TrainingKilled(RefitError):
+    """The training process died from a signal (SIGKILL: out of memory, or killed) before it finished."""
+
+
+def member_seeds(seed: int, size: int) -> list[int]:
+    """The seeds of an ensemble's ``size`` members: ``seed``, then ``seed + ENSEMBLE_SEED_STRIDE``, ..."""
+    return [seed + ENSEMBLE_SEED_STRIDE * i for i in range(size)]
+
+
+def train_seed_members(config: TrainConfig, size: int, fit: Callable[[int, TrainConfig], object]) -> list:
+    """Train ``size`` members of a seed ensemble (one model when ``size`` is 1) with ``fit(i, config)``.
+
+    The one loop over member seeds that a retrain and ``refit ablate`` share: ``fit`` trains (or,
+    in the ablation, reuses) the member with config ``config`` at seed ``member_seeds(...)[i]``.
+    """
+    return [fit(i, replace(config, seed=seed)) for i, seed in enumerate(member_seeds(config.seed, size))]
+
+
+def train_challenger(
+    settings: Settings, snapshot: Snapshot, champion: dict | None, logger: logging.Logger | None = None
+) -> Challenger:
+    """Train a challenger on ``snapshot``: warm-started from ``champion`` when REFIT_WARM_START,
+    REFIT_ENSEMBLE_SIZE seed members or previous champions, and an int8 copy when REFIT_PUBLISH_INT8.
+
+    Args:
+        settings: refit's settings (database, store, training).
+        snapshot: the snapshot to train on.
+        champion: the champion's registry row, or None before the first promotion.
+        logger: where progress goes (the task passes Prefect's run logger).
+
+    Returns:
+        The challenger: its version, checkpoint folder, dev metrics and training figures.
+    """
+    logger = logger or log
+    engine = engine_for(settings)
+    split = SplitConfig.from_settings(settings)
+    rows = snapshot_rows(engine, snapshot, split)
+    devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first training")
+    champion_folder, champion_watermark = None, None
+    if champion is not None and settings.warm_start:
+        champion_folder = checkout(settings, champion["version"])
+        if champion.get("snapshot_id") is not None:
+            champion_watermark = get_snapshot(engine, champion["snapshot_id"]).watermark_to
+    data = training_data(
+        rows,
+        settings.task,
+        settings.labels,
+        settings.max_train_rows,
+        settings.retention_days,
+        dev=dev_rows(engine, devset, split),
+        new_after=champion_watermark,
+        replay_fraction=settings.replay_fraction,
+        seed=settings.seed,
+    )
+    config = train_config(settings, init_from=champion_folder)
+    version = new_version()
+    folder = Path(settings.work_dir) / "checkpoints" / version
+    lineage = {
+        "version": version,
+        "base_model": settings.base_model,
+        "parent_version": champion["version"] if champion else None,
+        "snapshot_id": snapshot.id,
+        "snapshot_hash": snapshot.content_hash,
+        "watermark_from": snapshot.watermark_from,
+        "watermark_to": snapshot.watermark_to,
+        "train_rows": len(data.train_texts),
+        "dev_set": devset.version,
+    }
+    test = rows[rows["split"] == "test"]
+    # --- defences and compression (issue 10): K seeds, or this run plus previous champions
+    ensemble = settings.ensemble_size > 1
+    runs = settings.ensemble_size if ensemble and settings.ensemble_source == "seeds" else 1
+    members: list[Path] = []
+
+    def fit(i: int, member_config: TrainConfig):
+        target = folder.parent / f"{version}-members" / str(i) if ensemble else folder
+        logger.info(
+            "training %s%s on %d rows (dev %d) from %s",
+            version,
+            f" member {i} (seed {member_config.seed})" if ensemble else "",
+            len(data.train_texts),
+            len(data.dev_texts),
+            config.init_from or config.base_model,
+        )
+        members.append(target)
+        return _train_and_save(settings, member_config, data, test, target, lineage, logger)
+
+    results = train_seed_members(config, runs, fit)
+    if ensemble and settings.ensemble_source == "champions":
+        members += previous_champion_folders(settings, engine, settings.ensemble_size - 1, like=members[0])
+    result = results[0]
+    dev_metrics = result.dev_metrics
+    if len(members) > 1:
+        dev_metrics = _build_ensemble(settings, members, folder, lineage, data, test)
+        logger.info("ensemble of %d models: dev %s", len(members), dev_metrics)
+    elif members[0] != folder:
+        shutil.move(str(members[0]), folder)  # no previous champion to join: a single model
+    if settings.publish_int8:
+        record = add_int8_artifact(
+            folder, data.dev_texts, data.dev_targets, data.dev_features, settings.serve_quantize_tolerance
+        )
+        logger.info(
+            "int8 artifact: largest dev difference %.4f (tolerance %.4f)", record["max_abs_diff"], record["tolerance"]
+        )
+    return Challenger(
+        version=version,
+        folder=folder,
+        dev_metrics=dev_metrics,
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        train_rows=len(data.train_texts),
+        samples_per_second=result.samples_per_second,
+        train_seconds=round(sum(r.train_seconds for r in results), 2),
+    )
+
+
+def _train_and_save(settings: Settings, config, data, test, folder: Path, lineage: dict, logger: logging.Logger):
+    """Train one model, score it on the test rows, and write its checkpoint (TensorBoard events inside)."""
+    tensorboard_dir = folder / "tensorboard" if settings.tensorboard else None
+    result = train(
+        config, data, on_epoch=lambda record: logger.info("epoch %s", record), tensorboard_dir=tensorboard_dir
+    )
+    logger.info(
+        "trained on %s at %.1f samples/s; best epoch %d; start: %s",
+        result.device,
+        result.samples_per_second,
+        result.best_epoch,
+        result.init,
+    )
+    extra_metrics = {}
+    if len(test):
+        texts, features = test["text"].tolist(), features_frame(test)
+        prediction = predict_texts(result.model, result.tokenizer, texts, features, config.task, config.max_length)
+        extra_metrics["test"] = score(prediction, test, settings.task, settings.labels)
+    save_checkpoint(result, folder, lineage=lineage, extra_metrics=extra_metrics)
+    return result
+
+
+def _build_ensemble(settings: Settings, members: list[Path], folder: Path, lineage: dict, data, test) -> dict:
+    """Write the ensemble checkpoint and score it as it will be served; returns its dev metrics."""
+    build_ensemble(members, folder, lineage)
+    predictor = Predictor(folder, verify=False)
+    n_outputs = 1 if settings.task == "regression" else len(settings.labels)
+    metrics = {
+        "dev": task_metrics(
+            settings.task, data.dev_targets, predictor.predict(data.dev_texts, data.dev_features), n_outputs
+        )
+    }
+    if len(test):
+        metrics["test"] = score(
+            predictor.predict(test["text"].tolist(), features_frame(test)), test, settings.task, settings.labels
+        )
+    meta = read_metadata(folder)
+    meta["metrics"] = metrics
+    (folder / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return metrics["dev"]
+
+
+def previous_champion_folders(settings: Settings, engine, n: int, like: Path) -> list[Path]:
+    """Up to ``n`` model folders of the most recent previous champions (an ensemble champion gives
+    its members), skipping any whose tokenizer differs from ``like``'s."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        versions = conn.execute(
+            text("SELECT version FROM model_versions WHERE promoted_at IS NOT NULL ORDER BY promoted_at DESC")
+        ).scalars()
+        versions = list(versions)
+    out: list[Path] = []
+    for version in versions:
+        checked = checkout(settings, version)
+        meta = read_metadata(checked)
+        candidates = member_folders(checked, meta) if meta.get("ensemble") else [checked]
+        for candidate in candidates:
+            if len(out) < n and same_tokenizer(candidate, like):
+                out.append(candidate)
+        if len(out) >= n:
+            break
+    return out
+
+
+# --- the recipe in a child process -----------------------------------------------------------------
+
+
+def _settings_file(settings: Settings, folder: Path) -> Path:
+    """The settings as a JSON file for the child, without credentials (the child reads those from
+    its environment, as the parent did)."""
+    from pydantic import SecretStr
+
+    data = {
+        k: v
+        for k, v in settings.model_dump(mode="json").items()
+        if not isinstance(getattr(settings, k), SecretStr) and v is not None
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=folder, prefix="settings-", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+    return Path(path)
+
+
+def train_in_child(
+    settings: Settings, snapshot: Snapshot, champion: dict | None, logger: logging.Logger | None = None
+) -> Challenger:
+    """:func:`train_challenger` in a child process (``python -m refit.training.challenger``).
+
+    The child reports its progress in a status file beside its settings (``training`` once it
+    trains), and its challenger as the last line of its output.
+
+    Raises:
+        TrainingKilled: the child died from a signal.
+        RefitError: the child failed otherwise.
+    """
+    logger = logger or log
+    folder = Path(settings.work_dir) / "training-process"
+    path = _settings_file(settings, folder)
+    status = path.with_suffix(".status")
+    started = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, "-m", CHILD_MODULE, str(path), str(snapshot.id), str(status)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = child.communicate()
+    finally:
+        if child.poll() is None:  # the task's timeout interrupted the wait: the child goes too
+            child.kill()
+            child.wait()
+        path.unlink(missing_ok=True)
+        status.unlink(missing_ok=True)
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        raise TrainingKilled(
+            f"the training process was killed ({name}) {time.monotonic() - started:.0f} s after it started"
+        )
+    lines = out.strip().splitlines()
+    if child.returncode != 0 or not lines:
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise RefitError(f"the training process exited with status {child.returncode}: {last}")
+    data = json.loads(lines[-1])
+    challenger = Challenger(**{**data, "folder": Path(data["folder"])})
+    logger.info("trained %s in a child process", challenger.version)
+    return challenger
+
+
+def _child_main(settings_path: str, snapshot_id: str, status_path: str) -> None:
+    from refit.core.settings import load_settings
+    from refit.registry.table import champion
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    settings = load_settings(**json.loads(Path(settings_path).read_text()))
+    engine = engine_for(settings)
+    snapshot = get_snapshot(engine, int(snapshot_id))
+    Path(status_path).write_text("training")
+    challenger = train_challenger(settings, snapshot, champion(engine))
+    print(json.dumps({**challenger.__dict__, "folder": str(challenger.folder)}), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(f"usage: python -m {CHILD_MODULE} SETTINGS_JSON SNAPSHOT_ID STATUS_FILE")
+    _child_main(*sys.argv[1:])
