@@ -155,7 +155,8 @@ def run_cycle(box: Sandbox, step: Step, faults: NoFaults, trigger: int = 0) -> d
     # The run failed: Prefect ran its on_failure hook, which alerts; record what the replay can see.
     error = state.result(raise_on_failure=False)
     error = one_line(error) if isinstance(error, BaseException) else (state.message or "unknown error")
-    alerted = bool(targets(settings)) and undelivered.count == 0
+    alerting = bool(targets(settings))  # read once: a block target is a Prefect API call
+    alerted = alerting and undelivered.count == 0
     with box.engine.connect() as conn:
         report = conn.execute(
             text("SELECT id, decision, drift_share FROM drift_reports WHERE id > :r ORDER BY id DESC LIMIT 1"),
@@ -168,7 +169,7 @@ def run_cycle(box: Sandbox, step: Step, faults: NoFaults, trigger: int = 0) -> d
         version = new[-1] if new else None
         box.attempts.append(
             {"step": step.index, "trigger": trigger, "version": version, "outcome": FAILED, "error": error,
-             "alerted": alerted or not targets(settings)}
+             "alerted": alerted or not alerting}
         )  # fmt: skip
         cycle.update(retrain=True, version=version)
     return {**cycle, "outcome": FAILED, "error": error, "alerted": alerted}
