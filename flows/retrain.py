@@ -34,6 +34,7 @@ def retrain(
     drift_report_id: int | None = None,
     strategy: Strategy | None = None,
     warm_start: bool | None = None,
+    train_processes: int | None = None,
     as_of: datetime | None = None,
 ) -> dict:
     """One cycle of the loop.
@@ -48,13 +49,18 @@ def retrain(
             Empty: REFIT_FINE_TUNE.
         warm_start: Start from the champion (true) or from the base model (false). Empty:
             REFIT_WARM_START.
+        train_processes: Processes that train the challenger data-parallel (DDP through torchrun:
+            one per GPU, or gloo processes on a CPU worker), each on its share of every batch.
+            Empty: REFIT_TRAIN_PROCESSES (default 1).
         as_of: The time the drift check is dated at, and judges confirmation and cooldown by.
             Empty: now. A backtest passes its simulated clock.
 
     Returns:
         A summary: outcome, snapshot, drift, gate decision, version and champion.
     """
-    settings = load_settings().with_overrides(fine_tune=strategy, warm_start=warm_start)  # validated, like REFIT_*
+    settings = load_settings().with_overrides(  # validated, like REFIT_*
+        fine_tune=strategy, warm_start=warm_start, train_processes=train_processes
+    )
     preflight(settings)
     champion = current_champion(engine_for(settings))
     if snapshot_id is not None:
@@ -114,6 +120,8 @@ def describe_run(summary: dict) -> str:
     gate = summary.get("gate")
     if gate:
         lines.append(f"gate: {gate['reason']}")
+        if gate.get("kind") and gate.get("promote"):
+            lines.append(f"model kind: {gate['kind']}")
     if summary.get("version"):
         lines.append(f"challenger: {summary['version']} at {summary['uri']}")
     if summary.get("champion"):

@@ -54,6 +54,8 @@ class TrainConfig:
     init_from: str | None = None  # a champion checkpoint folder to warm-start from
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's default
     unpad: bool = True  # BERT encoders compute real tokens only (models/unpad.py); same result
+    budget_seconds: float | None = None  # training stops here with the best weights so far
+    recipe: dict = field(default_factory=dict)  # what decided the choices above (refit.training.recipe)
     # --- defences and compression (issue 10) ------------------------------------------------
     augment_delete_rate: float = 0.0  # training texts only (models/augment.py)
     augment_swap_rate: float = 0.0
@@ -90,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, not {self.adversarial!r}")
         if self.keep_layers is not None and self.keep_layers < 1:
             raise ValueError("keep_layers must be at least 1")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise ValueError("budget_seconds must be positive")
         if self.prune_heads < 0:
             raise ValueError("prune_heads must not be negative")
         if self.prune_heads and not 1 <= self.prune_after_epoch < self.epochs:
@@ -151,3 +155,4 @@ class TrainResult:
     architecture: dict = field(default_factory=dict)
     world_size: int = 1
     resumed_from_epoch: int = 0
+    stopped_by: str | None = None  # "patience", "budget", or None when every epoch ran

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -60,6 +64,47 @@ def load_train_data(path: Path) -> TrainData:
     return TrainData(train_texts, train_targets, dev_texts, dev_targets, train_features, dev_features)
 
 
+def backend_for(device: str) -> str:
+    """The process group's backend for a run on ``device`` (``auto``, ``cpu``, ``cuda``): NCCL when it
+    trains on CUDA, gloo on the CPU."""
+    return "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+
+
+@contextmanager
+def process_group(device: str) -> Iterator[None]:
+    """This torchrun worker's process group, for the block (torchrun's environment says where the
+    others are). On CUDA, each rank's own GPU is made current, as :func:`refit.models.train.pick_device`
+    places its model, so that collectives outside the model do not all land on GPU 0."""
+    backend = backend_for(device)
+    dist.init_process_group(backend=backend)
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def is_main_rank() -> bool:
+    """True in a single process, and on rank 0 of a process group: the process that writes and reports."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def die_with_launcher() -> None:
+    """Have the kernel SIGKILL this worker when its launcher dies (Linux; elsewhere a no-op).
+
+    A launcher killed by the kernel (out of memory) or by a timeout would otherwise leave its
+    workers training on as orphans, holding its output pipe open, so that whoever waits on the
+    launcher waits for them too.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+
 def load_config(path: Path) -> TrainConfig:
     values = json.loads(Path(path).read_text())
     known = {f.name for f in fields(TrainConfig)}
@@ -78,11 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     data = load_train_data(args.data)
-    use_cuda = config.device != "cpu" and torch.cuda.is_available()
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    try:
+    die_with_launcher()
+    with process_group(config.device):
         result = train(config, data, resume_dir=args.resume_dir)
-        if dist.get_rank() == 0:
+        if is_main_rank():
             save_checkpoint(result, args.out, lineage={"version": args.out.name})
             summary = {
                 "history": result.history,
@@ -93,8 +137,6 @@ def main(argv: list[str] | None = None) -> None:
             }
             (args.out / "result.json").write_text(json.dumps(summary, indent=2))
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

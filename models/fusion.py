@@ -12,6 +12,7 @@ folder needs nothing else.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,11 +128,9 @@ class FeatureSchema:
             vectors = np.zeros((n_rows, self.vector_dim), dtype=np.float32)
             has = np.zeros(n_rows, dtype=np.float32)
             for i, value in enumerate(frame.get(self.vector, [])):
-                if _is_vector(value):
-                    if len(value) != self.vector_dim:
-                        got, want = len(value), self.vector_dim
-                        raise ValueError(f"vector feature {self.vector!r}: row {i} has {got} values, expected {want}")
-                    vectors[i], has[i] = np.asarray(value, dtype=np.float32), 1.0
+                vector = _vector_row(value, self.vector, i, self.vector_dim)
+                if vector is not None:
+                    vectors[i], has[i] = vector, 1.0
             out["vector"] = torch.from_numpy(vectors)
             out["has_vector"] = torch.from_numpy(has)
         return out
@@ -143,6 +142,32 @@ def _present(value) -> bool:
 
 def _is_vector(value) -> bool:
     return isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0
+
+
+def _vector_row(value, name: str, row: int, dim: int) -> np.ndarray | None:
+    """One row's vector (None when it has none), or a ValueError that says what is wrong with it.
+
+    A list, a tuple, an array, or a JSON array in text (a CSV cell) is a vector; blank text is none.
+    """
+    where = f"vector feature {name!r}: row {row}"
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"{where} is not a JSON array of numbers") from None
+    if not _is_vector(value):
+        return None
+    if len(value) != dim:
+        raise ValueError(f"{where} has {len(value)} values, expected {dim}")
+    try:
+        vector = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} has a value that is not a number") from None
+    if vector.ndim != 1 or not np.isfinite(vector).all():
+        raise ValueError(f"{where} has a NaN, infinite or nested value")
+    return vector
 
 
 def take(features: dict[str, torch.Tensor], index, device: torch.device | None = None) -> dict[str, torch.Tensor]:

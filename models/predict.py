@@ -13,14 +13,17 @@ from refit.models.ensemble import load_ensemble
 from refit.models.fusion import load_model_folder
 from refit.models.inference import collate, encode, predict_texts
 from refit.models.quantize import load_int8
+from refit.models.text_baseline import TextBaseline, blend_of, has_text_model
 
 
 class Predictor:
     """A loaded checkpoint. Its folder alone is enough: task, labels, lengths and the feature
-    schema come from ``refit.json``; the files are verified against ``manifest.json`` when there
-    is one. An ensemble folder (:mod:`models.ensemble`) loads as one model that predicts the mean
-    of its members. With ``int8``, the folder's published int8 artifact (:mod:`models.quantize`)
-    is loaded instead of the float weights."""
+        schema come from ``refit.json``; the files are verified against ``manifest.json`` when there
+        is one. An ensemble folder (:mod:`models.ensemble`) loads as one model that predicts the mean
+        of its members. A blended checkpoint (:mod:`models.text_baseline`) mixes its BERT's predictions
+    with its TF-IDF model's by the weight it records, and one of kind ``tfidf`` predicts with TF-IDF
+    alone. With ``int8``, the folder's published int8 artifact (:mod:`models.quantize`)
+        is loaded instead of the float weights."""
 
     def __init__(self, folder: Path, device: str = "cpu", verify: bool = True, int8: bool = False):
         self.folder = Path(folder)
@@ -39,6 +42,15 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.model.eval()
+        # A blended checkpoint mixes in its TF-IDF model; one of kind "tfidf" is that model alone.
+        self.blend = blend_of(self.meta)
+        self.kind: str = self.blend["kind"]
+        self.bert_weight = float(self.blend["bert_weight"])
+        self.text_model = (
+            TextBaseline.load(self.folder) if self.kind != "bert" and has_text_model(self.folder) else None
+        )
+        if self.text_model is None:
+            self.bert_weight, self.kind = 1.0, "bert"
 
     @property
     def feature_names(self) -> list[str]:
@@ -54,7 +66,12 @@ class Predictor:
                 feature, or one dict per row); missing ones read as unknown (categorical) or the
                 training mean (numeric). Ignored by a text-only model.
         """
-        return predict_texts(self.model, self.tokenizer, texts, features, self.task, self.max_length, self.device)
+        if self.text_model is not None and self.bert_weight <= 0.0:
+            return self.text_model.predict(texts)
+        bert = predict_texts(self.model, self.tokenizer, texts, features, self.task, self.max_length, self.device)
+        if self.text_model is None:
+            return bert
+        return self.bert_weight * bert + (1.0 - self.bert_weight) * self.text_model.predict(texts)
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

@@ -74,6 +74,7 @@ def save_checkpoint(result: TrainResult, folder: Path, lineage: dict, extra_metr
         "history": result.history,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
+        "stopped_by": result.stopped_by,
         "metrics": {"dev": result.dev_metrics, **(extra_metrics or {})},
         "training": {
             "seconds": round(result.train_seconds, 3),

@@ -215,9 +215,10 @@ class _Run:
         """Train epoch by epoch until the last one or the patience runs out; the best epoch's model."""
         config, progress = self.config, self.progress
         resumed_from = progress.epoch
-        started = time.perf_counter()
+        self.started = started = time.perf_counter()
         self.global_step = progress.epoch * self.plan.steps_per_epoch
-        stopped_early = False
+        stopped_by = None
+        self.over_budget = False
         finished = progress.epoch >= config.epochs or progress.stale > config.patience
         for epoch in range(progress.epoch + 1, config.epochs + 1) if not finished else ():
             score = self._epoch(epoch)
@@ -225,12 +226,36 @@ class _Run:
             progress.epoch = epoch
             if self.state_path is not None:
                 self._save_state(progress.elapsed + time.perf_counter() - started)
-            if progress.stale > config.patience:
-                stopped_early = epoch < config.epochs
+            if self.over_budget:
+                stopped_by = "budget"
+                log.info(
+                    "training stopped at its budget of %.0f s in epoch %d; keeping the best weights, of epoch %d",
+                    config.budget_seconds,
+                    epoch,
+                    progress.best_epoch,
+                )
                 break
-        stopped_early = stopped_early or (len(progress.history) < config.epochs)
+            if progress.stale > config.patience:
+                stopped_by = "patience" if epoch < config.epochs else None
+                break
+        stopped_early = stopped_by is not None or (len(progress.history) < config.epochs)
         self.tensorboard.close()
-        return self._result(progress.elapsed + time.perf_counter() - started, stopped_early, resumed_from)
+        result = self._result(progress.elapsed + time.perf_counter() - started, stopped_early, resumed_from)
+        result.stopped_by = stopped_by
+        return result
+
+    def _budget_spent(self) -> bool:
+        """Whether the run's time (resumed runs count their earlier time) has reached the budget;
+        under torchrun every rank gets rank 0's answer, so all stop on the same step."""
+        budget = self.config.budget_seconds
+        if budget is None:
+            return False
+        spent = self.progress.elapsed + time.perf_counter() - self.started >= budget
+        if self.distributed:
+            flag = torch.tensor([1.0 if spent else 0.0], device=self.device)
+            dist.broadcast(flag, src=0)
+            spent = bool(flag.item())
+        return spent
 
     def _epoch(self, epoch: int) -> float:
         """Train one epoch, measure it on the dev rows and record it; returns its dev score."""
@@ -268,6 +293,7 @@ class _Run:
             "learning_rate": self.scheduler.get_last_lr()[0],
             "train_seconds": round(epoch_seconds, 3),
             "train_cpu_seconds": round(epoch_cpu, 3),
+            **({"stopped_at_budget": True} if self.over_budget else {}),
             **{f"dev_{k}": v for k, v in metrics.items()},
             **({"pruned_heads": pruned_now} if pruned_now else {}),
         }
@@ -313,6 +339,9 @@ class _Run:
             self.progress.seen += group_rows
             if self.hooks.on_step:
                 self.hooks.on_step(epoch, group_start // config.grad_accum_steps + 1)
+            if self._budget_spent():
+                self.over_budget = True
+                break
         if bar is not None:
             bar.close()
         return epoch_loss

@@ -15,11 +15,13 @@ from refit.data.db import engine_for
 from refit.data.devset import dev_rows, ensure_devset
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.gate.baselines import baseline_predictions
+from refit.gate.fallback import first_model_decision
 from refit.gate.records import MODEL_CARD, decision_markdown, model_card
 from refit.gate.rule import GateDecision, GatePolicy, gate
 from refit.gate.slices import known_items, slice_frame
 from refit.models.checkpoint import read_metadata
 from refit.models.predict import Predictor
+from refit.models.text_baseline import TextBaseline, blend_of, has_text_model, write_blend
 from refit.registry.versions import checkout
 from refit.tasks import RESUMABLE
 from refit.training.challenger import Challenger
@@ -30,6 +32,15 @@ def predict_folder(folder: Path, dev) -> np.ndarray:
     """A checkpoint's predictions on the dev rows, with their behaviour features (its files are
     verified when it loads)."""
     return Predictor(folder).predict(dev["text"].tolist(), features_frame(dev).reset_index(drop=True))
+
+
+def use_text_model_alone(folder: Path, data, task: str, n_labels: int, reason: str) -> None:
+    """Make the checkpoint predict with its TF-IDF model alone (fitting it first when the recipe did
+    not blend), recording why."""
+    if not has_text_model(folder):
+        TextBaseline.fit(task, data.train_texts, data.train_targets, n_labels).save(folder)
+    previous = blend_of(read_metadata(folder))
+    write_blend(folder, 0.0, fitted_on="first gate", reason=reason, trained_bert_weight=previous["bert_weight"])
 
 
 @task(name="gate", cache_policy=RESUMABLE, timeout_seconds=3600)
@@ -43,15 +54,18 @@ def gate_challenger(
     devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first gate")
     dev = dev_rows(engine, devset, split)
     n_labels = 1 if settings.task == "regression" else len(settings.labels)
+    data = None
     if champion is None:
-        # Only the first gate reads training rows: the baselines learn from what the challenger did.
+        # Only the first gate reads training rows: the baselines learn from the rows the challenger
+        # learned from (its validation fold held out the same way), so its TF-IDF is this one.
         data = training_data(
             snapshot_rows(engine, snapshot, split),
             settings.task,
             settings.labels,
             settings.max_train_rows,
             settings.retention_days,
-            dev=dev,
+            seed=settings.seed,
+            val_fraction=settings.val_fraction,
         )
         texts = dev["text"].tolist()
         references = baseline_predictions(
@@ -61,7 +75,7 @@ def gate_challenger(
     else:
         references = {"champion": predict_folder(checkout(settings, champion["version"]), dev)}
         seen_upto = get_snapshot(engine, champion["snapshot_id"]).watermark_to
-    decision = gate(
+    args = (
         GatePolicy.from_settings(settings),
         settings.task,
         targets(dev, settings.task, settings.labels),
@@ -70,7 +84,14 @@ def gate_challenger(
         n_labels,
         slice_frame(dev, known_items(engine, seen_upto), settings.gate_slice_features),
     )
-    decision = replace(decision, dev_set=devset.version)
+    kind = blend_of(read_metadata(challenger.folder))["kind"]
+    if champion is None:
+        decision, kind = first_model_decision(*args, challenger_kind=kind)
+        if decision.fallback == "tfidf":
+            use_text_model_alone(challenger.folder, data, settings.task, n_labels, decision.reason)
+    else:
+        decision = gate(*args)
+    decision = replace(decision, dev_set=devset.version, kind=kind)
     logger.info("gate on dev set v%d (%d rows): %s", devset.version, len(dev), decision.reason)
     markdown = decision_markdown(decision.as_dict(), challenger.version)
     create_markdown_artifact(key="gate-decision", markdown=markdown, description="refit promotion gate")

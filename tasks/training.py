@@ -20,6 +20,8 @@ from refit.training.challenger import Challenger
 @task(name="train-challenger", cache_policy=RESUMABLE, timeout_seconds=6 * 3600)
 def train_challenger(settings: Settings, snapshot: Snapshot, champion: dict | None) -> Challenger:
     """Train the challenger on ``snapshot``, in this process or, with REFIT_TRAIN_IN_CHILD_PROCESS,
-    in a child process whose death (out of memory, SIGKILL) fails the run cleanly."""
-    train = recipe.train_in_child if settings.train_in_child_process else recipe.train_challenger
+    in a child process whose death (out of memory, SIGKILL) fails the run cleanly; with
+    REFIT_TRAIN_PROCESSES above 1, in that many data-parallel child processes under torchrun."""
+    in_child = settings.train_in_child_process or settings.train_processes > 1
+    train = recipe.train_in_child if in_child else recipe.train_challenger
     return train(settings, snapshot, champion, logger=get_run_logger())

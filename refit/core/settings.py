@@ -126,6 +126,15 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="name:numeric|categorical,...; when set, only these columns are features, type-checked.",
     )
+    features: Literal["auto", "none"] = Field(
+        default="auto",
+        description="Without REFIT_FEATURE_TYPES: auto infers the behaviour features' types from the training rows;"
+        " none trains on the text (and the vector) only.",
+    )
+    vector_feature: str | None = Field(
+        default=None,
+        description="The feature column that holds a precomputed embedding (a list of numbers), e.g. item_vec.",
+    )
     column_map: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="refit column=file column,... e.g. text=review_body,created_at=ts"
     )
@@ -186,13 +195,33 @@ class Settings(BaseSettings):
     # --- end drift (issue 4) -------------------------------------------------------------------
 
     # --- training ----------------------------------------------------------------------------
-    epochs: int = Field(default=3, ge=1)
+    recipe: Literal["auto", "manual"] = Field(
+        default="auto",
+        description="auto: epochs, patience, learning rate and class weights follow the data's size, task and"
+        " balance (refit.training.recipe), unless pinned by REFIT_*; manual: the fixed defaults.",
+    )
+    epochs: int | None = Field(default=None, ge=1, description="Most epochs (unset: the recipe decides).")
     batch_size: int = Field(default=16, ge=1)
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate (unset: per strategy).")
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=128, ge=8, le=512)
-    patience: int = Field(default=1, ge=0)
+    patience: int | None = Field(default=None, ge=0, description="Stale epochs before stopping (unset: the recipe).")
+    val_fraction: float = Field(
+        default=0.15,
+        gt=0,
+        lt=0.5,
+        description="Share of the training rows held out as the early-stopping and blending fold; never the"
+        " gate's dev set.",
+    )
+    train_budget_minutes: float | None = Field(
+        default=None, gt=0, description="Training stops at this budget with the best weights so far (unset: none)."
+    )
+    blend_text_baseline: bool = Field(
+        default=True,
+        description="Blend the BERT's predictions with TF-IDF's, the weight fitted on the validation fold; a"
+        " first model that cannot beat TF-IDF is TF-IDF itself.",
+    )
     seed: int = 13
     retention_days: int | None = Field(
         default=None, ge=1, description="Feedback older than this many days is left out of training (kept)."
@@ -213,7 +242,9 @@ class Settings(BaseSettings):
         default=None, description="Dev metric for early stopping (default: the gate's metric)."
     )
     regression_loss: Literal["mse", "bce"] = "mse"
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced"] | None = Field(
+        default=None, description="Classification loss weights (unset: balanced under the auto recipe)."
+    )
     warm_start: bool = Field(default=True, description="Start from the champion when its architecture matches.")
     replay_fraction: float | None = Field(
         default=None,
@@ -247,6 +278,12 @@ class Settings(BaseSettings):
         default=False,
         description="Train the challenger in a child process: a training the kernel kills (out of memory) fails the"
         " run, with its alert, instead of taking the worker down.",
+    )
+    train_processes: int = Field(
+        default=1,
+        ge=1,
+        description="Processes that train the challenger data-parallel (DDP through torchrun, one per GPU; gloo on"
+        " the CPU); above 1 it trains in child processes.",
     )
 
     # --- the gate ----------------------------------------------------------------------------
@@ -381,7 +418,7 @@ class Settings(BaseSettings):
         # --- defences and compression (issue 10)
         if self.prune_heads and self.fine_tune == "lora":
             raise ValueError("REFIT_PRUNE_HEADS does not combine with REFIT_FINE_TUNE=lora")
-        if self.prune_heads and self.epochs < 2:
+        if self.prune_heads and self.epochs is not None and self.epochs < 2:
             raise ValueError("REFIT_PRUNE_HEADS needs REFIT_EPOCHS >= 2: heads go after epoch 1, then it fine-tunes")
         return self
 

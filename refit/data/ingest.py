@@ -28,7 +28,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from refit.core.errors import InputError
-from refit.data.load import load_batch
+from refit.data.load import load_batch, stored_vector_dims
 from refit.data.read import iter_batches, read_source
 from refit.data.validate import IngestRules, safe_raw, validate_batch
 
@@ -86,6 +86,7 @@ def ingest(
     summary = IngestSummary(source=name)
     reasons: Counter = Counter()
     kinds: dict[str, str] = {}
+    vector_dims = stored_vector_dims(engine, rules.vector_feature)
     checked_columns = False
     for batch in iter_batches(name, content, fmt, batch_rows):
         if not checked_columns and batch.frame.empty and batch.rejections:
@@ -94,7 +95,7 @@ def ingest(
         if not checked_columns and len(batch.frame.columns):
             _require_columns(name, set(batch.frame.columns), rules)
             checked_columns = True
-        valid, rejections = validate_batch(batch, rules, now, kinds)
+        valid, rejections = validate_batch(batch, rules, now, kinds, vector_dims)
         unparsed = [replace(r, raw=safe_raw(r.raw, rules)) for r in batch.rejections]
         accepted, duplicates, rejected = load_batch(engine, name, valid, unparsed + rejections)
         summary.rows_read += len(batch.frame) + len(batch.rejections)

@@ -133,3 +133,24 @@ def load_batch(engine: Engine, source: str, valid: pd.DataFrame, rejections: lis
                 ],
             )
     return accepted, duplicates, rejections
+
+
+def stored_vector_dims(engine: Engine, name: str | None) -> dict[str, int]:
+    """The length of the vector feature ``name`` in the newest stored row that has it, so a later
+    file cannot mix lengths into what one model trains on (``{}`` when no stored row has it).
+
+    Args:
+        engine: the refit database.
+        name: the vector feature (``REFIT_VECTOR_FEATURE``), or None.
+    """
+    if not name:
+        return {}
+    with engine.connect() as conn:
+        dim = conn.execute(
+            text(
+                "SELECT jsonb_array_length(features -> :name) FROM feedback"
+                " WHERE jsonb_typeof(features -> :name) = 'array' ORDER BY id DESC LIMIT 1"
+            ),
+            {"name": name},
+        ).scalar()
+    return {name: int(dim)} if dim else {}

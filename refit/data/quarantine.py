@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from refit.data.load import load_batch
+from refit.data.load import load_batch, stored_vector_dims
 from refit.data.read import RawBatch
 from refit.data.validate import IngestRules, validate_batch
 
@@ -47,7 +47,8 @@ def requeue_quarantine(engine: Engine, settings) -> dict:
         return {"requeued": 0, "accepted": 0, "still_quarantined": _open_count(engine)}
     frame = pd.DataFrame.from_records([r.raw for r in rows])
     batch = RawBatch(frame, np.array([r.id for r in rows]))
-    valid, rejections = validate_batch(batch, rules, datetime.now(timezone.utc), {})
+    vector_dims = stored_vector_dims(engine, rules.vector_feature)
+    valid, rejections = validate_batch(batch, rules, datetime.now(timezone.utc), {}, vector_dims)
     passed = [int(i) for i in valid["line_no"]]  # line_no carries the quarantine id here
     accepted, _duplicates, _rejected = load_batch(engine, "requeue", valid, [])
     with engine.begin() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +36,7 @@ class IngestRules:
     pii_mode: str = "redact"
     feature_types: tuple[tuple[str, str], ...] = ()  # (name, "numeric" | "categorical")
     column_map: tuple[tuple[str, str], ...] = ()  # (refit column, file column)
+    vector_feature: str | None = None  # the feature that holds an embedding: a list of finite numbers
 
     @classmethod
     def from_settings(cls, settings, column_map: dict[str, str] | None = None) -> IngestRules:
@@ -53,6 +55,7 @@ class IngestRules:
             pii_mode=settings.pii_mode,
             feature_types=tuple(settings.feature_types.items()),
             column_map=tuple(mapping.items()),
+            vector_feature=settings.vector_feature,
         )
 
 
@@ -64,7 +67,7 @@ def _nested(series: pd.Series) -> pd.Series:
     """Where a value is a JSON object or array (only JSONL and Parquet can hold those)."""
     if pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty", "floating", "integer", "boolean"):
         return pd.Series(False, index=series.index)
-    return series.map(lambda v: isinstance(v, (dict, list)))
+    return series.map(lambda v: isinstance(v, (dict, list, tuple, np.ndarray)))
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -107,12 +110,18 @@ def label_for(satisfaction: float, labels: tuple[str, ...]) -> str:
 
 
 def validate_batch(
-    batch: RawBatch, rules: IngestRules, now: datetime, feature_kinds: dict[str, str]
+    batch: RawBatch,
+    rules: IngestRules,
+    now: datetime,
+    feature_kinds: dict[str, str],
+    vector_dims: dict[str, int] | None = None,
 ) -> tuple[pd.DataFrame, list[Rejection]]:
     """Valid rows in refit's columns, and one rejection per invalid row (the first reason wins).
 
     ``feature_kinds`` maps feature columns to ``numeric`` or ``categorical``; columns not in it
-    yet are added, inferred from this batch (configured types always win).
+    yet are added, inferred from this batch (configured types always win). ``vector_dims`` holds
+    the length every value of the vector feature must have (the stored rows' length, or the
+    length most common in the first batch that has the vector; added here when missing).
     """
     frame = batch.frame.rename(columns={src: dst for dst, src in rules.column_map})
     frame.columns = [_storable(str(c)) for c in frame.columns]  # names become JSON keys in Postgres
@@ -168,14 +177,24 @@ def validate_batch(
     flag(satisfaction.isna() & label.isna(), "missing_target", "no satisfaction, rating or label")
 
     configured = dict(rules.feature_types)
+    vector = rules.vector_feature
+    vector_dims = {} if vector_dims is None else vector_dims
     features = [c for c in frame.columns if c not in RESERVED and not str(c).startswith("_")]
     if configured:
-        features = [c for c in features if c in configured]
+        features = [c for c in features if c in configured or c == vector]
     feature_values = {}
     for name in features:
         values = frame[name]
+        if name == vector:
+            vectors, problems, dim = _vectors(values, name, vector_dims.get(name))
+            for problem in problems.dropna().unique():
+                flag(problems == problem, "bad_feature", problem)
+            if dim is not None:
+                vector_dims.setdefault(name, dim)
+            feature_values[name] = vectors
+            continue
         nested = _nested(values)
-        flag(nested, "bad_feature", f"feature {name} has a nested value")
+        flag(nested, "bad_feature", f"feature {name} has a nested value (only REFIT_VECTOR_FEATURE holds a list)")
         kind = configured.get(name) or feature_kinds.get(name)
         if kind is None:
             numbers, bad = _numeric(values.where(~nested))
@@ -233,6 +252,56 @@ def validate_batch(
     return valid, rejections
 
 
+def _vectors(series: pd.Series, name: str, dim: int | None) -> tuple[pd.Series, pd.Series, int | None]:
+    """The vector feature's values as lists of floats (None where missing or bad), the problem
+    with each bad value (None where it is fine), and the length every value must have: ``dim``,
+    else the most common length among these values (None when none has one)."""
+    parsed = [_vector(value, name) for value in series]
+    vectors = [vector for vector, _ in parsed]
+    problems = [problem for _, problem in parsed]
+    if dim is None:
+        lengths = Counter(len(v) for v in vectors if v is not None)
+        dim = lengths.most_common(1)[0][0] if lengths else None
+    for i, v in enumerate(vectors):
+        if v is not None and len(v) != dim:
+            vectors[i], problems[i] = None, f"feature {name} has {len(v)} values, expected {dim}"
+    return (
+        pd.Series(vectors, index=series.index, dtype=object),
+        pd.Series(problems, index=series.index, dtype=object),
+        dim,
+    )
+
+
+def _vector(value: Any, name: str) -> tuple[list[float] | None, str | None]:
+    """One vector value as a list of floats, or the reason it is not one; (None, None) when missing.
+
+    A JSON array (JSONL), a list column (Parquet) and a JSON array as text (CSV) are accepted.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, None
+    if isinstance(value, str):
+        if not value.strip():
+            return None, None
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return None, f"feature {name} should be a list of numbers"
+    try:
+        array = np.asarray(value)
+    except ValueError:  # nested lists of different lengths
+        return None, f"feature {name} has an entry that is not a number"
+    if array.size == 0:
+        return None, f"feature {name} is an empty list"
+    if array.ndim != 1 or array.dtype.kind not in "iuf":
+        return None, f"feature {name} has an entry that is not a number"
+    array = array.astype(float)
+    if not np.isfinite(array).all():
+        return None, f"feature {name} has a NaN or infinite entry"
+    return array.tolist(), None
+
+
 def _features_json(names: list[str], columns: list[pd.Series], n: int) -> list[str]:
     """One canonical JSON object per row (sorted keys, no missing values)."""
     if not names:
@@ -260,7 +329,9 @@ def _add_identity(valid: pd.DataFrame) -> None:
 
 
 def _id_or_none(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or isinstance(value, (dict, list)):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (dict, list, tuple, np.ndarray)):
         return None
     return _storable(str(value)[:MAX_ID_CHARS])
 
@@ -307,6 +378,8 @@ def safe_raw(raw: dict, rules: IngestRules) -> dict:
             return {_storable(str(k)): clean("", v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [clean("", v) for v in value]
+        if isinstance(value, np.ndarray):  # a Parquet list value
+            return [clean("", v) for v in value.tolist()]
         if isinstance(value, (np.integer, np.floating, np.bool_)):
             return value.item()
         if isinstance(value, (pd.Timestamp, datetime)):

@@ -92,8 +92,8 @@ def column_kinds(reference: pd.DataFrame, current: pd.DataFrame, task: str) -> d
         if not column.startswith("f_") or column not in current:
             continue
         both = pd.concat([reference[column], current[column]], ignore_index=True).dropna()
-        if both.empty:
-            continue
+        if both.empty or both.map(lambda v: isinstance(v, (list, tuple, dict))).any():
+            continue  # an embedding vector (REFIT_VECTOR_FEATURE) is not one column to compare
         numeric = pd.to_numeric(both, errors="coerce").notna().all() and both.nunique() > 10
         kinds[column] = "numeric" if numeric else "categorical"
     return kinds

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from refit.models.metrics import baseline_prediction
+from refit.models.text_baseline import TextBaseline
 
 BASELINES = ("trivial", "tfidf")
 
@@ -23,26 +24,9 @@ def tfidf_predictions(
     task: str, train_texts: list[str], train_targets: np.ndarray, texts: list[str], n_labels: int
 ) -> np.ndarray:
     """TF-IDF over word uni- and bigrams, then ridge regression (clipped to [0, 1]) or
-    class-balanced logistic regression, fitted on the training rows and applied to ``texts``."""
-    # scikit-learn is imported here, not at the top: it takes seconds to import, and only a first
-    # model (gated against the baselines) needs it.
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression, Ridge
-
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=200_000)
-    features = vectorizer.fit_transform([str(t) for t in train_texts])
-    new = vectorizer.transform([str(t) for t in texts])
-    targets = np.asarray(train_targets)
-    if task == "regression":
-        return np.clip(Ridge(alpha=1.0).fit(features, targets.astype(float)).predict(new), 0.0, 1.0)
-    classes = np.unique(targets)
-    probabilities = np.zeros((len(texts), n_labels))
-    if len(classes) == 1:  # a single class in training: it is the only answer
-        probabilities[:, int(classes[0])] = 1.0
-        return probabilities
-    model = LogisticRegression(max_iter=2000, class_weight="balanced").fit(features, targets.astype(int))
-    probabilities[:, model.classes_.astype(int)] = model.predict_proba(new)
-    return probabilities
+    class-balanced logistic regression, fitted on the training rows and applied to ``texts``: the
+    same model a blended checkpoint carries (:mod:`refit.models.text_baseline`)."""
+    return TextBaseline.fit(task, train_texts, train_targets, n_labels).predict(texts)
 
 
 def baseline_predictions(

@@ -111,10 +111,13 @@ def model_card(version: str, metadata: dict, decision: dict, snapshot: dict) -> 
         "",
         "## Training",
         f"- base: {lineage.get('base_model')}; parent version: {lineage.get('parent_version') or 'none'}",
-        f"- best epoch {metadata.get('best_epoch')}, stopped early: {metadata.get('stopped_early')}; "
+        f"- best epoch {metadata.get('best_epoch')}, "
+        f"stopped early: {metadata.get('stopped_by') or metadata.get('stopped_early')}; "
         f"{training.get('samples_per_second')} samples/s on {training.get('device')}",
         f"- seed {lineage.get('seed')}; versions {lineage.get('versions')}",
-        f"- dev metrics at the best epoch: {', '.join(f'{k}={_f(v)}' for k, v in dev.items())}",
+        f"- validation-fold metrics as served: {', '.join(f'{k}={_f(v)}' for k, v in dev.items())}",
+        f"- kind: {_kind_line(metadata)}",
+        f"- recipe: {_recipe_line(metadata)}",
         "",
         "## Gate decision",
         decision_markdown(decision, version),
@@ -127,3 +130,30 @@ def model_card(version: str, metadata: dict, decision: dict, snapshot: dict) -> 
         "- Scores reflect the feedback of users who chose to leave it, not all users.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _kind_line(metadata: dict) -> str:
+    """What the checkpoint predicts with: its BERT, a blend with its TF-IDF model, or TF-IDF alone."""
+    blend = metadata.get("blend") or {}
+    kind = blend.get("kind", "bert")
+    if kind == "bert" and not blend:
+        return "bert"
+    weight = blend.get("bert_weight", 1.0)
+    where = blend.get("fitted_on", "")
+    line = f"{kind} (BERT weight {_f(weight)}, TF-IDF weight {_f(1 - weight)}, chosen on the {where})"
+    if blend.get("fold"):
+        line += "; validation fold " + ", ".join(f"{k} {_f(v)}" for k, v in blend["fold"].items())
+    return line
+
+
+def _recipe_line(metadata: dict) -> str:
+    """The training recipe's choices and their reasons (refit.training.recipe)."""
+    recipe = (metadata.get("train_config") or {}).get("recipe") or {}
+    if not recipe:
+        return "not recorded"
+    chosen = (
+        f"{recipe.get('name')}: {recipe.get('epochs')} epochs at most, patience {recipe.get('patience')}, "
+        f"lr {recipe.get('learning_rate')}, class weights {recipe.get('class_weights')}"
+    )
+    reasons = "; ".join(f"{k}: {v}" for k, v in (recipe.get("reasons") or {}).items())
+    return f"{chosen} ({reasons})" if reasons else chosen

@@ -86,6 +86,8 @@ class GateDecision:
     approval: dict = field(default_factory=dict)  # an operator's verdict, when approval is required
     dev_set: int | None = None
     dev_rows: int = 0
+    fallback: str | None = None  # a first model promoted in the challenger's place: "tfidf" or its kind
+    kind: str | None = None  # what the promoted checkpoint predicts with: bert, blend or tfidf
     confidence: float = 0.95
     resamples: int = 0
 

@@ -3,7 +3,8 @@ and int8 copy, as plain functions (no Prefect).
 
 ``tasks/training.py`` wraps :func:`train_challenger` in a task; ``refit ablate`` and the benchmarks
 call the same functions. :func:`train_in_child` runs the recipe in a child process, so that a
-training killed by the kernel (out of memory, SIGKILL) fails the run cleanly instead of the worker.
+training killed by the kernel (out of memory, SIGKILL) fails the run cleanly instead of the worker;
+with REFIT_TRAIN_PROCESSES above 1, in that many data-parallel processes under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,25 +20,30 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from refit.core.errors import RefitError
+from refit.core.errors import ConfigError, RefitError
 from refit.core.settings import Settings
 from refit.data.db import engine_for
-from refit.data.devset import dev_rows, ensure_devset
+from refit.data.devset import ensure_devset
+from refit.data.feature_types import feature_types_for
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.models.checkpoint import METADATA, read_metadata
 from refit.models.config import TrainConfig
+from refit.models.distributed import backend_for, die_with_launcher, is_main_rank, process_group
 from refit.models.ensemble import ENSEMBLE_SEED_STRIDE, build_ensemble, member_folders, same_tokenizer
 from refit.models.inference import predict_texts
 from refit.models.int8_artifact import add_int8_artifact
 from refit.models.metrics import task_metrics
 from refit.models.predict import Predictor
 from refit.models.saving import save_checkpoint
-from refit.models.train import train
+from refit.models.train import pick_device, train
 from refit.registry.versions import checkout, new_version
+from refit.training.blend import attach_text_baseline
 from refit.training.modeling import score, train_config, training_data
+from refit.training.recipe import decide, replay_fraction
 
 log = logging.getLogger("refit.training")
 
@@ -75,7 +82,11 @@ def train_seed_members(config: TrainConfig, size: int, fit: Callable[[int, Train
 
 
 def train_challenger(
-    settings: Settings, snapshot: Snapshot, champion: dict | None, logger: logging.Logger | None = None
+    settings: Settings,
+    snapshot: Snapshot,
+    champion: dict | None,
+    logger: logging.Logger | None = None,
+    version: str | None = None,
 ) -> Challenger:
     """Train a challenger on ``snapshot``: warm-started from ``champion`` when REFIT_WARM_START,
     REFIT_ENSEMBLE_SIZE seed members or previous champions, and an int8 copy when REFIT_PUBLISH_INT8.
@@ -85,6 +96,8 @@ def train_challenger(
         snapshot: the snapshot to train on.
         champion: the champion's registry row, or None before the first promotion.
         logger: where progress goes (the task passes Prefect's run logger).
+        version: the challenger's version (default: a new one). The ranks of a data-parallel run
+            (under torchrun) share the one their launcher picked; only rank 0 writes the checkpoint.
 
     Returns:
         The challenger: its version, checkpoint folder, dev metrics and training figures.
@@ -99,19 +112,26 @@ def train_challenger(
         champion_folder = checkout(settings, champion["version"])
         if champion.get("snapshot_id") is not None:
             champion_watermark = get_snapshot(engine, champion["snapshot_id"]).watermark_to
+    on_cpu = pick_device(settings.device).type == "cpu"
     data = training_data(
         rows,
         settings.task,
         settings.labels,
         settings.max_train_rows,
         settings.retention_days,
-        dev=dev_rows(engine, devset, split),
         new_after=champion_watermark,
-        replay_fraction=settings.replay_fraction,
+        replay_fraction=replay_fraction(settings, on_cpu, warm=champion_folder is not None),
         seed=settings.seed,
+        val_fraction=settings.val_fraction,
     )
-    config = train_config(settings, init_from=champion_folder)
-    version = new_version()
+    recipe = decide(
+        settings, len(data.train_texts), data.train_targets, on_cpu=on_cpu, warm=champion_folder is not None
+    )
+    logger.info("recipe %s: %s", recipe.name, json.dumps(recipe.reasons))
+    config = train_config(settings, init_from=champion_folder, recipe=recipe)
+    config = replace(config, feature_types=feature_types_for(settings, data.train_features))
+    logger.info("behaviour features: %s", json.dumps(config.feature_types) if config.feature_types else "none")
+    version = version or new_version()
     folder = Path(settings.work_dir) / "checkpoints" / version
     lineage = {
         "version": version,
@@ -144,6 +164,8 @@ def train_challenger(
         return _train_and_save(settings, member_config, data, test, target, lineage, logger)
 
     results = train_seed_members(config, runs, fit)
+    if not is_main_rank():  # the other ranks of a data-parallel run only help train: rank 0 writes
+        return _other_rank_challenger(version, folder, results, len(data.train_texts))
     if ensemble and settings.ensemble_source == "champions":
         members += previous_champion_folders(settings, engine, settings.ensemble_size - 1, like=members[0])
     result = results[0]
@@ -153,6 +175,18 @@ def train_challenger(
         logger.info("ensemble of %d models: dev %s", len(members), dev_metrics)
     elif members[0] != folder:
         shutil.move(str(members[0]), folder)  # no previous champion to join: a single model
+    if recipe.blend:
+        n_labels = 1 if settings.task == "regression" else len(settings.labels)
+        dev_metrics = attach_text_baseline(folder, data, settings.task, n_labels, config.metric)
+        blend = read_metadata(folder)["blend"]
+        logger.info(
+            "blend with TF-IDF: BERT weight %.2f (%s), on the validation fold %s",
+            blend["bert_weight"],
+            blend["kind"],
+            json.dumps(blend["fold"]),
+        )
+        if len(test):
+            _rescore_test(folder, test, settings)
     if settings.publish_int8:
         record = add_int8_artifact(
             folder, data.dev_texts, data.dev_targets, data.dev_features, settings.serve_quantize_tolerance
@@ -185,6 +219,8 @@ def _train_and_save(settings: Settings, config, data, test, folder: Path, lineag
         result.best_epoch,
         result.init,
     )
+    if not is_main_rank():  # under torchrun every rank holds the same model; rank 0 writes it
+        return result
     extra_metrics = {}
     if len(test):
         texts, features = test["text"].tolist(), features_frame(test)
@@ -192,6 +228,14 @@ def _train_and_save(settings: Settings, config, data, test, folder: Path, lineag
         extra_metrics["test"] = score(prediction, test, settings.task, settings.labels)
     save_checkpoint(result, folder, lineage=lineage, extra_metrics=extra_metrics)
     return result
+
+
+def _rescore_test(folder: Path, test, settings: Settings) -> None:
+    """Score the checkpoint as it will be served (blended) on the snapshot's test rows."""
+    prediction = Predictor(folder, verify=False).predict(test["text"].tolist(), features_frame(test))
+    meta = read_metadata(folder)
+    meta.setdefault("metrics", {})["test"] = score(prediction, test, settings.task, settings.labels)
+    (folder / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
 
 
 def _build_ensemble(settings: Settings, members: list[Path], folder: Path, lineage: dict, data, test) -> dict:
@@ -257,25 +301,50 @@ def _settings_file(settings: Settings, folder: Path) -> Path:
     return Path(path)
 
 
+# The champion argument of a child when there is none yet (a version name is never this).
+NO_CHAMPION = "none"
+
+# The reason recorded on the first dev set (as train_challenger records it when none exists).
+FIRST_DEVSET_REASON = "initial: first training"
+
+# torchrun's failure report: one "exitcode : N (pid: ...)" per failed rank, negative for a signal.
+_RANK_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:")
+
+
 def train_in_child(
     settings: Settings, snapshot: Snapshot, champion: dict | None, logger: logging.Logger | None = None
 ) -> Challenger:
-    """:func:`train_challenger` in a child process (``python -m refit.training.challenger``).
+    """:func:`train_challenger` in a child process (``python -m refit.training.challenger``), or, with
+    REFIT_TRAIN_PROCESSES=N above 1, in N data-parallel processes under ``torchrun`` (one per GPU;
+    gloo on the CPU), each training the same model on its share of every batch.
 
-    The child reports its progress in a status file beside its settings (``training`` once it
-    trains), and its challenger as the last line of its output.
+    The parent picks the challenger's version, so that every rank trains under the same one, and
+    before a data-parallel run creates what its ranks would otherwise race to create: the first dev
+    set, the champion's local copy. The child reports its progress in a status file beside its
+    settings (``training`` once it trains), and its challenger as the last line of its output
+    (rank 0's under torchrun; the other ranks write nothing).
 
     Raises:
-        TrainingKilled: the child died from a signal.
+        ConfigError: REFIT_TRAIN_PROCESSES asks for what this worker or these settings cannot do.
+        TrainingKilled: the child, or one of its ranks, died from a signal.
         RefitError: the child failed otherwise.
     """
     logger = logger or log
+    processes = settings.train_processes
+    if processes > 1:
+        _check_data_parallel(settings)
+        _prepare_shared_inputs(settings, snapshot, champion)
+    version = new_version()
     folder = Path(settings.work_dir) / "training-process"
     path = _settings_file(settings, folder)
     status = path.with_suffix(".status")
+    arguments = [str(path), str(snapshot.id), version, champion["version"] if champion else NO_CHAMPION, str(status)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     started = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-m", CHILD_MODULE, str(path), str(snapshot.id), str(status)],
+        [*(launcher if processes > 1 else [sys.executable]), "-m", CHILD_MODULE, *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -284,39 +353,130 @@ def train_in_child(
         out, err = child.communicate()
     finally:
         if child.poll() is None:  # the task's timeout interrupted the wait: the child goes too
-            child.kill()
+            child.kill()  # and a torchrun launcher's ranks with it (die_with_launcher)
             child.wait()
         path.unlink(missing_ok=True)
         status.unlink(missing_ok=True)
-    if child.returncode < 0:
-        name = signal.Signals(-child.returncode).name
+    killed = signal.Signals(-child.returncode).name if child.returncode < 0 else None
+    if processes > 1 and killed is None and child.returncode != 0:
+        killed = _rank_signal(err)
+    if killed:
         raise TrainingKilled(
-            f"the training process was killed ({name}) {time.monotonic() - started:.0f} s after it started"
+            f"the training process was killed ({killed}) {time.monotonic() - started:.0f} s after it started"
         )
     lines = out.strip().splitlines()
     if child.returncode != 0 or not lines:
-        last = (err.strip().splitlines() or ["no output"])[-1]
+        last = _failure_line(err) if processes > 1 else (err.strip().splitlines() or ["no output"])[-1]
         raise RefitError(f"the training process exited with status {child.returncode}: {last}")
     data = json.loads(lines[-1])
     challenger = Challenger(**{**data, "folder": Path(data["folder"])})
-    logger.info("trained %s in a child process", challenger.version)
+    if processes > 1:
+        logger.info("trained %s in %d processes (DDP, %s)", challenger.version, processes, backend_for(settings.device))
+    else:
+        logger.info("trained %s in a child process", challenger.version)
     return challenger
 
 
-def _child_main(settings_path: str, snapshot_id: str, status_path: str) -> None:
+def _check_data_parallel(settings: Settings) -> None:
+    """Refuse, before anything starts, a data-parallel run that could not train."""
+    import torch
+
+    n = settings.train_processes
+    if settings.adversarial != "none" or settings.prune_heads:
+        raise ConfigError(
+            f"REFIT_TRAIN_PROCESSES={n}: adversarial training (REFIT_ADVERSARIAL) and head pruning"
+            " (REFIT_PRUNE_HEADS) train in one process"
+        )
+    if backend_for(settings.device) == "nccl" and n > torch.cuda.device_count():
+        raise ConfigError(
+            f"REFIT_TRAIN_PROCESSES={n}, but this worker has {torch.cuda.device_count()} GPU(s): one process per GPU"
+        )
+
+
+def _prepare_shared_inputs(settings: Settings, snapshot: Snapshot, champion: dict | None) -> None:
+    """Create, once, what every rank of a data-parallel run reads: the first dev set (two ranks
+    would record two), and the warm start's local copy of the champion (two would download it
+    into the same folder). The ranks then find both and only read them."""
+    engine = engine_for(settings)
+    ensure_devset(engine, SplitConfig.from_settings(settings), snapshot.watermark_to, FIRST_DEVSET_REASON)
+    if champion is not None and settings.warm_start:
+        checkout(settings, champion["version"])
+
+
+def _rank_signal(err: str) -> str | None:
+    """The signal a rank died from (the kernel's SIGKILL first), read from torchrun's failure report;
+    None when every failed rank exited on its own. A SIGTERM beside an ordinary failure is torchrun
+    stopping the other ranks, not a kill."""
+    report = err[err.rfind("Failures:") :] if "Failures:" in err else ""
+    codes = [int(code) for code in _RANK_EXITCODE.findall(report)]
+    deaths = [-code for code in codes if code < 0]
+    if not deaths or (set(deaths) == {signal.SIGTERM} and any(code > 0 for code in codes)):
+        return None
+    number = next((n for n in deaths if n != signal.SIGTERM), deaths[0])
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _failure_line(err: str) -> str:
+    """The line that says why a torchrun training failed: the last exception a rank printed (without
+    torch's ``[rankN]:`` prefix), rather than the last line of torchrun's own report."""
+    lines = [_RANK_PREFIX.sub("", line).strip() for line in err.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION_LINE.match(line) and "ChildFailedError" not in line]
+    return (errors or lines or ["no output"])[-1]
+
+
+def _other_rank_challenger(version: str, folder: Path, results: list, train_rows: int) -> Challenger:
+    """What a rank other than 0 of a data-parallel run knows after training: rank 0 writes and reports."""
+    result = results[0]
+    return Challenger(
+        version=version,
+        folder=folder,
+        dev_metrics=result.dev_metrics,
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        train_rows=train_rows,
+        samples_per_second=result.samples_per_second,
+        train_seconds=round(sum(r.train_seconds for r in results), 2),
+    )
+
+
+def _child_main(settings_path: str, snapshot_id: str, version: str, champion_version: str, status_path: str) -> None:
+    """The child: train the challenger ``version`` on the snapshot, from the champion the parent saw.
+
+    Under torchrun it is one rank of the process group: every rank reads the same rows and settings
+    and trains the same model; rank 0 alone reports progress, writes the checkpoint and prints the
+    challenger.
+    """
+    import torch.distributed as dist
+
     from refit.core.settings import load_settings
-    from refit.registry.table import champion
+    from refit.registry.table import get_version
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     settings = load_settings(**json.loads(Path(settings_path).read_text()))
-    engine = engine_for(settings)
-    snapshot = get_snapshot(engine, int(snapshot_id))
-    Path(status_path).write_text("training")
-    challenger = train_challenger(settings, snapshot, champion(engine))
-    print(json.dumps({**challenger.__dict__, "folder": str(challenger.folder)}), flush=True)
+    launched = dist.is_torchelastic_launched()
+    if launched:
+        die_with_launcher()
+    with process_group(settings.device) if launched else nullcontext():
+        engine = engine_for(settings)
+        snapshot = get_snapshot(engine, int(snapshot_id))
+        champion = None
+        if champion_version != NO_CHAMPION:  # the row the parent's task was given, on every rank
+            champion = {k: v for k, v in get_version(engine, champion_version).items() if k != "log"}
+        main = is_main_rank()
+        if main:
+            Path(status_path).write_text("training")
+        challenger = train_challenger(settings, snapshot, champion, version=version)
+        if main:
+            print(json.dumps({**challenger.__dict__, "folder": str(challenger.folder)}), flush=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit(f"usage: python -m {CHILD_MODULE} SETTINGS_JSON SNAPSHOT_ID STATUS_FILE")
+    if len(sys.argv) != 6:
+        sys.exit(
+            f"usage: python -m {CHILD_MODULE} SETTINGS_JSON SNAPSHOT_ID VERSION CHAMPION_VERSION|{NO_CHAMPION}"
+            " STATUS_FILE"
+        )
     _child_main(*sys.argv[1:])

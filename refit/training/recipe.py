@@ -1,0 +1,128 @@
+"""The training recipe: what ``REFIT_RECIPE=auto`` decides from the data, and why.
+
+A plain function of the settings and the training rows. Every choice a user pinned by hand
+(``REFIT_EPOCHS``, ``REFIT_PATIENCE``, ``REFIT_LEARNING_RATE``, ``REFIT_CLASS_WEIGHTS``) is kept
+as given; the others follow the data:
+
+- **Steps, not epochs.** A run aims at about ``TARGET_STEPS`` optimizer steps, so 300 reviews get
+  many short epochs and 30,000 get few long ones; between ``MIN_EPOCHS`` and ``MAX_EPOCHS``.
+  Early stopping watches the validation fold with a patience of ``PATIENCE`` epochs, so it can
+  actually stop, and the best epoch's weights are kept.
+- **Class imbalance**: balanced class weights in classification, since the gate and early
+  stopping judge macro-F1.
+- **A learning rate per strategy**: a full fine-tune and a partial freeze move the whole encoder
+  (5e-5); LoRA trains small adapters from zero (5e-4); a frozen encoder trains the head alone (1e-3).
+- **A bounded retrain on CPU**: a warm-started retrain trains on the rows new since the champion
+  plus as many older ones replayed (``REFIT_REPLAY_FRACTION`` unset → 1.0), not on the whole
+  history every time.
+
+``REFIT_RECIPE=manual`` gives the fixed defaults of earlier releases (3 epochs, patience 1, 5e-5,
+no class weights). The recipe is saved in the checkpoint and printed on the model card.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from refit.core.settings import Settings
+
+TARGET_STEPS = 150
+MIN_EPOCHS, MAX_EPOCHS = 3, 12
+PATIENCE = 2
+LEARNING_RATES = {"full": 5e-5, "freeze": 5e-5, "freeze_all": 1e-3, "lora": 5e-4}
+MANUAL = {"epochs": 3, "patience": 1, "learning_rate": 5e-5, "class_weights": "none"}
+CPU_REPLAY_FRACTION = 1.0
+
+
+def replay_fraction(settings: Settings, on_cpu: bool, warm: bool) -> float | None:
+    """The replay share of a warm-started retrain: REFIT_REPLAY_FRACTION, or under the auto recipe
+    on a CPU ``CPU_REPLAY_FRACTION``; None trains on the whole history."""
+    if settings.replay_fraction is not None:
+        return settings.replay_fraction
+    return CPU_REPLAY_FRACTION if settings.recipe == "auto" and on_cpu and warm else None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The choices of one run and the reason for each (what the checkpoint records)."""
+
+    name: str
+    epochs: int
+    patience: int
+    learning_rate: float
+    class_weights: str
+    replay_fraction: float | None
+    budget_seconds: float | None
+    blend: bool
+    reasons: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(
+    settings: Settings,
+    n_train: int,
+    train_targets: np.ndarray | None = None,
+    n_encoder_layers: int | None = None,
+    on_cpu: bool = True,
+    warm: bool = False,
+) -> Recipe:
+    """The recipe for ``n_train`` training rows (after the validation fold is held out).
+
+    Args:
+        settings: refit's settings; a choice set there (not None) is kept as pinned.
+        n_train: training rows the model steps through.
+        train_targets: the label indices, for the reasons (class balance).
+        n_encoder_layers: the base model's layer count (a freeze of all of them trains the head only).
+        on_cpu: training runs on a CPU (the retrain window is bounded).
+        warm: the run warm-starts from the champion.
+    """
+    reasons: dict[str, str] = {}
+    auto = settings.recipe == "auto"
+
+    def pick(name: str, automatic, why: str):
+        pinned = getattr(settings, name)
+        if pinned is not None:
+            reasons[name] = "pinned"
+            return pinned
+        if not auto:
+            reasons[name] = "manual recipe default"
+            return MANUAL[name]
+        reasons[name] = why
+        return automatic
+
+    steps_per_epoch = max(1, math.ceil(math.ceil(n_train / settings.batch_size) / settings.grad_accum_steps))
+    wanted = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+    epochs = pick("epochs", wanted, f"about {TARGET_STEPS} steps at {steps_per_epoch} steps per epoch ({n_train} rows)")
+    patience = pick("patience", PATIENCE, f"stop after {PATIENCE} epochs without a better validation score")
+    strategy = settings.fine_tune
+    if strategy == "freeze" and n_encoder_layers is not None and settings.freeze_layers >= n_encoder_layers:
+        strategy = "freeze_all"
+    learning_rate = pick("learning_rate", LEARNING_RATES[strategy], f"the rate for strategy {strategy}")
+    if settings.task == "classification":
+        balance = ""
+        if train_targets is not None and len(train_targets):
+            counts = np.bincount(np.asarray(train_targets, dtype=int), minlength=len(settings.labels))
+            balance = " (class shares " + ", ".join(f"{c / counts.sum():.0%}" for c in counts) + ")"
+        class_weights = pick("class_weights", "balanced", "the gate and early stopping judge macro-F1" + balance)
+    else:
+        class_weights = settings.class_weights or "none"
+    replay = replay_fraction(settings, on_cpu, warm)
+    if replay is not None and settings.replay_fraction is None:
+        reasons["replay_fraction"] = "a CPU retrain trains on the new rows plus as many older ones"
+    budget = settings.train_budget_minutes * 60 if settings.train_budget_minutes else None
+    return Recipe(
+        name=settings.recipe,
+        epochs=int(epochs),
+        patience=int(patience),
+        learning_rate=float(learning_rate),
+        class_weights=class_weights,
+        replay_fraction=replay,
+        budget_seconds=budget,
+        blend=settings.blend_text_baseline,
+        reasons=reasons,
+    )
