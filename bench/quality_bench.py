@@ -2,7 +2,8 @@
 
     python bench/quality_bench.py --json /tmp/quality.json
     python bench/quality_bench.py --sizes 300 --tasks classification --skip-plain   # one quick cell
-    python bench/quality_bench.py --skip-refit --json /tmp/quality_plain.json      # baselines only
+    python bench/quality_bench.py --skip-refit --json /tmp/quality_plain.json      # no refit loop
+    python bench/quality_bench.py --skip-plain --skip-refit                        # baselines, seconds
 
 Data: ``../shared/data/yelp_reviews.csv`` (1,499 real Yelp reviews, sorted by time; see
 ``../shared/data/README.md``). Split in time: the first 70% (1,049 rows) is the training pool, the
@@ -34,7 +35,9 @@ Models, per size and task:
   ``REFIT_RATING_MAX=5`` set (and the classification file carries a ``label`` column derived from
   the stars). refit makes its own train/dev/test split of the ingested rows, as it would for a
   user; the score here is on the bench's later 30%, which refit never saw. ``seconds`` is the
-  wall time of ``refit run`` (Prefect start included); the table also names the run's outcome.
+  wall time of ``refit run`` (Prefect start included); the note names the run's outcome, the
+  champion's kind when the run reports one (``gate.kind``: bert, tfidf, blend...), why training
+  stopped, and how many dev rows the gate judged on.
 
 ``--synthetic-rows N`` (default 800, 0 to skip) repeats majority/mean, TF-IDF and refit on the
 demo's synthetic feedback at a small size: N/2 rows of the first regime, then N/2 of the shifted
@@ -335,6 +338,10 @@ def refit_loop(task: str, train, test, model: str | None) -> dict:
                     "champion": summary.get("champion"),
                     "gate_against": gate.get("against"),
                     "gate_reason": gate.get("reason"),
+                    "gate_dev_rows": gate.get("dev_rows"),
+                    "train_seconds": summary.get("train_seconds"),
+                    "train_samples": summary.get("train_samples"),
+                    "stopped_by": summary.get("stopped_by"),
                     "kinds": _find(summary, "kind"),
                     "summary": summary,
                 }
@@ -397,9 +404,16 @@ def table(results: dict) -> list[str]:
                     rows.append(("plain best (oracle epoch)", best, f"lr {best['lr']}, epoch {best['epoch']}"))
                 if "refit" in models:
                     refit = models["refit"]
-                    note = refit.get("error") or f"{refit.get('outcome')}; {refit.get('gate_reason') or ''}"
-                    if refit.get("kinds"):
-                        note += f"; {refit['kinds']}"
+                    note = refit.get("error") or "; ".join(
+                        part
+                        for part in (
+                            str(refit.get("outcome")),
+                            ", ".join(f"{k} {v}" for k, v in (refit.get("kinds") or {}).items()),
+                            refit.get("stopped_by") and f"stopped by {refit['stopped_by']}",
+                            refit.get("gate_dev_rows") and f"gate on {refit['gate_dev_rows']} dev rows",
+                        )
+                        if part
+                    )
                     rows.append(("refit", {**refit, "seconds": refit.get("run_seconds")}, note))
                 for name, values, note in rows:
                     seconds = values.get("seconds", values.get("train_seconds"))

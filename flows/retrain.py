@@ -96,6 +96,7 @@ def retrain(
         gate=decision.as_dict(),
         dev_metrics=challenger.dev_metrics,
         train_seconds=challenger.train_seconds,
+        stopped_by=challenger.stopped_by,
         train_samples=challenger.train_rows * challenger.epochs_run,
         champion=published.version if outcome == "promoted" else champion and champion["version"],
     )
@@ -124,6 +125,8 @@ def describe_run(summary: dict) -> str:
             lines.append(f"model kind: {gate['kind']}")
     if summary.get("version"):
         lines.append(f"challenger: {summary['version']} at {summary['uri']}")
+    if summary.get("stopped_by") == "budget":
+        lines.append("training stopped at REFIT_TRAIN_BUDGET_MINUTES, with the best weights so far")
     if summary.get("champion"):
         lines.append(f"champion: {summary['champion']}")
     return "\n".join(lines)

@@ -77,7 +77,7 @@ def record(
                 published,
                 snapshot_id=snapshot.id,
                 task=settings.task,
-                metrics={"dev": challenger.dev_metrics, "gate": decision.metrics},
+                metrics={"dev": challenger.dev_metrics, "gate": decision.metrics, "kind": decision.kind},
                 decision=decision,
                 champion_version=champion["version"] if champion else None,
                 config_hash=config_hash(challenger.folder),

@@ -157,3 +157,51 @@ GATE = {
     "dev_rows": 240,
     "confidence": 0.95,
 }
+
+
+# --- the Postgres source (issue 16) ------------------------------------------------------------
+SOURCE_TABLE = """
+CREATE TABLE app_reviews (
+    id           BIGSERIAL PRIMARY KEY,
+    review_body  TEXT,
+    stars        INTEGER,
+    user_ref     TEXT,
+    sessions     INTEGER,
+    created      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX app_reviews_updated_idx ON app_reviews (updated_at, id);
+"""
+# The source's column names for refit's columns, as REFIT_COLUMN_MAP says it.
+SOURCE_MAP = "feedback_id=id,text=review_body,rating=stars,user_id=user_ref,created_at=created"
+
+
+@contextmanager
+def source_database(pg_admin) -> Iterator[dict]:
+    """A team's database with its ``app_reviews`` table, read through a read-only role of its own.
+
+    Yields:
+        ``owner`` (an engine that writes), ``url`` (the read-only role's URL) and ``name``.
+    """
+    import uuid
+
+    from refit.data.db import get_engine
+
+    name = f"refit_source_{uuid.uuid4().hex[:8]}"
+    reader = f"reader_{uuid.uuid4().hex[:8]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f"CREATE ROLE {reader} LOGIN"))
+    owner_url = pg_admin.url.set(database=name).render_as_string(hide_password=False)
+    owner = get_engine(owner_url)
+    with owner.begin() as conn:
+        conn.exec_driver_sql(SOURCE_TABLE)
+        conn.execute(text(f"GRANT SELECT ON app_reviews TO {reader}"))
+    url = pg_admin.url.set(database=name, username=reader).render_as_string(hide_password=False)
+    try:
+        yield {"owner": owner, "url": url, "name": name, "owner_url": owner_url}
+    finally:
+        owner.dispose()
+        with pg_admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f"DROP ROLE IF EXISTS {reader}"))

@@ -1,8 +1,8 @@
 """The ``refit`` command line.
 
 Every command has ``--json`` and exits non-zero with a one-line reason on failure; ``--debug``
-shows the full traceback instead. The commands live in ``data`` (schema, ingest, quarantine, dev
-set, forget), ``models`` (the loop, drift, registry, serving) and ``ops`` (demo, stack, ablation,
+shows the full traceback instead. The commands live in ``data`` (schema, ingest, sync, quarantine,
+dev set, forget), ``models`` (the loop, drift, registry, serving) and ``ops`` (demo, stack, ablation,
 backtests); this module builds the app from them and holds the entry point, ``main``.
 
 The CLI is the top layer and imports the library inside each command function, not at the top of
@@ -41,6 +41,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
 # In the order `refit --help` lists them, the command groups last.
 for _command in (
     data.ingest,
+    data.sync,
     data.quarantine,
     data.forget,
     models.run,

@@ -1,4 +1,4 @@
-"""Commands on the data: the schema, ingest, quarantine, the dev set, forgetting a user."""
+"""Commands on the data: the schema, ingest, sync, quarantine, the dev set, forgetting a user."""
 
 from __future__ import annotations
 
@@ -71,6 +71,46 @@ def ingest(
         as_json,
         f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} accepted, {summary.duplicates} "
         f"duplicate, {summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s",
+    )
+
+
+def sync(
+    reconcile: Annotated[
+        bool | None,
+        typer.Option(
+            "--reconcile/--no-reconcile",
+            help="Also compare every source key to forget rows deleted there (default: every"
+            " REFIT_SOURCE_RECONCILE_HOURS).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pull the feedback new or edited in your Postgres table, once.
+
+    The source is REFIT_SOURCE_URL with REFIT_SOURCE_TABLE or REFIT_SOURCE_QUERY, its columns
+    mapped by REFIT_COLUMN_MAP as for files. Rows go through the same validation, PII redaction
+    and quarantine as a file; the cursor moves with each committed batch.
+    """
+    from refit.data.source import SourceSpec, sync_source
+    from refit.data.validate import IngestRules
+
+    settings = current_settings()
+    settings.require_source()
+    engine = migrated_engine(settings)
+    rules = IngestRules.from_settings(settings)
+    summary = sync_source(
+        engine, SourceSpec.from_settings(settings, rules), rules, batch_rows=settings.ingest_batch_rows,
+        reconcile=reconcile,
+    )  # fmt: skip
+    data = summary.as_dict()
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.reasons.items())) or "none"
+    deleted = f", {summary.deleted} deleted at the source" if summary.reconciled else ""
+    emit(
+        data,
+        as_json,
+        f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} new or edited ({summary.edited} edits),"
+        f" {summary.duplicates} unchanged, {summary.quarantined} quarantined ({reasons}){deleted};"
+        f" cursor {summary.cursor} ({data['rows_per_second']:.0f} rows/s)",
     )
 
 

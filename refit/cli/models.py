@@ -69,6 +69,7 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     rows = list_versions(migrated_engine(current_settings()))
     lines = [
         f"{'*' if r['is_champion'] else ' '} {r['version']}  {r['status']:<10} {r['created_at']:%Y-%m-%d %H:%M}  "
+        + (f"{r['metrics']['kind']:<6} " if r["metrics"].get("kind") else "")
         + ", ".join(f"{k}={v:.4f}" for k, v in (r["metrics"].get("dev") or {}).items() if v is not None)
         for r in rows
     ]

@@ -52,9 +52,12 @@ def up(
 
     settings = current_settings()
     if settings.database_url:
-        from refit.data.db import upgrade
+        from refit.data.db import check_connection, engine_for, upgrade
 
-        upgrade(migrated_engine(settings))
+        # Not migrated_engine(): it refuses a database without the schema, which `up` creates.
+        engine = engine_for(settings)
+        check_connection(engine)
+        upgrade(engine)
     root = Path.cwd()  # the workers run here, with this folder's .env
     echo = (lambda _line: None) if as_json else typer.echo
     stack = start(root, state_dir, host=host, port=port, settings=settings, echo=echo)

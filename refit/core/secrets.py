@@ -1,9 +1,9 @@
 """Credentials kept in Prefect Secret blocks instead of environment variables.
 
-A credential setting (``REFIT_DATABASE_URL``, ``REFIT_SLACK_WEBHOOK_URL``, ``REFIT_SERVE_TOKEN``,
-``REFIT_WEBHOOK_URL``, ``REFIT_WEBHOOK_TOKEN``) may hold ``prefect-secret://BLOCK-NAME`` instead of
-the value; the settings load the value from that Secret block on the Prefect API
-(``PREFECT_API_URL``) when they are read, so the credential never sits in a deployment's
+A credential setting (``REFIT_DATABASE_URL``, ``REFIT_SOURCE_URL``, ``REFIT_SLACK_WEBHOOK_URL``,
+``REFIT_SERVE_TOKEN``, ``REFIT_WEBHOOK_URL``, ``REFIT_WEBHOOK_TOKEN``) may hold
+``prefect-secret://BLOCK-NAME`` instead of the value; the settings load the value from that
+Secret block on the Prefect API (``PREFECT_API_URL``) when they are read, so the credential never sits in a deployment's
 environment or YAML. Create one with ``prefect block create secret`` or in Python::
 
     from prefect.blocks.system import Secret
@@ -95,10 +95,9 @@ def mask_settings(settings) -> None:
         value = getattr(settings, name, None)
         return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
-    password = None
-    if settings.database_url:
-        from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url
 
-        password = make_url(settings.database_url).password
+    urls = (settings.database_url, getattr(settings, "source_url", None))
+    passwords = [make_url(url).password for url in urls if url]
     names = ("slack_webhook_url", "webhook_url", "serve_token", "webhook_token")
-    mask_in_logs(password, *(secret(n) for n in names))
+    mask_in_logs(*passwords, *(secret(n) for n in names))

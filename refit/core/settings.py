@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     pii_mode: Literal["off", "redact", "drop"] = Field(
         default="redact", description="Emails, phones, card numbers, URLs: replaced, rows dropped, or kept."
     )
+    pii_handles: bool = Field(default=True, description="Social @handles are personal data too: [HANDLE].")
     feature_types: Annotated[dict[str, Literal["numeric", "categorical"]], NoDecode] = Field(
         default_factory=dict,
         description="name:numeric|categorical,...; when set, only these columns are features, type-checked.",
@@ -139,9 +140,47 @@ class Settings(BaseSettings):
         default_factory=dict, description="refit column=file column,... e.g. text=review_body,created_at=ts"
     )
 
+    # --- the Postgres source (issue 16): `refit sync` and the sync deployment -----------------
+    source_url: str | None = Field(
+        default=None, description="Postgres URL of the team's database that feedback is pulled from (read-only)."
+    )
+    source_table: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$",
+        description="The table or view to pull (schema.name or name).",
+    )
+    source_query: str | None = Field(
+        default=None, description="Instead of a table: a SELECT; it must select the base table's xmin AS _xmin."
+    )
+    source_cursor: str | None = Field(
+        default=None,
+        description="The source column the sync follows: a monotonic id, or updated_at (ties broken by the key);"
+        " default: the key (the column mapped to feedback_id).",
+    )
+    source_reconcile_hours: float = Field(
+        default=24, ge=0, description="How often a sync also compares every source key to find deletes (0: each sync)."
+    )
+    source_timeout_s: int = Field(default=600, ge=1, description="Statement timeout of each sync's source queries.")
+
+    @field_validator("source_query")
+    @classmethod
+    def _source_query_is_a_select(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip(";").strip()
+        if value.split(None, 1)[0].lower() not in ("select", "with"):
+            raise ValueError("must be a SELECT (or WITH ... SELECT) query")
+        return value
+
     # --- splits -----------------------------------------------------------------------------
     dev_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
+    test_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        lt=0.5,
+        description="Share held out for the checkpoint's test metrics only (reporting); each row there is not"
+        " trained on.",
+    )
 
     # --- drift (issue 4) ----------------------------------------------------------------------
     # The drift decision policy; README "Drift policy" explains each one.
@@ -362,6 +401,7 @@ class Settings(BaseSettings):
     # --- security (issue 9): a credential may name a Prefect Secret block instead (refit/secrets.py)
     @field_validator(
         "database_url",
+        "source_url",
         "slack_webhook_url",
         "serve_token",
         "webhook_url",
@@ -375,7 +415,7 @@ class Settings(BaseSettings):
 
         return resolve(value)
 
-    @field_validator("database_url")
+    @field_validator("database_url", "source_url")
     @classmethod
     def _psycopg2_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -420,7 +460,18 @@ class Settings(BaseSettings):
             raise ValueError("REFIT_PRUNE_HEADS does not combine with REFIT_FINE_TUNE=lora")
         if self.prune_heads and self.epochs is not None and self.epochs < 2:
             raise ValueError("REFIT_PRUNE_HEADS needs REFIT_EPOCHS >= 2: heads go after epoch 1, then it fine-tunes")
+        # --- the Postgres source (issue 16)
+        if self.source_table and self.source_query:
+            raise ValueError("set REFIT_SOURCE_TABLE or REFIT_SOURCE_QUERY, not both")
         return self
+
+    def require_source(self) -> str:
+        """The source URL, or a clear error naming what to set (issue 16)."""
+        if not self.source_url:
+            raise ConfigError("REFIT_SOURCE_URL is not set: the Postgres database that feedback is pulled from")
+        if not (self.source_table or self.source_query):
+            raise ConfigError("set REFIT_SOURCE_TABLE (a table or view) or REFIT_SOURCE_QUERY (a SELECT)")
+        return self.source_url
 
     def require_database(self) -> str:
         """The database URL, or a clear error naming the setting."""
@@ -463,10 +514,11 @@ class Settings(BaseSettings):
         """The settings as a dict that is safe to print or store: no credentials."""
         data = self.model_dump(mode="json")
         data["slack_webhook_url"] = "set" if self.slack_webhook_url else None
-        if self.database_url:
-            from sqlalchemy.engine import make_url
+        from sqlalchemy.engine import make_url
 
-            data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        for name in ("database_url", "source_url"):
+            if getattr(self, name):
+                data[name] = make_url(getattr(self, name)).render_as_string(hide_password=True)
         return data
 
 

@@ -93,7 +93,7 @@ def ingest(
             first = batch.rejections[0]
             raise InputError(f"{name}: not a readable {fmt} file: no row parses (row {first.line_no}: {first.detail})")
         if not checked_columns and len(batch.frame.columns):
-            _require_columns(name, set(batch.frame.columns), rules)
+            require_columns(name, set(batch.frame.columns), rules)
             checked_columns = True
         valid, rejections = validate_batch(batch, rules, now, kinds, vector_dims)
         unparsed = [replace(r, raw=safe_raw(r.raw, rules)) for r in batch.rejections]
@@ -128,7 +128,9 @@ def ingest(
     return summary
 
 
-def _require_columns(name: str, columns: set[str], rules: IngestRules) -> None:
+def require_columns(name: str, columns: set[str], rules: IngestRules) -> None:
+    """Refuse, in one line, columns that cannot make feedback: a ``--map`` (or
+    ``REFIT_COLUMN_MAP``) entry naming a missing column, no text or created_at, no target."""
     mapping = dict(rules.column_map)
     for target, src in mapping.items():
         if src not in columns:

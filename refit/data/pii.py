@@ -1,9 +1,11 @@
 """PII redaction of feedback text before it is stored for training.
 
-Emails, phone numbers, card-like numbers and URLs become typed placeholders (``[EMAIL]``,
-``[PHONE]``, ``[CARD]``, ``[URL]``). Numbers that only look like phones (dates, prices, order
-numbers, years, versions) are left alone. A cheap pre-filter skips texts that cannot hold any of
-these, which is most reviews, so redaction costs little on realistic feedback.
+Emails, phone numbers, card-like numbers, URLs (any case, ``www.`` hosts included) and social
+``@handles`` become typed placeholders (``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[URL]``,
+``[HANDLE]``; handles can be kept with ``REFIT_PII_HANDLES=false``). Numbers that only look like
+phones (dates, prices, order numbers, years, versions) are left alone. A cheap pre-filter skips
+texts that cannot hold any of these, which is most reviews, so redaction costs little on realistic
+feedback.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from collections.abc import Iterable
 
 MODES = ("off", "redact", "drop")
 
-_URL = r"(?:https?://|www\.)[^\s<>\"')\]]+[^\s<>\"')\].,;:!?]"
+_URL = r"(?i:https?://|www\.)[^\s<>\"')\]]+[^\s<>\"')\].,;:!?]"
 _EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+# A social handle: @ after a space or punctuation (not inside a word or an email), then 2-30 of
+# letters, digits, _ or inner dots ("@jane_doe", "@shop.official"); "@ 5pm" and "a@b" are not.
+_HANDLE = r"(?<![\w@./])@[A-Za-z0-9_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])(?![\w@])"
 # 13-19 digits in groups separated by single spaces or dashes; confirmed by the Luhn check.
 _CARD = r"(?<![\w.,])\d(?:[ -]?\d){12,18}(?![\w.,]|-\d)"
 # A phone: an optional +country code, then digit groups with separators; checked by _is_phone.
 _PATTERN = re.compile(
-    rf"(?P<url>{_URL})|(?P<email>{_EMAIL})|(?P<card>{_CARD})|(?P<phone>(?:\+\d{{1,3}}[\s.-]?)?(?:\(\d{{1,4}}\)[\s.-]?)?"
+    rf"(?P<url>{_URL})|(?P<email>{_EMAIL})|(?P<handle>{_HANDLE})|(?P<card>{_CARD})|(?P<phone>(?:\+\d{{1,3}}[\s.-]?)?(?:\(\d{{1,4}}\)[\s.-]?)?"
     rf"\d{{1,5}}(?:[\s.-]\d{{1,8}}){{1,5}}|\+\d{{7,14}}|\(\d{{3}}\)\d{{3}}-?\d{{4}}|\d{{10,11}})"
 )
 _DIGITS = "0123456789"
@@ -58,9 +63,11 @@ def _is_phone(candidate: str, before: str, after: str) -> bool:
     return not all(len(g) == 1 for g in groups)
 
 
-def _replace(match: re.Match, text: str) -> str:
+def _replace(match: re.Match, text: str, handles: bool = True) -> str:
     kind = match.lastgroup
     value = match.group(0)
+    if kind == "handle":
+        return "[HANDLE]" if handles else value
     if kind == "url":
         return "[URL]"
     if kind == "email":
@@ -79,15 +86,21 @@ def _replace(match: re.Match, text: str) -> str:
 
 def _may_hold_pii(text: str) -> bool:
     # str methods run in C at memory speed; a regex scan costs ~20x more on a 400-char review.
-    # Phones and cards need at least 7 digits, emails an @, URLs a scheme or www.
-    return "@" in text or "http" in text or "www." in text or sum(map(text.count, _DIGITS)) >= 7
+    # Phones and cards need at least 7 digits, emails and handles an @, URLs a scheme or www.
+    # (in any case: lower() is C speed too).
+    return "@" in text or "://" in text or "www." in text.lower() or sum(map(text.count, _DIGITS)) >= 7
 
 
-def redact(text: str) -> str:
-    """The text with emails, phones, card numbers and URLs replaced by typed placeholders."""
+def redact(text: str, handles: bool = True) -> str:
+    """The text with emails, phones, card numbers, URLs and @handles replaced by typed placeholders.
+
+    Args:
+        text: free text.
+        handles: replace ``@handles`` by ``[HANDLE]`` (``REFIT_PII_HANDLES``).
+    """
     if not _may_hold_pii(text):
         return text
-    return _PATTERN.sub(lambda m: _replace(m, text), text)
+    return _PATTERN.sub(lambda m: _replace(m, text, handles), text)
 
 
 def redact_all(texts: Iterable[str]) -> tuple[list[str], list[bool]]:

@@ -226,6 +226,29 @@ def snapshot_rows(engine: Engine, snapshot: Snapshot, config: SplitConfig, after
     return assign_splits(read_feedback(engine, after=after, upto=snapshot.watermark_to), config)
 
 
+def superseded_rows(engine: Engine, snapshot: Snapshot) -> list[dict]:
+    """The earlier versions of rows this snapshot covered that were edited since (issue 16).
+
+    An edited source row replaces its stored version, which moves to ``feedback_history`` with
+    the ``id`` it had; a snapshot (the ids up to ``watermark_to``) covered it, so the models
+    trained on that snapshot stay traceable to the exact text and content hash they saw.
+
+    Args:
+        engine: the refit database.
+        snapshot: a recorded snapshot.
+
+    Returns:
+        One dict per superseded version (``feedback_pk``, ``feedback_id``, ``text``,
+        ``content_hash``, ``superseded_at``, ...), oldest first.
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM feedback_history WHERE feedback_pk <= :w ORDER BY feedback_pk, id"),
+            {"w": snapshot.watermark_to},
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
 def features_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The behaviour features of feedback rows as columns (one per feature key)."""
     if frame.empty or "features" not in frame:

@@ -34,6 +34,7 @@ class IngestRules:
     rating_max: float = 5.0
     max_text_chars: int = 5000
     pii_mode: str = "redact"
+    pii_handles: bool = True  # @handles become [HANDLE]
     feature_types: tuple[tuple[str, str], ...] = ()  # (name, "numeric" | "categorical")
     column_map: tuple[tuple[str, str], ...] = ()  # (refit column, file column)
     vector_feature: str | None = None  # the feature that holds an embedding: a list of finite numbers
@@ -53,6 +54,7 @@ class IngestRules:
             rating_max=settings.rating_max,
             max_text_chars=settings.max_text_chars,
             pii_mode=settings.pii_mode,
+            pii_handles=settings.pii_handles,
             feature_types=tuple(settings.feature_types.items()),
             column_map=tuple(mapping.items()),
             vector_feature=settings.vector_feature,
@@ -211,7 +213,7 @@ def validate_batch(
             feature_values[name] = categories
 
     if rules.pii_mode != "off":
-        redacted = body.map(lambda t: redact(t) if isinstance(t, str) else t)
+        redacted = body.map(lambda t: redact(t, rules.pii_handles) if isinstance(t, str) else t)
         if rules.pii_mode == "drop":
             flag(redacted != body, "contains_pii", "the text contains personal data (REFIT_PII_MODE=drop)")
         body = redacted
@@ -371,7 +373,7 @@ def safe_raw(raw: dict, rules: IngestRules) -> dict:
     def clean(key: str, value: Any) -> Any:
         if isinstance(value, str):
             value = _storable(value)
-            return redact(value) if rules.pii_mode != "off" and key in ("text", "_line") else value
+            return redact(value, rules.pii_handles) if rules.pii_mode != "off" and key in ("text", "_line") else value
         if isinstance(value, float) and not math.isfinite(value):
             return None if math.isnan(value) else str(value)
         if isinstance(value, dict):

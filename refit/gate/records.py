@@ -113,7 +113,9 @@ def model_card(version: str, metadata: dict, decision: dict, snapshot: dict) -> 
         f"- base: {lineage.get('base_model')}; parent version: {lineage.get('parent_version') or 'none'}",
         f"- best epoch {metadata.get('best_epoch')}, "
         f"stopped early: {metadata.get('stopped_by') or metadata.get('stopped_early')}; "
-        f"{training.get('samples_per_second')} samples/s on {training.get('device')}",
+        f"{training.get('samples_per_second')} samples/s on {training.get('device')}"
+        f" in {training.get('world_size') or 1} process(es)",
+        f"- behaviour features: {_features_line(metadata)}",
         f"- seed {lineage.get('seed')}; versions {lineage.get('versions')}",
         f"- validation-fold metrics as served: {', '.join(f'{k}={_f(v)}' for k, v in dev.items())}",
         f"- kind: {_kind_line(metadata)}",
@@ -157,3 +159,13 @@ def _recipe_line(metadata: dict) -> str:
     )
     reasons = "; ".join(f"{k}: {v}" for k, v in (recipe.get("reasons") or {}).items())
     return f"{chosen} ({reasons})" if reasons else chosen
+
+
+def _features_line(metadata: dict) -> str:
+    """The behaviour features the model reads, with their types (inferred or configured)."""
+    types = (metadata.get("train_config") or {}).get("feature_types") or {}
+    vector = (metadata.get("features") or {}).get("vector")
+    parts = [f"{name} ({kind})" for name, kind in sorted(types.items())]
+    if vector:
+        parts.append(f"{vector} (vector of {(metadata.get('features') or {}).get('vector_dim')})")
+    return ", ".join(parts) or "none (text only)"

@@ -61,6 +61,7 @@ class Challenger:
     train_rows: int
     samples_per_second: float
     train_seconds: float = 0.0  # wall time of the training itself (every member), not of the whole recipe
+    stopped_by: str | None = None  # "patience" or "budget" when training ended before its last epoch
 
 
 class TrainingKilled(RefitError):
@@ -203,6 +204,7 @@ def train_challenger(
         train_rows=len(data.train_texts),
         samples_per_second=result.samples_per_second,
         train_seconds=round(sum(r.train_seconds for r in results), 2),
+        stopped_by=result.stopped_by,
     )
 
 

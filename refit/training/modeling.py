@@ -151,9 +151,12 @@ def validation_fold(train: pd.DataFrame, fraction: float, task: str, seed: int) 
 
 
 def replay_window(train: pd.DataFrame, new_after: int, replay_fraction: float, seed: int) -> pd.DataFrame:
-    """The rows new since ``new_after`` plus a seeded replay sample of older ones, in id order."""
+    """The rows new since ``new_after`` plus a seeded replay sample of older ones, in id order; all
+    of them when nothing is new (a forced retrain on the same feedback)."""
     new = train[train["id"] > new_after]
     old = train[train["id"] <= new_after]
+    if new.empty:
+        return train
     n_replay = min(len(old), round(replay_fraction * len(new)))
     replay = old.sample(n=n_replay, random_state=seed) if n_replay else old.iloc[:0]
     return pd.concat([replay, new]).sort_values("id")

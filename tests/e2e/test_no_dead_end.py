@@ -73,6 +73,8 @@ def test_a_first_bert_that_loses_to_tfidf_still_leaves_a_tfidf_champion_that_ser
     assert "- kind: tfidf" in (folder / "MODEL_CARD.md").read_text()
     predictor = Predictor(folder)
     assert predictor.kind == "tfidf"
+    listed = json.loads(refit_cli("models", "--json").stdout)
+    assert [(m["version"], m["metrics"]["kind"], m["is_champion"]) for m in listed] == [(v1, "tfidf", True)]
 
     # refit predict
     to_score = write_feedback(generate_feedback(6, seed=99, id_prefix="score"), tmp_path / "score.csv")

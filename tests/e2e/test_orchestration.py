@@ -39,7 +39,7 @@ from helpers import free_port
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOYMENTS = {"drift-check", "retrain", "ingest", "rollback", "devset-refresh"}
+DEPLOYMENTS = {"sync", "drift-check", "retrain", "ingest", "rollback", "devset-refresh"}
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -105,13 +105,14 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, pg_admin, migrated_template, s3_endpoint, _slack_server, tiny_model):
-    """`refit up` on its own database, bucket, state directory and port."""
+def stack(tmp_path_factory, pg_admin, s3_endpoint, _slack_server, tiny_model):
+    """`refit up` on its own database, bucket, state directory and port. The database starts
+    empty: `refit up` applies the schema before anything checks for it (issue 16)."""
     import boto3
 
     db = f"refit_stack_{uuid.uuid4().hex[:8]}"
     with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db}" TEMPLATE "{migrated_template}"'))
+        conn.execute(text(f'CREATE DATABASE "{db}"'))
     db_url = pg_admin.url.set(database=db).render_as_string(hide_password=False)
     bucket = f"refit-stack-{uuid.uuid4().hex[:8]}"
     boto3.client(
@@ -156,6 +157,13 @@ def test_every_deployment_has_its_pool_schedule_trigger_and_described_form(stack
 
     drift = api.deployment("drift-check")
     assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 * * * *"]
+    sync = api.deployment("sync")
+    assert [s["schedule"]["cron"] for s in sync["schedules"]] == ["*/15 * * * *"]
+    assert sync["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    # `refit up` started from an empty database and applied the schema itself
+    from refit.data.db import applied_migrations, load_migrations
+
+    assert applied_migrations(get_engine(stack["db_url"])) == [m.name for m in load_migrations()]
 
     retrain = api.deployment("retrain")
     assert retrain["global_concurrency_limit"]["limit"] == 1
@@ -258,7 +266,7 @@ def test_manual_retrains_never_overlap_and_a_killed_training_crashes_cleanly_wit
     # a second retrain by hand while the first trains: cancelled, not run beside it, and the
     # reason is on its state
     second = api.wait(api.start("retrain", {"force": True})["id"], FINAL, timeout=120)
-    assert second["state_type"] == "CANCELLED"
+    assert second["state_type"] == "CANCELLED", second["state"]
     assert "concurrency limit" in second["state"]["message"]
     assert api.run(first["id"])["state_type"] == "RUNNING"
 
@@ -286,6 +294,30 @@ def test_manual_retrains_never_overlap_and_a_killed_training_crashes_cleanly_wit
     alerts = [m for m in slack.messages if crashed["name"] in json.dumps(m)]
     assert len(alerts) == 1, slack.messages
     assert alerts[0]["refit"]["kind"] == "failure" and "Crashed" in json.dumps(alerts[0])
+
+
+def test_a_sync_runs_through_its_deployment_on_the_cpu_pool(stack, pg_admin):
+    from helpers import SOURCE_MAP, source_database
+
+    api = stack["api"]
+    engine = get_engine(stack["db_url"])
+    with source_database(pg_admin) as source:
+        with source["owner"].begin() as conn:
+            conn.execute(
+                text("INSERT INTO app_reviews (review_body, stars, user_ref) SELECT 'synced review ' || g, 4, 'u'"
+                     " FROM generate_series(1, 12) g")
+            )  # fmt: skip
+        # the source's settings reach the worker's flow run as job variables, as a pool's would
+        env = {"REFIT_SOURCE_URL": source["url"], "REFIT_SOURCE_TABLE": "app_reviews", "REFIT_COLUMN_MAP": SOURCE_MAP}
+        dep = api.deployment("sync")
+        run = api.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": {}, "job_variables": {"env": env}})
+        run = api.wait(run["id"], FINAL, timeout=180)
+        assert run["state_type"] == "COMPLETED", run["state"]
+        assert run["work_pool_name"] == "cpu"
+    with engine.connect() as conn:
+        synced = conn.execute(text("SELECT count(*) FROM feedback WHERE origin = 'pg:app_reviews'")).scalar()
+    assert synced == 12
+    assert any("12 new or edited" in line for line in api.logs(run["id"]))
 
 
 def test_refit_down_stops_every_process_it_started(stack):

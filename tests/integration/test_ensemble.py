@@ -98,7 +98,12 @@ def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, re
     served = Predictor(folder)
     texts = ["great kettle, works well", "terrible charger, broke after a day"]
     members = [Predictor(folder / f"members/{i}").predict(texts) for i in range(2)]
-    assert np.allclose(served.predict(texts), np.mean(members, axis=0), atol=1e-5)
+    # the served ensemble is the members' mean, blended with its TF-IDF model by the recorded weight
+    from refit.models.text_baseline import TextBaseline
+
+    weight = meta["blend"]["bert_weight"]
+    expected = weight * np.mean(members, axis=0) + (1 - weight) * TextBaseline.load(folder).predict(texts)
+    assert np.allclose(served.predict(texts), expected, atol=1e-5)
 
     # With REFIT_ENSEMBLE_SOURCE=champions the next challenger joins the previous champions; an
     # ensemble champion gives its members.

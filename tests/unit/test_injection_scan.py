@@ -19,6 +19,20 @@ ALLOWED = {
     ("refit/sim/sandbox.py", 'f\'DROP SCHEMA IF EXISTS "{box.schema}"'): "sandbox schema names come from _identifier()",
     ("refit/sim/faults.py", 'f\'LOCK TABLE "{schema}"."{table}"'): "a sandbox schema and refit's own table names",
     ("refit/sim/faults.py", "'SELECT pid FROM pg_stat_activity"): "the appended condition is a constant string",
+    (
+        "refit/data/load.py",
+        "f'WITH gone AS (DELETE FROM feedback WHERE {where}",
+    ): "every caller's condition is a constant",
+    ("refit/data/privacy.py", "f'DELETE FROM feedback WHERE {where}"): "every caller's condition is a constant",
+    ("refit/data/privacy.py", "f'DELETE FROM feedback_history WHERE {where}"): "every caller's condition is a constant",
+    ("refit/data/source.py", "f'SELECT * FROM ({spec.relation()})"): "the operator's REFIT_SOURCE_QUERY (a validated"
+    " SELECT, run as the source's read-only role) or the table name quoted by _ident()",
+    ("refit/data/source.py", "f'COPY (SELECT s.{_ident(spec.key)}::text FROM ({spec.relation()})"): "the key quoted by"
+    " _ident() and the source relation as above",
+    (
+        "refit/data/source.py",
+        "f'DELETE FROM quarantine WHERE source = :o AND feedback_id IS NOT NULL AND {gone}'",
+    ): "gone is a constant condition",
 }
 
 

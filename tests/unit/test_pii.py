@@ -19,6 +19,13 @@ REDACTED = [
     ("card 5500-0000-0000-0004 was charged twice", "card [CARD] was charged twice"),
     ("see https://shop.example.com/item?id=3&ref=x, it's cheaper", "see [URL], it's cheaper"),
     ("details at www.example.org/help.", "details at [URL]."),
+    # --- issue 16: URLs in any case, www. hosts, @handles
+    ("SEE HTTPS://SHOP.EXAMPLE.COM/ITEM?ID=3 NOW", "SEE [URL] NOW"),
+    ("Http://Example.com/x and WWW.EXAMPLE.ORG/HELP.", "[URL] and [URL]."),
+    ("go to Www.Shop.Example.com today", "go to [URL] today"),
+    ("ask @jane_doe or @shop.official.", "ask [HANDLE] or [HANDLE]."),
+    ("(@JaneDoe99) said so", "([HANDLE]) said so"),
+    ("mail jane@example.com, not @jane", "mail [EMAIL], not [HANDLE]"),
 ]
 
 KEPT = [
@@ -35,6 +42,9 @@ KEPT = [
     "about 30% off, 100 % worth it",
     "tracking 1Z999AA10123456784",
     "4111 1111 1111 1112 is not a valid card number",
+    "meet me @ 5pm, 2 @ $3 each",
+    "a@b is not an address",
+    "the c@t sat",
 ]
 
 
@@ -46,3 +56,8 @@ def test_pii_is_replaced_by_typed_placeholders(text, expected):
 @pytest.mark.parametrize("text", KEPT)
 def test_numbers_that_are_not_pii_are_kept(text):
     assert redact(text) == text
+
+
+def test_handles_can_be_kept():
+    assert redact("thanks @jane_doe", handles=False) == "thanks @jane_doe"
+    assert redact("thanks @jane_doe at jane@example.com", handles=False) == "thanks @jane_doe at [EMAIL]"

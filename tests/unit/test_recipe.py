@@ -93,3 +93,12 @@ def test_a_cpu_retrain_is_bounded_to_new_rows_plus_a_replay_sample():
     assert decide(settings, 500, on_cpu=False, warm=True).replay_fraction is None
     assert decide(settings, 500, on_cpu=True, warm=False).replay_fraction is None
     assert decide(load_settings(replay_fraction=0.3), 500, on_cpu=True, warm=True).replay_fraction == 0.3
+
+
+def test_the_replay_window_is_new_rows_plus_as_many_old_and_everything_when_nothing_is_new():
+    from refit.training.modeling import replay_window
+
+    frame = pd.DataFrame({"id": np.arange(220), "text": [f"t{i}" for i in range(220)]})
+    window = replay_window(frame, new_after=199, replay_fraction=1.0, seed=1)
+    assert len(window) == 40 and (window["id"] > 199).sum() == 20  # 20 new + 20 replayed, not 220
+    assert len(replay_window(frame, new_after=219, replay_fraction=1.0, seed=1)) == 220  # a forced rerun
