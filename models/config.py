@@ -54,6 +54,7 @@ class TrainConfig:
     init_from: str | None = None  # a champion checkpoint folder to warm-start from
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's default
     unpad: bool = True  # BERT encoders compute real tokens only (models/unpad.py); same result
+    head_lr_factor: float = 1.0  # the head's learning rate is this times learning_rate
     budget_seconds: float | None = None  # training stops here with the best weights so far
     recipe: dict = field(default_factory=dict)  # what decided the choices above (refit.training.recipe)
     # --- defences and compression (issue 10) ------------------------------------------------

@@ -50,12 +50,22 @@ def make_optimizer(
     Returns:
         The optimizer and its learning-rate scheduler.
     """
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(param)
+            no_decay = param.ndim < 2 or "LayerNorm" in name or "norm" in name
+            groups.setdefault((name.startswith("head."), no_decay), []).append(param)
+    # The head starts from random weights: it may learn faster than the pretrained encoder.
+    head_lr = config.learning_rate * config.head_lr_factor
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else config.weight_decay,
+                "lr": head_lr if head else config.learning_rate,
+            }
+            for (head, no_decay), params in sorted(groups.items())
+        ],
         lr=config.learning_rate,
         fused=device.type in ("cpu", "cuda"),  # one kernel instead of a dozen passes over every parameter
     )

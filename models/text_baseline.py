@@ -114,11 +114,13 @@ def has_text_model(folder: Path) -> bool:
     return (Path(folder) / FOLDER / "tfidf.json").is_file()
 
 
-def fit_blend_weight(metric, y_true: np.ndarray, bert: np.ndarray, text: np.ndarray, step: float = 0.05) -> float:
-    """The BERT share ``w`` in ``w * bert + (1 - w) * text`` that scores best by ``metric`` (a
-    callable of (y_true, prediction), higher is better) on held-out rows; ties go to the weight
-    nearest an even blend, which averages out the noise of a small fold."""
-    weights = np.round(np.arange(0.0, 1.0 + step / 2, step), 4)
+def fit_blend_weight(
+    metric, y_true: np.ndarray, bert: np.ndarray, text: np.ndarray, step: float = 0.05, low: float = 0.0
+) -> float:
+    """The BERT share ``w`` in ``[low, 1]`` of ``w * bert + (1 - w) * text`` that scores best by
+    ``metric`` (a callable of (y_true, prediction), higher is better) on held-out rows; ties go to
+    the weight nearest an even blend, which averages out the noise of a small fold."""
+    weights = np.round(np.arange(low, 1.0 + step / 2, step), 4)
     scores = np.array([metric(y_true, w * bert + (1 - w) * text) for w in weights])
     best = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0, atol=1e-12))
     return float(weights[best[np.argmin(np.abs(weights[best] - 0.5))]])

@@ -61,6 +61,7 @@ def train_config(
         init_from=str(init_from) if init_from and settings.warm_start else None,
         num_threads=settings.num_threads,
         budget_seconds=recipe.budget_seconds,
+        head_lr_factor=recipe.head_lr_factor,
         recipe=recipe.as_dict(),
         # --- defences and compression (issue 10)
         augment_delete_rate=settings.augment_delete_rate,

@@ -35,6 +35,10 @@ PATIENCE = 2
 LEARNING_RATES = {"full": 5e-5, "freeze": 5e-5, "freeze_all": 1e-3, "lora": 5e-4}
 MANUAL = {"epochs": 3, "patience": 1, "learning_rate": 5e-5, "class_weights": "none"}
 CPU_REPLAY_FRACTION = 1.0
+# The head starts from random weights (a gated MLP when behaviour features are fused): at the
+# encoder's 5e-5 it barely moves in a few hundred steps. It learns at up to HEAD_LR_FACTOR times
+# the encoder's rate, never above HEAD_LR_CAP.
+HEAD_LR_FACTOR, HEAD_LR_CAP = 20.0, 1e-3
 
 
 def replay_fraction(settings: Settings, on_cpu: bool, warm: bool) -> float | None:
@@ -57,6 +61,7 @@ class Recipe:
     replay_fraction: float | None
     budget_seconds: float | None
     blend: bool
+    head_lr_factor: float
     reasons: dict
 
     def as_dict(self) -> dict:
@@ -115,6 +120,9 @@ def decide(
     if replay is not None and settings.replay_fraction is None:
         reasons["replay_fraction"] = "a CPU retrain trains on the new rows plus as many older ones"
     budget = settings.train_budget_minutes * 60 if settings.train_budget_minutes else None
+    head_lr_factor = max(1.0, min(HEAD_LR_FACTOR, HEAD_LR_CAP / float(learning_rate))) if auto else 1.0
+    if head_lr_factor > 1:
+        reasons["head_lr_factor"] = f"the fresh head learns at {head_lr_factor * float(learning_rate):.0e}"
     return Recipe(
         name=settings.recipe,
         epochs=int(epochs),
@@ -124,5 +132,6 @@ def decide(
         replay_fraction=replay,
         budget_seconds=budget,
         blend=settings.blend_text_baseline,
+        head_lr_factor=head_lr_factor,
         reasons=reasons,
     )

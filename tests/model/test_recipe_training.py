@@ -4,6 +4,7 @@ best epoch's weights, and a compute budget that stops training with the best wei
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from refit.core.settings import load_settings
 from refit.models.config import TrainData
@@ -69,3 +70,21 @@ def test_the_budget_stops_training_and_keeps_the_best_weights(tiny_model):
     assert sum(r["train_seconds"] for r in result.history) < 4.0 + 2 * result.history[0]["train_seconds"] + 1
     best = result.history[result.best_epoch - 1][f"dev_{config.metric}"]
     assert abs(_dev_score(result, data) - best) < 1e-5
+
+
+def test_the_head_gets_its_own_learning_rate_in_the_optimizer(tiny_model):
+    import torch
+
+    from refit.models.optimization import StepPlan, make_optimizer
+    from refit.models.strategies import initial_model
+
+    data = review_data(64)
+    config, _ = _default_config(tiny_model, data)
+    assert config.head_lr_factor == 20.0
+    model, _, _ = initial_model(config, None)
+    optimizer, _ = make_optimizer(model, config, torch.device("cpu"), StepPlan.of(config, 64))
+    head = {id(p) for p in model.head.parameters()}
+    for group in optimizer.param_groups:
+        is_head = {id(p) in head for p in group["params"]}
+        assert len(is_head) == 1
+        assert group["initial_lr"] == pytest.approx(config.learning_rate * (20.0 if is_head.pop() else 1.0))

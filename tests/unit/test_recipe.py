@@ -102,3 +102,10 @@ def test_the_replay_window_is_new_rows_plus_as_many_old_and_everything_when_noth
     window = replay_window(frame, new_after=199, replay_fraction=1.0, seed=1)
     assert len(window) == 40 and (window["id"] > 199).sum() == 20  # 20 new + 20 replayed, not 220
     assert len(replay_window(frame, new_after=219, replay_fraction=1.0, seed=1)) == 220  # a forced rerun
+
+
+def test_the_fresh_head_learns_faster_than_the_encoder_up_to_a_cap():
+    assert decide(load_settings(), 500).head_lr_factor == 20.0  # 5e-5 encoder, 1e-3 head
+    assert decide(load_settings(fine_tune="lora"), 500).head_lr_factor == 2.0  # capped at 1e-3
+    assert decide(load_settings(learning_rate=1e-3), 500).head_lr_factor == 1.0
+    assert decide(load_settings(recipe="manual"), 500).head_lr_factor == 1.0
