@@ -23,6 +23,7 @@ def test_ablate_compares_every_variant_on_one_snapshot(engine, db_url, tiny_mode
         "REFIT_MAX_LENGTH": "48",
         "REFIT_LEARNING_RATE": "1e-3",
         "REFIT_NUM_THREADS": "1",
+        "REFIT_TEST_FRACTION": "0.15",  # 60 evaluation rows need a test split above the 5% default
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
