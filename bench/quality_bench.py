@@ -37,7 +37,8 @@ Models, per size and task:
   user; the score here is on the bench's later 30%, which refit never saw. ``seconds`` is the
   wall time of ``refit run`` (Prefect start included); the note names the run's outcome, the
   champion's kind when the run reports one (``gate.kind``: bert, tfidf, blend...), why training
-  stopped, and how many dev rows the gate judged on.
+  stopped, and how many dev rows the gate judged on. For a plain epoch, ``seconds`` is its training
+  time so far (the test pass after each epoch left out); for TF-IDF, its fit and predict.
 
 ``--synthetic-rows N`` (default 800, 0 to skip) repeats majority/mean, TF-IDF and refit on the
 demo's synthetic feedback at a small size: N/2 rows of the first regime, then N/2 of the shifted
@@ -381,10 +382,17 @@ def cell(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def in_size_order(per_size: dict | None) -> list[tuple[str, dict]]:
+    """Sizes from small to large, ``all`` last, whatever order the (merged) figures came in."""
+    return sorted(
+        (per_size or {}).items(), key=lambda item: (item[0] == "all", int(item[0]) if item[0].isdigit() else 0)
+    )
+
+
 def table(results: dict) -> list[str]:
     lines = []
     for dataset in ("yelp", "synthetic"):
-        for per_task in (results.get(dataset) or {}).values():
+        for _, per_task in in_size_order(results.get(dataset)):
             lines.append(f"\n{dataset}, {per_task.get('n_train')} training rows, {per_task.get('n_test')} test rows")
             lines.append("| model | task | " + " | ".join(h for _, h in COLUMNS) + " | seconds | note |")
             lines.append("|---|---|" + "---|" * (len(COLUMNS) + 2))
@@ -444,7 +452,7 @@ def goals(results: dict) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    for size, per_task in yelp.items():
+    for size, per_task in in_size_order(yelp):
         c, r = per_task.get("classification") or {}, per_task.get("regression") or {}
         tag = f"  [{size}: {per_task.get('n_train')} rows]"
         refit_c = (c.get("refit") or {}).get("macro_f1")
