@@ -75,6 +75,11 @@ def verify_folder(folder: Path, manifest: dict | None = None) -> dict:
     return manifest
 
 
+def write_metadata(folder: Path, meta: dict) -> None:
+    """Write ``refit.json`` (sorted, indented; values JSON cannot hold as their ``str``)."""
+    (Path(folder) / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+
 def read_metadata(folder: Path) -> dict:
     path = Path(folder) / METADATA
     try:

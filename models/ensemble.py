@@ -13,7 +13,6 @@ feature schemas may differ (each encodes the behaviour features it was trained o
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from torch import nn
 
 from refit.core.errors import CheckpointError
 from refit.core.hashing import sha256_file
-from refit.models.checkpoint import MANIFEST, METADATA, read_metadata
+from refit.models.checkpoint import MANIFEST, read_metadata, write_metadata
 from refit.models.fusion import FeatureSchema, load_model_folder
 from refit.models.inference import outputs_to_prediction
 
@@ -187,5 +186,5 @@ def build_ensemble(members: list[Path], dest: Path, lineage: dict, metrics: dict
         "training": {"seconds": round(sum(m.get("training", {}).get("seconds", 0.0) for m in metas), 3)},
         "lineage": {**first.get("lineage", {}), **lineage},
     }
-    (dest / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_metadata(dest, meta)
     return dest

@@ -9,14 +9,13 @@ This module measures the quantization on the dev rows at publish time, saves the
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from refit.models.checkpoint import METADATA, read_metadata
+from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.metrics import task_metrics
 from refit.models.predict import Predictor
 from refit.models.quantize import INT8_FILE, quantized
@@ -63,5 +62,5 @@ def add_int8_artifact(
         record.update(file=INT8_FILE, bytes=(folder / INT8_FILE).stat().st_size)
     meta = read_metadata(folder)
     meta["int8"] = record
-    (folder / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_metadata(folder, meta)
     return record

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from dataclasses import asdict
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from refit.models.checkpoint import METADATA
+from refit.models.checkpoint import write_metadata
 from refit.models.config import TrainResult
 from refit.models.curves import CURVE_FILE, save_training_curve
 from refit.models.fusion import save_model_files
@@ -90,5 +89,5 @@ def save_checkpoint(result: TrainResult, folder: Path, lineage: dict, extra_metr
             "versions": versions,
         },
     }
-    (folder / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_metadata(folder, meta)
     return folder

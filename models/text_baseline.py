@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refit.models.checkpoint import METADATA, read_metadata
+from refit.models.checkpoint import read_metadata, write_metadata
 
 FOLDER = "text_model"
 _PARAMS = {"ngram_range": (1, 2), "sublinear_tf": True, "min_df": 1, "max_features": 200_000}
@@ -142,5 +142,5 @@ def write_blend(folder: Path, weight: float, **record) -> dict:
     blend = {**record, "bert_weight": float(weight), "kind": kind_of(weight)}
     meta["blend"] = blend
     meta["kind"] = blend["kind"]
-    (Path(folder) / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_metadata(folder, meta)
     return blend

@@ -8,12 +8,11 @@ weight. The gate's dev set plays no part: the weight is chosen on rows the gate 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from refit.models.checkpoint import METADATA, read_metadata
+from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainData
 from refit.models.metrics import DIRECTION, task_metrics
 from refit.models.predict import Predictor
@@ -55,5 +54,5 @@ def attach_text_baseline(folder: Path, data: TrainData, task: str, n_labels: int
     meta.setdefault("metrics", {})
     meta["metrics"]["bert_dev"] = meta["metrics"].get("dev")
     meta["metrics"]["dev"] = metrics
-    (Path(folder) / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_metadata(folder, meta)
     return metrics

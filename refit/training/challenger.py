@@ -30,7 +30,7 @@ from refit.data.db import engine_for
 from refit.data.devset import ensure_devset
 from refit.data.feature_types import feature_types_for
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
-from refit.models.checkpoint import METADATA, read_metadata
+from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainConfig
 from refit.models.distributed import backend_for, die_with_launcher, is_main_rank, process_group
 from refit.models.ensemble import ENSEMBLE_SEED_STRIDE, build_ensemble, member_folders, same_tokenizer
@@ -49,6 +49,9 @@ log = logging.getLogger("refit.training")
 
 # The module a child training process runs (python -m ...); the fault injector finds it by this name.
 CHILD_MODULE = "refit.training.challenger"
+
+# The reason recorded on the first dev set, by whichever of a training and its launcher creates it.
+FIRST_DEVSET_REASON = "initial: first training"
 
 
 @dataclass
@@ -107,7 +110,7 @@ def train_challenger(
     engine = engine_for(settings)
     split = SplitConfig.from_settings(settings)
     rows = snapshot_rows(engine, snapshot, split)
-    devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first training")
+    devset = ensure_devset(engine, split, snapshot.watermark_to, FIRST_DEVSET_REASON)
     champion_folder, champion_watermark = None, None
     if champion is not None and settings.warm_start:
         champion_folder = checkout(settings, champion["version"])
@@ -237,7 +240,7 @@ def _rescore_test(folder: Path, test, settings: Settings) -> None:
     prediction = Predictor(folder, verify=False).predict(test["text"].tolist(), features_frame(test))
     meta = read_metadata(folder)
     meta.setdefault("metrics", {})["test"] = score(prediction, test, settings.task, settings.labels)
-    (folder / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_metadata(folder, meta)
 
 
 def _build_ensemble(settings: Settings, members: list[Path], folder: Path, lineage: dict, data, test) -> dict:
@@ -256,7 +259,7 @@ def _build_ensemble(settings: Settings, members: list[Path], folder: Path, linea
         )
     meta = read_metadata(folder)
     meta["metrics"] = metrics
-    (folder / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_metadata(folder, meta)
     return metrics["dev"]
 
 
@@ -305,9 +308,6 @@ def _settings_file(settings: Settings, folder: Path) -> Path:
 
 # The champion argument of a child when there is none yet (a version name is never this).
 NO_CHAMPION = "none"
-
-# The reason recorded on the first dev set (as train_challenger records it when none exists).
-FIRST_DEVSET_REASON = "initial: first training"
 
 # torchrun's failure report: one "exitcode : N (pid: ...)" per failed rank, negative for a signal.
 _RANK_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
