@@ -103,6 +103,17 @@ class Api:
         logs = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
         return [entry["message"] for entry in logs]
 
+    def logged(self, run_id: str, fragment: str, timeout: float = 30) -> bool:
+        """Whether a log line of the run holds ``fragment``. A run's last lines reach the API
+        after its state turns final (the process flushes them as it exits), so this polls."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if any(fragment in line for line in self.logs(run_id)):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_admin, s3_endpoint, _slack_server, tiny_model):
@@ -231,7 +242,7 @@ def test_a_drift_storm_starts_exactly_one_retrain_on_the_gpu_pool_which_publishe
     assert run["work_pool_name"] == "gpu"
     assert run["parameters"]["snapshot_id"] == snapshot_id
     assert run["parameters"]["drift_report_id"] == report_id
-    assert any("trained on cpu" in line for line in api.logs(run["id"]))  # the device is in the logs
+    assert api.logged(run["id"], "trained on cpu")  # the device is in the logs
 
     current = champion(engine)
     assert current is not None and current["snapshot_id"] == snapshot_id
@@ -317,7 +328,7 @@ def test_a_sync_runs_through_its_deployment_on_the_cpu_pool(stack, pg_admin):
     with engine.connect() as conn:
         synced = conn.execute(text("SELECT count(*) FROM feedback WHERE origin = 'pg:app_reviews'")).scalar()
     assert synced == 12
-    assert any("12 new or edited" in line for line in api.logs(run["id"]))
+    assert api.logged(run["id"], "12 new or edited"), api.logs(run["id"])
 
 
 def test_refit_down_stops_every_process_it_started(stack):
