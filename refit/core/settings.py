@@ -336,6 +336,13 @@ class Settings(BaseSettings):
     )
     gate_resamples: int = Field(default=1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
     gate_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Level of the bootstrap interval.")
+    gate_first_confidence: float = Field(
+        default=0.8,
+        gt=0.5,
+        lt=1,
+        description="Level of the interval a first model needs against the trivial predictor, when it did not"
+        " beat every baseline at REFIT_GATE_CONFIDENCE (nothing is in production to protect yet).",
+    )
     gate_slice_min_rows: int = Field(default=50, ge=5, description="Slices smaller than this are not gated on.")
     gate_slice_features: Annotated[list[str], NoDecode] = Field(
         default=["category"], description="Behaviour features the gate slices by (numbers in quartile ranges)."

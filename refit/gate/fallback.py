@@ -50,7 +50,11 @@ def first_model_decision(
     keep = ours >= theirs if higher else ours <= theirs
     kind = challenger_kind if keep else "tfidf"
     candidate = challenger if keep else references["tfidf"]
-    fallback = gate(policy, task, y_true, candidate, {"trivial": references["trivial"]}, n_labels, slices)
+    # Nothing is in production yet: the question is whether the model learned anything at all,
+    # and the alternative to shipping it is no model. It needs the first-model level against the
+    # trivial predictor (REFIT_GATE_FIRST_CONFIDENCE), with the same bootstrap.
+    first = replace(policy, confidence=policy.first_confidence)
+    fallback = gate(first, task, y_true, candidate, {"trivial": references["trivial"]}, n_labels, slices)
     lost = decision.reason.removeprefix("reject: ")
     why = (
         f"the {challenger_kind} challenger did not beat TF-IDF with confidence ({lost})"
@@ -58,7 +62,14 @@ def first_model_decision(
         f"{theirs if keep else ours:.4f}) is judged against the trivial predictor"
     )
     if not fallback.promote:
-        return replace(decision, reasons=[*decision.reasons, why, *fallback.reasons]), challenger_kind
+        reasons = [*decision.reasons, why, *fallback.reasons]
+        if fallback.improvement > 0:  # better than the trivial predictor, but not with confidence
+            hint = (
+                f"the {len(y_true)} dev rows are too few to show it with {first.confidence:.0%} confidence:"
+                " ingest more feedback, or freeze a larger dev set (REFIT_DEV_FRACTION, then `refit devset refresh`)"
+            )
+            return replace(decision, reason=f"{decision.reason}; {hint}", reasons=[*reasons, hint]), challenger_kind
+        return replace(decision, reasons=reasons), challenger_kind
     reason = f"promote {kind} as the first champion: {why}: {fallback.reason.removeprefix('promote: ')}"
     comparisons = {**decision.comparisons, **{f"{k} (fallback)": v for k, v in fallback.comparisons.items()}}
     return (

@@ -38,6 +38,7 @@ class GatePolicy:
     min_improvement: float = 0.0
     resamples: int = 1000
     confidence: float = 0.95
+    first_confidence: float = 0.8  # the first model against the trivial predictor (refit.gate.fallback)
     seed: int = 0
     slice_min_rows: int = 50
     slice_tolerance: float | None = None  # None: SLICE_TOLERANCE[metric]
@@ -58,6 +59,7 @@ class GatePolicy:
             min_improvement=settings.gate_min_improvement,
             resamples=settings.gate_resamples,
             confidence=settings.gate_confidence,
+            first_confidence=settings.gate_first_confidence,
             seed=settings.seed,
             slice_min_rows=settings.gate_slice_min_rows,
             slice_tolerance=settings.gate_slice_tolerance,

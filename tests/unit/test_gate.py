@@ -181,3 +181,30 @@ def test_the_tfidf_baseline_classifies_with_every_label_column():
 def test_the_policy_refuses_an_unknown_metric():
     with pytest.raises(ValueError, match="unknown gate metric"):
         GatePolicy(metric="auc")
+
+
+def test_a_first_model_needs_the_first_level_against_the_mean_and_says_what_to_do_when_short():
+    """On 40 dev rows a model 20% of the way from the mean to the truth beats the trivial predictor
+    at the first-model level (80%), not at 95%: then it is rejected and the reason names the dev
+    set's size and the ways out. A model worse than the mean is rejected at any level."""
+    from dataclasses import replace
+
+    from refit.gate.fallback import first_model_decision
+
+    rng = np.random.default_rng(5)
+    y = rng.random(40)
+    trivial = np.full(len(y), y.mean())
+    refs = {"trivial": trivial, "tfidf": trivial.copy()}
+
+    def first(share: float, policy: GatePolicy):
+        model = np.clip((1 - share) * trivial + share * y + np.random.default_rng(3).normal(0, 0.1, len(y)), 0, 1)
+        return first_model_decision(policy, "regression", y, model, refs, 0, None, "bert")[0]
+
+    assert MSE.first_confidence == 0.8
+    passed = first(0.2, MSE)
+    assert passed.promote and passed.confidence == 0.8 and passed.fallback == "bert", passed.reasons
+    strict = first(0.2, replace(MSE, first_confidence=0.95))
+    assert not strict.promote and strict.improvement > 0
+    assert "40 dev rows are too few" in strict.reason and "REFIT_DEV_FRACTION" in strict.reason
+    worse = first(0.05, MSE)
+    assert not worse.promote and "too few" not in worse.reason
