@@ -38,6 +38,34 @@ def scratch_database(migrate: bool = True):
         admin.dispose()
 
 
+@contextmanager
+def source_database():
+    """A team's database on the benchmark's Postgres, read by refit through a read-only role of
+    its own (as tests/helpers.py's ``source_database``), dropped afterwards.
+
+    Yields:
+        ``(owner, url, reader)``: an engine that writes, the read-only role's URL, its name.
+    """
+    from sqlalchemy import create_engine, make_url, text
+
+    from refit.data.db import get_engine
+
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name, reader = f"refit_source_{uuid.uuid4().hex[:8]}", f"reader_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f"CREATE ROLE {reader} LOGIN"))
+    owner = get_engine(make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield owner, make_url(ADMIN_URL).set(database=name, username=reader).render_as_string(False), reader
+    finally:
+        owner.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f"DROP ROLE IF EXISTS {reader}"))
+        admin.dispose()
+
+
 def long_feedback(n: int, seed: int = 0, median_chars: int = 400, pii_share: float = 0.02) -> list[dict]:
     """Feedback rows whose texts have a median length of about ``median_chars``, some with PII."""
     rng = np.random.default_rng(seed)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for, require_schema
 from refit.data.ingest import IngestSummary, ingest_file
+from refit.data.schema import new_features_notice
 from refit.data.snapshots import Snapshot, SplitConfig, get_snapshot, latest_snapshot, take_snapshot
 from refit.data.validate import IngestRules
 from refit.registry.store import open_store, store_for
@@ -39,7 +40,10 @@ def preflight(settings: Settings) -> None:
 @task(name="ingest", cache_policy=NONE, timeout_seconds=3600)
 def ingest(settings: Settings, path: Path) -> IngestSummary:
     # No retries: each batch commits whole, re-ingesting adds nothing, and the operator should see why.
-    return ingest_file(engine_for(settings), Path(path), IngestRules.from_settings(settings))
+    summary = ingest_file(engine_for(settings), Path(path), IngestRules.from_settings(settings))
+    if summary.new_features:
+        get_run_logger().warning(new_features_notice(summary.new_features))
+    return summary
 
 
 @task(name="fetch-feedback-file", cache_policy=NONE, timeout_seconds=1800, **IO_RETRIES)

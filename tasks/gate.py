@@ -13,6 +13,7 @@ from prefect.cache_policies import NONE
 from refit.core.settings import Settings
 from refit.data.db import engine_for
 from refit.data.devset import dev_rows, ensure_devset
+from refit.data.schema import schema_types
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.gate.baselines import baseline_predictions
 from refit.gate.fallback import first_model_decision
@@ -82,7 +83,7 @@ def gate_challenger(
         predict_folder(challenger.folder, dev),
         references,
         n_labels,
-        slice_frame(dev, known_items(engine, seen_upto), settings.gate_slice_features),
+        slice_frame(dev, known_items(engine, seen_upto), settings.gate_slice_features, schema_types(engine)),
     )
     kind = blend_of(read_metadata(challenger.folder))["kind"]
     if champion is None:

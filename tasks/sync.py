@@ -7,6 +7,7 @@ from prefect.cache_policies import NONE
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for, require_schema
+from refit.data.schema import new_features_notice
 from refit.data.source import SourceSpec, sync_source
 from refit.data.validate import IngestRules
 from refit.tasks.data import IO_RETRIES
@@ -35,4 +36,6 @@ def sync(settings: Settings, reconcile: bool | None = None) -> dict:
         summary["quarantined"], summary["deleted"], f"; new source columns: {summary['new_columns']}"
         if summary["new_columns"] else "",
     )  # fmt: skip
+    if summary["new_features"]:
+        get_run_logger().warning(new_features_notice(summary["new_features"]))
     return summary

@@ -60,6 +60,7 @@ for _command in (
     app.command()(_command)
 app.add_typer(data.db_app, name="db")
 app.add_typer(data.devset_app, name="devset")
+app.add_typer(data.schema_app, name="schema")
 app.add_typer(models.models_app, name="models")
 
 # Defaults for the ephemeral Prefect API that `refit run` and `refit demo` start in-process;

@@ -11,6 +11,12 @@ from refit.cli._shared import JsonOpt, current_settings, emit, group, migrated_e
 
 db_app = group("Database schema commands.", no_args_is_help=True)
 devset_app = group("The gate's frozen, versioned dev set.", no_args_is_help=True)
+schema_app = group(
+    "The feature schema: each behaviour feature's type and domain, in recorded versions.\n\n"
+    "refit schema shows the current version. The first ingest or sync with features infers version 1;"
+    " types and the vector's length are enforced, numeric ranges and categorical values only recorded.",
+    invoke_without_command=True,
+)
 
 
 @db_app.command("upgrade")
@@ -70,7 +76,8 @@ def ingest(
         data,
         as_json,
         f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} accepted, {summary.duplicates} "
-        f"duplicate, {summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s",
+        f"duplicate, {summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s"
+        + schema_notes(summary),
     )
 
 
@@ -110,8 +117,19 @@ def sync(
         as_json,
         f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} new or edited ({summary.edited} edits),"
         f" {summary.duplicates} unchanged, {summary.quarantined} quarantined ({reasons}){deleted};"
-        f" cursor {summary.cursor} ({data['rows_per_second']:.0f} rows/s)",
+        f" cursor {summary.cursor} ({data['rows_per_second']:.0f} rows/s)" + schema_notes(summary),
     )
+
+
+def schema_notes(summary) -> str:
+    """What an ingest or sync met that the feature schema does not have, as lines to print."""
+    from refit.data.schema import new_features_notice
+
+    notes = "\n" + new_features_notice(summary.new_features) if summary.new_features else ""
+    if summary.new_values:
+        counted = ", ".join(f"{name} ({n})" for name, n in sorted(summary.new_values.items()))
+        notes += f"\ncategorical values the schema has not seen (stored, only reported): {counted}"
+    return notes
 
 
 def pairs(values: list[str], option: str) -> dict[str, str]:
@@ -202,3 +220,94 @@ def forget(
     result = forget_user(migrated_engine(current_settings()), user)
     affected = ", ".join(result["affected_versions"]) or "none"
     emit(result, as_json, f"deleted {result['rows_deleted']} row(s); models trained on them: {affected}")
+
+
+def _schema_lines(schema) -> list[str]:
+    width = max([len(name) for name in schema.features] + [7])
+    lines = []
+    for name, spec in schema.features.items():
+        if spec["type"] == "numeric":
+            domain = f"range {spec.get('min')} .. {spec.get('max')} (recorded)"
+        elif spec["type"] == "categorical":
+            values = spec.get("values") or []
+            shown = ", ".join(values[:8]) + (", ..." if len(values) > 8 else "")
+            domain = f"{spec.get('distinct', len(values))} value(s) (recorded): {shown}"
+        else:
+            domain = f"length {spec.get('length')} (enforced)"
+        lines.append(f"  {name:<{width}}  {spec['type']:<11}  {domain}")
+    return lines or ["  (no features)"]
+
+
+@schema_app.callback()
+def schema_show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Show the feature schema: each behaviour feature's type and observed domain.
+
+    The first ingest or sync with features infers version 1. Types and the vector's length are
+    enforced (a value of the wrong type is quarantined as bad_feature); numeric ranges and
+    categorical values are only recorded. Change it with refit schema update --reason.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from refit.data.schema import load_schema
+
+    schema = load_schema(migrated_engine(current_settings()))
+    if schema is None:
+        emit({}, as_json, "no feature schema yet: the first ingest or sync with features infers version 1")
+        return
+    head = f"feature schema v{schema.version} ({schema.created_at:%Y-%m-%d %H:%M %Z}, {schema.actor}): {schema.reason}"
+    emit(schema.as_dict(), as_json, "\n".join([head, *_schema_lines(schema)]))
+
+
+@schema_app.command("update")
+def schema_update(
+    reason: Annotated[str, typer.Option(help="Why the schema changes (required, recorded).")],
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="name=numeric or name=categorical: a feature's type, not inferred (repeatable)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-infer the feature schema from the stored feedback and record it as the next version.
+
+    Prints what changed: features added (columns reported by ingest or sync), removed and
+    retyped. Rows quarantined under the old schema can then be re-validated with refit quarantine
+    --requeue.
+    """
+    import getpass
+
+    from refit.data.schema import SCALAR_TYPES, update_schema
+
+    given = pairs(types or [], "--type")
+    wrong = {n: k for n, k in given.items() if k not in SCALAR_TYPES}
+    if wrong:
+        raise typer.BadParameter(f"--type takes numeric or categorical, got {wrong}")
+    settings = current_settings()
+    schema, changes = update_schema(
+        migrated_engine(settings), reason, types=given, vector=settings.vector_feature,
+        actor=f"cli:{getpass.getuser()}",
+    )  # fmt: skip
+    parts = [
+        f"added {', '.join(changes['added'])}" if changes["added"] else "",
+        f"removed {', '.join(changes['removed'])}" if changes["removed"] else "",
+        "retyped " + ", ".join(f"{n} ({t})" for n, t in changes["retyped"].items()) if changes["retyped"] else "",
+        f"domains of {', '.join(changes['domains'])}" if changes["domains"] else "",
+    ]
+    changed = "; ".join(p for p in parts if p) or "no change"
+    emit(
+        {"schema": schema.as_dict(), "diff": changes},
+        as_json,
+        "\n".join([f"feature schema v{schema.version} recorded: {changed}", *_schema_lines(schema)]),
+    )
+
+
+@schema_app.command("history")
+def schema_history_command(as_json: JsonOpt = False) -> None:
+    """List every recorded version of the feature schema, oldest first, with its reason."""
+    from refit.data.schema import schema_history
+
+    versions = schema_history(migrated_engine(current_settings()))
+    lines = [
+        f"v{v.version}  {v.created_at:%Y-%m-%d %H:%M}  {v.actor}  {len(v.features)} feature(s)  {v.reason}"
+        for v in versions
+    ]
+    emit([v.as_dict() for v in versions], as_json, "\n".join(lines) or "no feature schema yet")

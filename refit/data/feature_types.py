@@ -1,8 +1,9 @@
 """Which behaviour features a model trains on, and as what.
 
 ``REFIT_FEATURE_TYPES`` names them when it is set. Otherwise, with ``REFIT_FEATURES=auto`` (the
-default), their types are inferred from the training rows' features: a feature is ``numeric``
-when every present value is a finite number, else ``categorical``. A feature is left out when it
+default), their types are the feature schema's (:mod:`refit.data.schema`) when one is recorded;
+without one they are inferred from the training rows' features: a feature is ``numeric`` when
+every present value is a finite number, else ``categorical``. Either way a feature is left out when it
 is almost always missing, constant, or an identifier (a categorical whose values mostly occur
 once); the vector feature (``REFIT_VECTOR_FEATURE``) is fused on its own path, never as a scalar.
 The trainer records the result in the checkpoint (``train_config.feature_types`` and the feature
@@ -24,13 +25,18 @@ MIN_REPEATED_SHARE = 0.5  # a categorical whose repeated values cover fewer pres
 MAX_CATEGORIES = 256  # as the fusion head's vocabulary (refit.models.fusion.MAX_CATEGORIES)
 
 
-def infer_feature_types(frame: pd.DataFrame | None, skip: Iterable[str] = ()) -> dict[str, str]:
+def infer_feature_types(
+    frame: pd.DataFrame | None, skip: Iterable[str] = (), schema_types: dict[str, str] | None = None
+) -> dict[str, str]:
     """The types of the behaviour features worth training on, inferred from the training rows.
 
     Args:
         frame: the training rows' features, one column per feature (as
             :func:`refit.data.snapshots.features_frame` gives them); None or empty for none.
         skip: features never to type (the vector feature).
+        schema_types: the feature schema's types (:attr:`refit.data.schema.SchemaVersion.types`):
+            when given, only its numeric and categorical features are considered, typed as there,
+            and still left out when these rows make them useless.
 
     Returns:
         Feature name to ``numeric`` or ``categorical``, sorted by name; ``{}`` when none qualifies.
@@ -40,7 +46,8 @@ def infer_feature_types(frame: pd.DataFrame | None, skip: Iterable[str] = ()) ->
     skip = set(skip)
     types: dict[str, str] = {}
     for name in sorted(map(str, frame.columns)):
-        if name in skip:
+        given = None if schema_types is None else schema_types.get(name)
+        if name in skip or (schema_types is not None and given not in ("numeric", "categorical")):
             continue
         present = frame[name][frame[name].map(_present)]
         if len(present) < max(2, MIN_PRESENT_SHARE * len(frame)):
@@ -49,7 +56,7 @@ def infer_feature_types(frame: pd.DataFrame | None, skip: Iterable[str] = ()) ->
             continue  # a list or an object is not a scalar feature
         if present.astype(str).nunique() < 2:
             continue  # constant: it tells the rows nothing
-        if _all_numbers(present):
+        if given == "numeric" or (given is None and _all_numbers(present)):
             types[name] = "numeric"
             continue
         counts = present.astype(str).value_counts()
@@ -59,21 +66,25 @@ def infer_feature_types(frame: pd.DataFrame | None, skip: Iterable[str] = ()) ->
     return types
 
 
-def feature_types_for(settings: Settings, frame: pd.DataFrame | None) -> dict[str, str]:
+def feature_types_for(
+    settings: Settings, frame: pd.DataFrame | None, schema_types: dict[str, str] | None = None
+) -> dict[str, str]:
     """The behaviour features a model trains on: ``REFIT_FEATURE_TYPES`` when set; else, with
-    ``REFIT_FEATURES=auto``, the types inferred from ``frame`` (:func:`infer_feature_types`);
+    ``REFIT_FEATURES=auto``, the feature schema's types when there is one, else the types inferred
+    from ``frame``, leaving out the features useless in ``frame`` (:func:`infer_feature_types`);
     else none. The vector feature is never among them (it has its own place in the model).
 
     Args:
         settings: refit's settings.
         frame: the training rows' features.
+        schema_types: the recorded feature schema's types (None when there is none).
     """
     vector = settings.vector_feature
     if settings.feature_types:
         return {name: kind for name, kind in settings.feature_types.items() if name != vector}
     if settings.features == "none":
         return {}
-    return infer_feature_types(frame, skip=[vector] if vector else [])
+    return infer_feature_types(frame, skip=[vector] if vector else [], schema_types=schema_types)
 
 
 def _present(value) -> bool:

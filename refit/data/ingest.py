@@ -7,9 +7,10 @@ The pipeline, per batch of rows:
 2. **map** the team's column names onto refit's (``--map text=review_body``);
 3. **validate** column-wise (vectorized): each bad row gets the first reason that applies;
 4. **redact** PII in the text (or drop the row, or leave it, as configured) (:mod:`refit.data.validate`);
-5. **COPY** the valid rows into a temporary staging table, then one set-based statement derives
-   the feature JSON, the content hash and the ids, quarantines conflicting duplicates, and
-   inserts the rest with ``ON CONFLICT (feedback_id) DO NOTHING`` (:mod:`refit.data.load`).
+5. **COPY** the valid rows straight into ``feedback`` when none of their ids is stored yet;
+   else into a temporary staging table, from which one set-based statement quarantines
+   conflicting duplicates and inserts the rest with ``ON CONFLICT (feedback_id) DO NOTHING``
+   (:mod:`refit.data.load`). A batch is written while the next one is validated.
 
 Each batch commits on its own, so an interrupted ingest keeps what it finished and a re-run skips
 it (by feedback id, and by the raw row's hash in ``quarantine``): the table ends up the same as
@@ -18,6 +19,7 @@ after one clean run.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,8 +30,9 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from refit.core.errors import InputError
-from refit.data.load import load_batch, stored_vector_dims
+from refit.data.load import BatchWriter, load_batch, stored_vector_dims
 from refit.data.read import iter_batches, read_source
+from refit.data.schema import SchemaInUse
 from refit.data.validate import IngestRules, safe_raw, validate_batch
 
 
@@ -44,6 +47,9 @@ class IngestSummary:
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    schema_version: int | None = None  # the feature schema the rows were validated against
+    new_features: list[str] = field(default_factory=list)  # feature columns stored but not in the schema
+    new_values: dict[str, int] = field(default_factory=dict)  # categorical values the schema has not seen
 
     @property
     def rows_per_second(self) -> float:
@@ -85,19 +91,13 @@ def ingest(
     name, content, fmt = read_source(source, fmt, stdin)
     summary = IngestSummary(source=name)
     reasons: Counter = Counter()
-    kinds: dict[str, str] = {}
     vector_dims = stored_vector_dims(engine, rules.vector_feature)
+    schema = SchemaInUse.start(engine, rules, vector_dims, name, f"inferred from the first ingest of {name}")
     checked_columns = False
-    for batch in iter_batches(name, content, fmt, batch_rows):
-        if not checked_columns and batch.frame.empty and batch.rejections:
-            first = batch.rejections[0]
-            raise InputError(f"{name}: not a readable {fmt} file: no row parses (row {first.line_no}: {first.detail})")
-        if not checked_columns and len(batch.frame.columns):
-            require_columns(name, set(batch.frame.columns), rules)
-            checked_columns = True
-        valid, rejections = validate_batch(batch, rules, now, kinds, vector_dims)
-        unparsed = [replace(r, raw=safe_raw(r.raw, rules)) for r in batch.rejections]
-        accepted, duplicates, rejected = load_batch(engine, name, valid, unparsed + rejections)
+
+    def loaded(batch, valid, result) -> None:
+        accepted, duplicates, rejected = result
+        schema.record_first(valid, vector_dims)
         summary.rows_read += len(batch.frame) + len(batch.rejections)
         summary.accepted += accepted
         summary.duplicates += duplicates
@@ -105,8 +105,30 @@ def ingest(
         reasons.update(r.reason for r in rejected)
         summary.reasons = dict(reasons)
         summary.seconds = time.perf_counter() - started
+        summary.schema_version, summary.new_features = schema.version, schema.new_features()
+        summary.new_values = dict(schema.unseen_values)
         if on_progress:
             on_progress(summary)
+
+    # Batch N is written while batch N + 1 is read and validated (BatchWriter), once the feature
+    # schema is recorded: until then a batch's types follow what the previous one recorded.
+    with BatchWriter() as writer:
+        for batch in iter_batches(name, content, fmt, batch_rows):
+            if not checked_columns and batch.frame.empty and batch.rejections:
+                first = batch.rejections[0]
+                raise InputError(
+                    f"{name}: not a readable {fmt} file: no row parses (row {first.line_no}: {first.detail})"
+                )
+            if not checked_columns and len(batch.frame.columns):
+                require_columns(name, set(batch.frame.columns), rules)
+                checked_columns = True
+            valid, rejections = validate_batch(batch, rules, now, schema.kinds_for(batch.frame), vector_dims)
+            unparsed = [replace(r, raw=safe_raw(r.raw, rules)) for r in batch.rejections]
+            writer.submit(
+                load_batch, engine, name, valid, unparsed + rejections, then=functools.partial(loaded, batch, valid)
+            )
+            if schema.version is None:
+                writer.wait()
     if not checked_columns:
         raise InputError(f"{name}: no row could be read")
     with engine.begin() as conn:

@@ -13,6 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
 MODES = ("off", "redact", "drop")
 
 _URL = r"(?i:https?://|www\.)[^\s<>\"')\]]+[^\s<>\"')\].,;:!?]"
@@ -23,10 +28,30 @@ _HANDLE = r"(?<![\w@./])@[A-Za-z0-9_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])(?![\w@]
 # 13-19 digits in groups separated by single spaces or dashes; confirmed by the Luhn check.
 _CARD = r"(?<![\w.,])\d(?:[ -]?\d){12,18}(?![\w.,]|-\d)"
 # A phone: an optional +country code, then digit groups with separators; checked by _is_phone.
-_PATTERN = re.compile(
-    rf"(?P<url>{_URL})|(?P<email>{_EMAIL})|(?P<handle>{_HANDLE})|(?P<card>{_CARD})|(?P<phone>(?:\+\d{{1,3}}[\s.-]?)?(?:\(\d{{1,4}}\)[\s.-]?)?"
-    rf"\d{{1,5}}(?:[\s.-]\d{{1,8}}){{1,5}}|\+\d{{7,14}}|\(\d{{3}}\)\d{{3}}-?\d{{4}}|\d{{10,11}})"
+_PHONE = (
+    r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{1,5}(?:[\s.-]\d{1,8}){1,5}"
+    r"|\+\d{7,14}|\(\d{3}\)\d{3}-?\d{4}|\d{10,11}"
 )
+_PATTERN = re.compile(
+    rf"(?P<url>{_URL})|(?P<email>{_EMAIL})|(?P<handle>{_HANDLE})|(?P<card>{_CARD})|(?P<phone>{_PHONE})"
+)
+
+
+def _variant(url: bool, at: bool) -> re.Pattern:
+    """_PATTERN without the alternatives that cannot match a text (no scheme or ``www.``: no URL;
+    no ``@``: no email, no handle), each alternative led by a lookahead of its first character so
+    a position fails fast. Both only drop what could never match, so every text gets exactly the
+    matches _PATTERN finds, in the same groups."""
+    parts = [f"(?P<url>{_URL})"] if url else []
+    if at:
+        parts += [f"(?P<email>{_EMAIL})", f"(?P<handle>(?=@){_HANDLE})"]
+    parts += [f"(?P<card>(?=\\d){_CARD})", f"(?P<phone>(?=[+(\\d])(?:{_PHONE}))"]
+    return re.compile("|".join(parts))
+
+
+_VARIANTS = {(url, at): _variant(url, at) for url in (False, True) for at in (False, True)}
+# Where a text may hold PII, for a whole column in one RE2 pass: everything _may_hold_pii lets through.
+_CANDIDATE = r"@|://|(?i:www\.)|[0-9](?:[^0-9]*[0-9]){6}"
 _DIGITS = "0123456789"
 _DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 _TIME = re.compile(r"^\d{1,2}[:.]\d{2}")
@@ -101,6 +126,38 @@ def redact(text: str, handles: bool = True) -> str:
     if not _may_hold_pii(text):
         return text
     return _PATTERN.sub(lambda m: _replace(m, text, handles), text)
+
+
+def _redact_candidate(text: str, handles: bool) -> str:
+    """:func:`redact` of a text the column pre-filter flagged, with the smallest exact pattern."""
+    if not _may_hold_pii(text):
+        return text
+    pattern = _VARIANTS["://" in text or "www." in text.lower(), "@" in text]
+    return pattern.sub(lambda m: _replace(m, text, handles), text)
+
+
+def redact_column(texts: pd.Series, array: pa.Array, handles: bool = True) -> tuple[pd.Series, np.ndarray]:
+    """:func:`redact` of every text of a column, and where it changed one; ``None`` stays.
+
+    One RE2 pass over the column (``array``, the same texts in Arrow) finds the texts that may hold
+    PII (most reviews hold none); only those go through the Python pattern, which needs lookarounds
+    RE2 lacks.
+
+    Args:
+        texts: str or None values.
+        array: ``texts`` as an Arrow string array.
+        handles: replace ``@handles`` (``REFIT_PII_HANDLES``).
+    """
+    changed = np.zeros(len(texts), dtype=bool)
+    candidates = np.flatnonzero(pc.fill_null(pc.match_substring_regex(array, _CANDIDATE), False).to_numpy(False))
+    if not len(candidates):
+        return texts, changed
+    values = texts.to_numpy(dtype=object, copy=True)
+    for i in candidates:
+        clean = _redact_candidate(values[i], handles)
+        if clean != values[i]:
+            values[i], changed[i] = clean, True
+    return pd.Series(values, index=texts.index), changed
 
 
 def redact_all(texts: Iterable[str]) -> tuple[list[str], list[bool]]:

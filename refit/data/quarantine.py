@@ -10,6 +10,7 @@ from sqlalchemy import Engine, text
 
 from refit.data.load import load_batch, stored_vector_dims
 from refit.data.read import RawBatch
+from refit.data.schema import load_schema
 from refit.data.validate import IngestRules, validate_batch
 
 
@@ -48,7 +49,11 @@ def requeue_quarantine(engine: Engine, settings) -> dict:
     frame = pd.DataFrame.from_records([r.raw for r in rows])
     batch = RawBatch(frame, np.array([r.id for r in rows]))
     vector_dims = stored_vector_dims(engine, rules.vector_feature)
-    valid, rejections = validate_batch(batch, rules, datetime.now(timezone.utc), {}, vector_dims)
+    schema = load_schema(engine)  # a row quarantined for its type passes once the schema is updated
+    kinds = dict(schema.scalar_types) if schema else {}
+    if schema:
+        vector_dims.update({n: d for n, d in schema.vector_dims.items() if n == rules.vector_feature})
+    valid, rejections = validate_batch(batch, rules, datetime.now(timezone.utc), kinds, vector_dims)
     passed = [int(i) for i in valid["line_no"]]  # line_no carries the quarantine id here
     accepted, _duplicates, _rejected = load_batch(engine, "requeue", valid, [])
     with engine.begin() as conn:

@@ -15,7 +15,8 @@ One sync (``refit sync``, the ``sync`` deployment):
    same transaction as the batch's rows;
 5. every ``REFIT_SOURCE_RECONCILE_HOURS``, compares all source keys (in the same snapshot) with
    the rows that came from this source, and forgets the rows deleted at the source as
-   ``refit forget`` does.
+   ``refit forget`` does (not needed on a first sync, while refit holds nothing from the source:
+   all it holds then comes from this snapshot).
 
 **Late commits.** Ids from a sequence (and ``updated_at`` from the clock) commit out of order: a
 row with a lower cursor can become visible after a higher one was read. The snapshot tells when
@@ -36,7 +37,9 @@ the transaction's start, drawn before the first write.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import io
 import json
 import tempfile
 import time
@@ -55,9 +58,10 @@ from sqlalchemy.pool import NullPool
 from refit.core.errors import InputError, RefitError
 from refit.data.db import INGEST_LOCK
 from refit.data.ingest import require_columns
-from refit.data.load import load_rows, stored_vector_dims
+from refit.data.load import BatchWriter, Loaded, load_rows, stored_vector_dims
 from refit.data.privacy import forget_rows
 from refit.data.read import RawBatch
+from refit.data.schema import SchemaInUse
 from refit.data.validate import IngestRules, validate_batch
 
 SYNC_LOCK = 0x7265666976  # one sync at a time per refit database
@@ -126,6 +130,9 @@ class SyncSummary:
     horizon: int | None = None
     reasons: dict[str, int] = field(default_factory=dict)
     new_columns: list[str] = field(default_factory=list)
+    schema_version: int | None = None  # the feature schema the rows were validated against
+    new_features: list[str] = field(default_factory=list)  # feature columns stored but not in the schema
+    new_values: dict[str, int] = field(default_factory=dict)  # categorical values the schema has not seen
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -237,6 +244,8 @@ def _sync(engine, spec, rules, summary, batch_rows, reconcile, now) -> None:
         summary.new_columns = sorted(set(columns) - set(stored)) if stored else []
         mapped = set(dict(rules.column_map).values())
         start = (state or {}).get("cursor_value"), (state or {}).get("cursor_key")
+        # Everything this source ever gave refit comes from this snapshot: nothing can be deleted.
+        whole = start == (None, None) and not _holds_rows(engine, spec.name)
         marks = list((state or {}).get("marks") or [])
         # Where the cursor may go: to the end of the rows when no transaction is open; else to the
         # latest mark that every open transaction began after; else nowhere.
@@ -261,12 +270,30 @@ def _sync(engine, spec, rules, summary, batch_rows, reconcile, now) -> None:
         if due is None:
             last = (state or {}).get("reconciled_at")
             due = last is None or (now - last).total_seconds() >= spec.reconcile_hours * 3600
-        if due:
+        if due and whole:  # a reconciliation now would compare the snapshot with itself
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE source_cursors SET reconciled_at = now() WHERE source = :o"), {"o": spec.name}
+                )
+            summary.reconciled = True
+        elif due:
             deleted = reconcile_deletes(engine, cur, spec)
             summary.reconciled = deleted is not None
             summary.deleted = deleted or 0
     finally:
         raw.close()  # the read-only transaction ends with the connection
+
+
+def _holds_rows(engine: Engine, source: str) -> bool:
+    """Whether refit holds any row (stored or quarantined) that came from ``source``."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM feedback WHERE origin = :o)"
+                " OR EXISTS (SELECT 1 FROM quarantine WHERE source = :o)"
+            ),
+            {"o": source},
+        ).scalar()
 
 
 def _load_spool(engine, spec, rules, summary, spool, batch_rows, position, target, now) -> tuple[tuple, tuple | None]:
@@ -278,35 +305,54 @@ def _load_spool(engine, spec, rules, summary, spool, batch_rows, position, targe
     Returns:
         The cursor, and the highest (cursor, key) read (None when no row was read).
     """
-    kinds: dict[str, str] = {}
     vector_dims = stored_vector_dims(engine, rules.vector_feature)
+    schema = SchemaInUse.start(engine, rules, vector_dims, spec.name, f"inferred from the first sync of {spec.name}")
     reasons: Counter = Counter()
     highest = None
     line = 1
-    for frame in _read_spool(spool, batch_rows):
-        cursor_values = frame.pop("_refit_cursor").to_numpy()
-        keys = frame.pop("_refit_key").to_numpy()
-        below = (frame.pop("_refit_upto") == "t").to_numpy()
-        lines = np.arange(line, line + len(frame))
-        line += len(frame)
-        highest = str(cursor_values[-1]), str(keys[-1])
-        if target is None or below.all():
-            position = highest
-        else:  # every row up to the target is in this batch or an earlier one
-            position = target if target[0] is not None else position
-            summary.held_back += int((~below).sum())
-        valid, rejections = validate_batch(RawBatch(frame, lines), rules, now, kinds, vector_dims)
-        with engine.begin() as conn:
-            loaded = load_rows(conn, spec.name, valid, rejections, replace=True, origin=spec.name)
-            save_cursor(conn, spec.name, position)
-        summary.rows_read += len(frame)
+
+    def stored(valid, rows: int, loaded: Loaded) -> None:
+        schema.record_first(valid, vector_dims)
+        summary.rows_read += rows
         summary.accepted += loaded.accepted
         summary.edited += loaded.edited
         summary.duplicates += loaded.duplicates
         summary.quarantined += len(loaded.rejections)
         reasons.update(r.reason for r in loaded.rejections)
+
+    # Batch N is written while batch N + 1 is validated (BatchWriter), once the feature schema is
+    # recorded: until then a batch's types follow what the previous one recorded.
+    with BatchWriter() as writer:
+        for frame in _read_spool(spool, batch_rows):
+            cursor_values = frame.pop("_refit_cursor").to_numpy()
+            keys = frame.pop("_refit_key").to_numpy()
+            below = (frame.pop("_refit_upto") == "t").to_numpy()
+            lines = np.arange(line, line + len(frame))
+            line += len(frame)
+            highest = str(cursor_values[-1]), str(keys[-1])
+            if target is None or below.all():
+                position = highest
+            else:  # every row up to the target is in this batch or an earlier one
+                position = target if target[0] is not None else position
+                summary.held_back += int((~below).sum())
+            valid, rejections = validate_batch(RawBatch(frame, lines), rules, now, schema.kinds_for(frame), vector_dims)
+            rows, frame = len(frame), None  # the raw values go before the next batch is read
+            then = functools.partial(stored, valid, rows)
+            writer.submit(_store, engine, spec, valid, rejections, position, then=then)
+            if schema.version is None:
+                writer.wait()
     summary.reasons = dict(reasons)
+    summary.schema_version, summary.new_features = schema.version, schema.new_features()
+    summary.new_values = dict(schema.unseen_values)
     return position, highest
+
+
+def _store(engine: Engine, spec: SourceSpec, valid, rejections, position: tuple) -> Loaded:
+    """One batch and the cursor it reached, in one transaction."""
+    with engine.begin() as conn:
+        loaded = load_rows(conn, spec.name, valid, rejections, replace=True, origin=spec.name)
+        save_cursor(conn, spec.name, position)
+    return loaded
 
 
 def _ident(name: str) -> str:
@@ -399,30 +445,58 @@ def _literal(cur, value: str | None) -> str:
     return adapted.getquoted().decode()
 
 
+_SPOOL_BLOCK = 8 << 20  # bytes of the spool parsed at a time
+
+
 def _read_spool(spool, batch_rows: int):
-    """The spooled rows as frames of raw text values (all strings, as a CSV file's), in order."""
+    """The spooled rows as frames of raw text values (all strings, as a CSV file's), in order.
+
+    The spool is cut into blocks at record ends and each block parsed on its own, so memory holds
+    one batch whatever the spool's size (Arrow's streaming reader reads ahead of a slow consumer:
+    hundreds of MB of a large spool).
+    """
     if spool.tell() == 0:
         return
     spool.seek(0)
-    names = next(csv.reader([spool.readline().decode("utf-8")]))
-    spool.seek(0)
-    reader = pacsv.open_csv(
-        spool,
-        read_options=pacsv.ReadOptions(block_size=8 << 20),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names}, strings_can_be_null=True, quoted_strings_can_be_null=False
-        ),
+    header = spool.readline()
+    names = next(csv.reader([header.decode("utf-8")]))
+    parse = pacsv.ParseOptions(newlines_in_values=True)
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names}, strings_can_be_null=True, quoted_strings_can_be_null=False
     )
-    pending, size = [], 0
-    for batch in reader:
-        pending.append(batch)
-        size += batch.num_rows
-        if size >= batch_rows:
-            yield pa.Table.from_batches(pending).to_pandas()
-            pending, size = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending).to_pandas()
+    pending, size, carry = [], 0, b""
+    while True:
+        chunk = spool.read(_SPOOL_BLOCK)
+        data = carry + chunk
+        cut = len(data) if not chunk else _records_end(data)
+        if cut:
+            table = pacsv.read_csv(io.BytesIO(header + data[:cut]), parse_options=parse, convert_options=convert)
+            pending.append(table)
+            size += table.num_rows
+        carry = data[cut:]
+        if pending and (size >= batch_rows or not chunk):
+            table, pending, size = pa.concat_tables(pending), [], 0
+            yield _frame(table)
+        if not chunk:
+            return
+
+
+def _records_end(data: bytes) -> int:
+    """Where the last complete CSV record of ``data`` ends (0: none does). ``data`` starts at a
+    record; a newline ends one when an even number of quotes precede it (Postgres doubles a quote
+    inside a quoted value, so the parity says whether a newline lies inside one)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(raw == 10)
+    if not len(newlines):
+        return 0
+    quotes = np.flatnonzero(raw == 34)
+    outside = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    return int(outside[-1]) + 1 if len(outside) else 0
+
+
+def _frame(table: pa.Table):
+    """The table as pandas, its Arrow buffers freed as each column converts (memory stays one batch)."""
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def read_cursor(engine: Engine, source: str) -> dict | None:

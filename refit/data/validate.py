@@ -6,7 +6,6 @@ redacted (or the row dropped, or the text left, as configured).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
@@ -16,13 +15,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from refit.core.settings import RESERVED
-from refit.data.pii import redact
+from refit.data.kernels import PY_WHITESPACE, as_bool, blank, has_nul, json_objects, sha256_hex, strip, to_arrow
+from refit.data.pii import redact, redact_column
 from refit.data.read import RawBatch, Rejection
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 MAX_ID_CHARS = 256
+RAW_KEPT = ("feedback_id", "user_id", "item_id", "created_at", "rating", "satisfaction", "label")
+MAX_SHOWN_VALUES = 20  # distinct bad feature values named in a quarantine detail, per batch and feature
+MAX_SHOWN_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,23 @@ class IngestRules:
 
 
 def _blank(series: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return series.isna()  # a number's or a time's text is never blank
+    if _is_text(series):
+        return pd.Series(blank(to_arrow(series.where(series.notna(), None))[0]), index=series.index)
     return series.isna() | (series.astype(str).str.strip() == "")
+
+
+def _is_text(series: pd.Series) -> bool:
+    """Whether every present value is a str (what the CSV reader and the source give)."""
+    return series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
+
+
+def _text(series: pd.Series) -> tuple[pd.Series, pa.Array, np.ndarray]:
+    """:func:`_as_text` of ``series``, the same as Arrow, and where a value holds a lone surrogate."""
+    values = _as_text(series)
+    array, surrogates = to_arrow(values)
+    return values, array, surrogates
 
 
 def _nested(series: pd.Series) -> pd.Series:
@@ -83,15 +104,31 @@ def _parse_times(series: pd.Series) -> pd.Series:
     """UTC timestamps from ISO-8601 text or epoch seconds; NaT where neither parses."""
     if series.empty:
         return pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
-    numeric = pd.to_numeric(series, errors="coerce")
-    is_epoch = numeric.notna() & series.astype(str).str.fullmatch(r"\s*-?\d+(\.\d+)?\s*")
-    text_values = series.where(~is_epoch).astype("string").str.strip().str.replace("Z", "+00:00", regex=False)
+    if _is_text(series):
+        values, array, _ = _text(series)
+        spaces = "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE)
+        digits = pd.Series(
+            as_bool(pc.match_substring_regex(array, f"^[{spaces}]*-?\\p{{Nd}}+(\\.\\p{{Nd}}+)?[{spaces}]*$")),
+            index=series.index,
+        )
+        numeric = _to_numbers(series.where(digits))  # only epoch-like text can be epoch seconds
+        is_epoch = numeric.notna() & digits
+        _, array = strip(values, pc.if_else(pa.array(is_epoch.to_numpy()), pa.scalar(None, pa.string()), array))
+        text_values = pc.replace_substring(array, "Z", "+00:00").to_pandas()
+    else:
+        numeric = pd.to_numeric(series, errors="coerce")
+        is_epoch = numeric.notna() & series.astype(str).str.fullmatch(r"\s*-?\d+(\.\d+)?\s*")
+        text_values = series.where(~is_epoch).astype("string").str.strip().str.replace("Z", "+00:00", regex=False)
     parsed = pd.to_datetime(text_values, errors="coerce", utc=True, format="ISO8601")
     if is_epoch.any():
         # Seconds beyond pandas' nanosecond range (years 1677..2262) overflow instead of coercing:
         # they are bad timestamps like any other unparseable value.
         in_range = numeric.abs() < 9.2e9
-        epoch = pd.to_datetime(numeric.where(is_epoch & in_range), unit="s", utc=True, errors="coerce")
+        # Only the epoch values go to pandas: with NaN among floats its unit conversion now and
+        # then raised FloatingPointError (an overflow in its arithmetic on the NaN slots).
+        take = (is_epoch & in_range).to_numpy()
+        epoch = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
+        epoch[take] = pd.to_datetime(numeric[take].to_numpy(), unit="s", utc=True, errors="coerce")
         parsed = parsed.where(~is_epoch, epoch)
     return parsed
 
@@ -99,11 +136,21 @@ def _parse_times(series: pd.Series) -> pd.Series:
 def _numeric(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Numbers, and a mask of the values that are present but not finite numbers."""
     present = ~_blank(series)
-    values = pd.to_numeric(series.where(present), errors="coerce")
+    values = _to_numbers(series.where(present))
     if values.dtype == object:
         values = values.astype(float)
     bad = present & ~np.isfinite(values.astype(float))
     return values.astype(float), bad
+
+
+def _to_numbers(series: pd.Series) -> pd.Series:
+    """``pd.to_numeric(series, errors="coerce")``; for text, parsed once per distinct value (a
+    feature or a rating has few, and parsing a value costs a microsecond)."""
+    if not _is_text(series) or len(series) < 1000:
+        return pd.to_numeric(series, errors="coerce")
+    codes, uniques = pd.factorize(series)
+    numbers = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype=float)
+    return pd.Series(np.append(numbers, np.nan)[codes], index=series.index)  # code -1: missing
 
 
 def label_for(satisfaction: float, labels: tuple[str, ...]) -> str:
@@ -120,8 +167,10 @@ def validate_batch(
 ) -> tuple[pd.DataFrame, list[Rejection]]:
     """Valid rows in refit's columns, and one rejection per invalid row (the first reason wins).
 
-    ``feature_kinds`` maps feature columns to ``numeric`` or ``categorical``; columns not in it
-    yet are added, inferred from this batch (configured types always win). ``vector_dims`` holds
+    ``feature_kinds`` maps feature columns to ``numeric`` or ``categorical`` (the feature schema's
+    types, :mod:`refit.data.schema`); columns not in it yet are added, typed from this batch (numeric
+    only when every value is a number, so a column the schema lacks loses nothing); configured types
+    always win. Text feature values are redacted like the text. ``vector_dims`` holds
     the length every value of the vector feature must have (the stored rows' length, or the
     length most common in the first batch that has the vector; added here when missing).
     """
@@ -130,32 +179,42 @@ def validate_batch(
     n = len(frame)
     reason = pd.Series([None] * n, dtype=object)
     detail = pd.Series([None] * n, dtype=object)
+    unflagged = np.ones(n, dtype=bool)
 
-    def flag(mask: pd.Series, why: str, message: str) -> None:
-        mask = mask.to_numpy(dtype=bool, na_value=False) & reason.isna().to_numpy()
+    def flag(mask: pd.Series | np.ndarray, why: str, message: str) -> None:
+        mask = mask if isinstance(mask, np.ndarray) else mask.to_numpy(dtype=bool, na_value=False)
+        mask = mask & unflagged
         if mask.any():
             reason[mask] = why
             detail[mask] = message
+            unflagged[mask] = False
 
     def column(name: str) -> pd.Series:
         return frame[name] if name in frame else pd.Series([None] * n, dtype=object)
 
-    raw_body = _as_text(column("text"))
-    body = raw_body.str.strip()
-    flag(body.isna() | (body == ""), "missing_text", "text is missing or empty")
-    flag(body.str.contains("\x00", regex=False), "invalid_text", "text contains NUL bytes")
-    flag(_unencodable(body), "invalid_text", "text is not valid Unicode (a lone surrogate)")
+    # The text and the ids are checked in Arrow kernels (the strings are shared with pandas'
+    # values in one conversion); lone surrogates, which UTF-8 cannot hold, are found on the way.
+    raw_body, raw_array, surrogates = _text(column("text"))
+    body, body_array = strip(raw_body, raw_array)
+    lengths = pc.utf8_length(body_array)
+    missing = pc.or_kleene(pc.is_null(body_array), pc.equal(lengths, 0))
+    flag(as_bool(missing), "missing_text", "text is missing or empty")
+    flag(has_nul(body_array), "invalid_text", "text contains NUL bytes")
+    flag(surrogates, "invalid_text", "text is not valid Unicode (a lone surrogate)")
     flag(
-        body.str.len() > rules.max_text_chars, "text_too_long", f"text is longer than {rules.max_text_chars} characters"
+        as_bool(pc.greater(lengths, rules.max_text_chars)),
+        "text_too_long",
+        f"text is longer than {rules.max_text_chars} characters",
     )
 
+    ids = {}
     for name in ("feedback_id", "user_id", "item_id"):
         values = column(name)
-        as_text = _as_text(values)
-        nested = _nested(values)
-        too_long = as_text.str.len() > MAX_ID_CHARS
-        bad_chars = as_text.str.contains("\x00", regex=False) | _unencodable(as_text)
-        flag(nested | too_long | bad_chars, f"bad_{name}", f"{name} is not a valid id")
+        as_text, array, surrogates = _text(values)
+        too_long = as_bool(pc.greater(pc.utf8_length(array), MAX_ID_CHARS))
+        bad_chars = has_nul(array) | surrogates
+        flag(_nested(values).to_numpy(dtype=bool) | too_long | bad_chars, f"bad_{name}", f"{name} is not a valid id")
+        ids[name] = strip(as_text, array)[0]
 
     created = _parse_times(column("created_at"))
     flag(_blank(column("created_at")), "bad_timestamp", "created_at is missing")
@@ -173,7 +232,8 @@ def validate_batch(
         f"rating is outside [{rules.rating_min:g}, {rules.rating_max:g}]",
     )
     satisfaction = satisfaction.fillna((rating - rules.rating_min) / (rules.rating_max - rules.rating_min))
-    label = _as_text(column("label")).str.strip()
+    label_values, label_array, _ = _text(column("label"))
+    label = strip(label_values, label_array)[0]
     label = label.where(label != "")
     flag(label.notna() & ~label.isin(rules.labels), "unknown_label", f"label is not one of {', '.join(rules.labels)}")
     flag(satisfaction.isna() & label.isna(), "missing_target", "no satisfaction, rating or label")
@@ -185,6 +245,15 @@ def validate_batch(
     if configured:
         features = [c for c in features if c in configured or c == vector]
     feature_values = {}
+
+    def redact_values(values: pd.Series) -> pd.Series:
+        # Feature text is free text too (a comment field, a referrer): redacted like the text, once
+        # per distinct value (categorical features have few).
+        if rules.pii_mode == "off":
+            return values
+        clean = {v: redact(v, rules.pii_handles) for v in values.dropna().unique() if isinstance(v, str)}
+        return values.map(lambda v: clean.get(v, v) if isinstance(v, str) else v)
+
     for name in features:
         values = frame[name]
         if name == vector:
@@ -204,19 +273,28 @@ def validate_batch(
         feature_kinds.setdefault(name, kind)
         if kind == "numeric":
             numbers, bad = _numeric(values.where(~nested))
+            at = np.flatnonzero(bad.to_numpy(dtype=bool))
+            shown = redact_values(_as_text(values.iloc[at]).str.slice(0, MAX_SHOWN_CHARS)).to_numpy()
+            for value in pd.unique(shown)[:MAX_SHOWN_VALUES]:  # name the value; the rest get the general detail
+                mask = np.zeros(n, dtype=bool)
+                mask[at[shown == value]] = True
+                flag(mask, "bad_feature", f"feature {name} should be a number, got {value!r}")
             flag(bad, "bad_feature", f"feature {name} should be a number")
             feature_values[name] = numbers
         else:
             categories = _as_text(values.where(~nested)).str.strip().replace("", None)
             bad_chars = categories.str.contains("\x00", regex=False) | _unencodable(categories)
             flag(bad_chars, "bad_feature", f"feature {name} contains NUL bytes or lone surrogates")
-            feature_values[name] = categories
+            clean = redact_values(categories)
+            if rules.pii_mode == "drop":
+                found = categories.notna() & (clean != categories)
+                flag(found, "contains_pii", f"feature {name} contains personal data (REFIT_PII_MODE=drop)")
+            feature_values[name] = clean
 
     if rules.pii_mode != "off":
-        redacted = body.map(lambda t: redact(t, rules.pii_handles) if isinstance(t, str) else t)
+        body, changed = redact_column(body, body_array, rules.pii_handles)
         if rules.pii_mode == "drop":
-            flag(redacted != body, "contains_pii", "the text contains personal data (REFIT_PII_MODE=drop)")
-        body = redacted
+            flag(changed, "contains_pii", "the text contains personal data (REFIT_PII_MODE=drop)")
 
     ok = reason.isna().to_numpy()
     rejections = [
@@ -240,9 +318,9 @@ def validate_batch(
     valid = pd.DataFrame(
         {
             "line_no": batch.line_no[ok] if len(batch.line_no) else np.zeros(ok.sum(), dtype=int),
-            "feedback_id": _as_text(column("feedback_id")).str.strip()[ok],
-            "user_id": _as_text(column("user_id")).str.strip()[ok],
-            "item_id": _as_text(column("item_id")).str.strip()[ok],
+            "feedback_id": ids["feedback_id"][ok],
+            "user_id": ids["user_id"][ok],
+            "item_id": ids["item_id"][ok],
             "text": body[ok],
             "satisfaction": satisfaction[ok].round(9),
             "label": derived_label[ok],
@@ -305,29 +383,44 @@ def _vector(value: Any, name: str) -> tuple[list[float] | None, str | None]:
 
 
 def _features_json(names: list[str], columns: list[pd.Series], n: int) -> list[str]:
-    """One canonical JSON object per row (sorted keys, no missing values)."""
-    if not names:
-        return ["{}"] * n
+    """One canonical JSON object per row (sorted keys, no missing values), as ``json.dumps`` of
+    the row's dict writes it (the content hash covers this text, so it must not change)."""
+    if not n:
+        return []
     order = sorted(range(len(names)), key=lambda i: names[i])
-    names = [names[i] for i in order]
-    values = [columns[i].astype(object).where(columns[i].notna(), None).tolist() for i in order]
-    out = []
-    for row in zip(*values, strict=True):
-        out.append(json.dumps({k: v for k, v in zip(names, row, strict=True) if v is not None}))
-    return out
+    return json_objects([names[i] for i in order], [columns[i] for i in order], n).to_numpy(zero_copy_only=False)
 
 
 def _add_identity(valid: pd.DataFrame) -> None:
-    """The content hash of each row, and its feedback id (a hash of the content when missing)."""
-    digests = []
-    for t, sat, label, feats, user, item, created in zip(
-        valid["text"], valid["satisfaction"], valid["label"], valid["features"],
-        valid["user_id"], valid["item_id"], valid["created_at"].astype("int64").astype(str), strict=True,
-    ):  # fmt: skip
-        key = "\x1f".join((t, repr(sat), label, feats, user or "", item or "", created))
-        digests.append(hashlib.sha256(key.encode("utf-8")).hexdigest())
+    """The content hash of each row, and its feedback id (a hash of the content when missing).
+
+    The hash is SHA-256 of ``text, repr(satisfaction), label, features, user_id or "", item_id or
+    "", created_at in ns`` joined by U+001F, as stored rows have it; the keys are joined in Arrow.
+    """
+    if not len(valid):
+        valid["content_hash"] = []
+        valid["feedback_id"] = valid["feedback_id"].fillna(pd.Series([], dtype=object))
+        return
+
+    def strings(name: str) -> pa.Array:
+        return pa.array(valid[name], type=pa.string(), from_pandas=True)
+
+    keys = pc.binary_join_element_wise(
+        strings("text"),
+        pa.array(list(map(repr, valid["satisfaction"].tolist())), type=pa.string()),
+        strings("label"),
+        strings("features"),
+        pc.fill_null(strings("user_id"), ""),
+        pc.fill_null(strings("item_id"), ""),
+        pa.array(valid["created_at"].astype("int64").to_numpy()).cast(pa.string()),
+        "\x1f",
+    )
+    assert keys.null_count == 0, "a valid row without text, label, features or time"
+    digests = sha256_hex(keys)
     valid["content_hash"] = digests
-    valid["feedback_id"] = valid["feedback_id"].fillna(pd.Series([f"h-{d[:32]}" for d in digests]))
+    missing = np.flatnonzero(valid["feedback_id"].isna().to_numpy())
+    if len(missing):
+        valid.loc[missing, "feedback_id"] = [f"h-{digests[i][:32]}" for i in missing]
 
 
 def _id_or_none(value: Any) -> str | None:
@@ -351,6 +444,12 @@ def _storable(value: str) -> str:
 
 def _unencodable(series: pd.Series) -> pd.Series:
     """Where a text value holds a lone surrogate (it cannot be written as UTF-8)."""
+    if _is_text(series):
+        try:  # one encode of all the values at once: almost always there is none
+            "".join(series[series.notna()]).encode("utf-8")
+            return pd.Series(False, index=series.index)
+        except UnicodeEncodeError:
+            pass
 
     def bad(value: Any) -> bool:
         try:
@@ -363,17 +462,22 @@ def _unencodable(series: pd.Series) -> pd.Series:
 
 
 def safe_raw(raw: dict, rules: IngestRules) -> dict:
-    """The raw row as JSON-storable values; PII is redacted from its free text (unless off).
+    """The raw row as JSON-storable values; PII is redacted from its free text (unless off):
+    every string but the ids, the time and the targets (``RAW_KEPT``, by refit's or the file's name).
 
     Args:
         raw: a row as read, the file's column names to their values.
         rules: the ingest rules (their ``pii_mode``).
     """
 
+    # Ids, times and targets are kept as read (a requeue needs them, and `refit forget` finds a
+    # user by id); every other string (the text, a free-text feature, an unparsed line) is redacted.
+    kept = {*RAW_KEPT, *(src for dst, src in rules.column_map if dst in RAW_KEPT)}
+
     def clean(key: str, value: Any) -> Any:
         if isinstance(value, str):
             value = _storable(value)
-            return redact(value, rules.pii_handles) if rules.pii_mode != "off" and key in ("text", "_line") else value
+            return redact(value, rules.pii_handles) if rules.pii_mode != "off" and key not in kept else value
         if isinstance(value, float) and not math.isfinite(value):
             return None if math.isnan(value) else str(value)
         if isinstance(value, dict):

@@ -24,6 +24,7 @@ from refit.core.drift_groups import GROUPS
 from refit.core.errors import InputError
 from refit.data.db import engine_for
 from refit.data.devset import current_devset, dev_rows
+from refit.data.schema import schema_types
 from refit.data.snapshots import SplitConfig
 from refit.drift.descriptors import describe_texts, dominant_words, tokenizer_words
 from refit.drift.history import drift_history, save_drift_report
@@ -58,6 +59,7 @@ def check_drift(
     force: bool = False,
     render: bool = True,
     labels: list[str] | None = None,
+    feature_types: dict[str, str] | None = None,
 ) -> DriftResult:
     """Compare current feedback with the reference and decide whether to retrain.
 
@@ -77,6 +79,8 @@ def check_drift(
             turns it off); without it every signal comes from the same Evidently stat tests and
             drift method called directly, and no HTML is made.
         labels: class names, for classification.
+        feature_types: the feature schema's types (numeric features are compared as numbers,
+            categorical ones as categories); features it lacks are typed from their values.
 
     Raises:
         InputError: a frame lacks the columns a feedback frame has.
@@ -116,7 +120,7 @@ def check_drift(
     cur_rows = cur_rows.reset_index(drop=True)
     ref = drift_frame(ref_rows, task, ref_desc, _maybe(prediction_column, ref_pred, task, labels))
     cur = drift_frame(cur_rows, task, cur_desc, _maybe(prediction_column, cur_pred, task, labels))
-    kinds = column_kinds(ref, cur, task)
+    kinds = column_kinds(ref, cur, task, feature_types)
 
     value_report = embed_report = report_dict = embed_dict = None
     if render:
@@ -217,6 +221,7 @@ def run_drift_check(
         result = check_drift(
             reference, current, policy, settings.task, champion=predictor, dev=dev, history=history,
             last_retrain=last_retrain, now=now, force=force, labels=list(settings.labels), render=render,
+            feature_types=schema_types(engine),
         )  # fmt: skip
     saved = save_drift_report(engine, store, result, snapshot_id, version, created_at=now)
     summary = {**result.summary(), "report_id": saved["id"]}

@@ -18,11 +18,13 @@ The signals, by group:
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 
 import numpy as np
 import pandas as pd
 
+from refit.data.pii import redact
 from refit.data.snapshots import features_frame
 from refit.drift.descriptors import DESCRIPTORS
 from refit.drift.policy import DriftPolicy
@@ -71,12 +73,49 @@ def drift_frame(
         frame["prediction"] = prediction
     features = features_frame(feedback).reset_index(drop=True)
     for column in features.columns:
-        frame[f"f_{column}"] = features[column].to_numpy()
+        frame[f"f_{column}"] = report_safe(column, features[column]).to_numpy()
     return frame
 
 
-def column_kinds(reference: pd.DataFrame, current: pd.DataFrame, task: str) -> dict[str, str]:
-    """Each measured column's kind: ``text``, ``numeric`` or ``categorical``."""
+ID_NAME = re.compile(r"(^|_)(id|ids|uuid|key|email|handle|username|user|session|phone)$", re.IGNORECASE)
+MIN_ID_VALUES = 20  # fewer present values than this never look like an identifier by their spread
+
+
+def report_safe(name: str, values: pd.Series) -> pd.Series:
+    """A feature column as drift reports may show it: text values redacted of PII (as the text
+    is at ingest, for rows stored before feature values were), and identifiers hashed.
+
+    A feature is an identifier when its name says so (``session_id``, ``email``, ...) or when its
+    text values mostly occur once. A hash keeps the distribution the drift tests compare (equal
+    values stay equal) without putting the values themselves in the HTML.
+
+    Args:
+        name: the feature's name.
+        values: its values (numbers, text, vectors or missing).
+    """
+    text_values = values.map(lambda v: isinstance(v, str))
+    if not text_values.any():
+        return values
+    present = values[text_values]
+    repeated = present.map(present.value_counts()) >= 2
+    identifier = bool(ID_NAME.search(name)) or (len(present) >= MIN_ID_VALUES and repeated.mean() < 0.5)
+    unique = present.unique()
+    safe = {v: (_hashed(v) if identifier else redact(v)) for v in unique}
+    return values.where(~text_values, values.map(lambda v: safe.get(v, v) if isinstance(v, str) else v))
+
+
+def _hashed(value: str) -> str:
+    return "id:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
+
+
+def column_kinds(
+    reference: pd.DataFrame, current: pd.DataFrame, task: str, feature_types: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Each measured column's kind: ``text``, ``numeric`` or ``categorical``.
+
+    A feature's kind is its type in ``feature_types`` (the feature schema's) when it has one there;
+    a feature the schema lacks (or every feature, without a schema) is guessed from its values.
+    """
     kinds = {"text": "text"}
     for column in ("text_length", "oov_rate"):
         if column in reference and column in current:
@@ -92,8 +131,12 @@ def column_kinds(reference: pd.DataFrame, current: pd.DataFrame, task: str) -> d
         if not column.startswith("f_") or column not in current:
             continue
         both = pd.concat([reference[column], current[column]], ignore_index=True).dropna()
-        if both.empty or both.map(lambda v: isinstance(v, (list, tuple, dict))).any():
+        given = (feature_types or {}).get(column[2:])
+        if both.empty or given == "vector" or both.map(lambda v: isinstance(v, (list, tuple, dict))).any():
             continue  # an embedding vector (REFIT_VECTOR_FEATURE) is not one column to compare
+        if given in ("numeric", "categorical"):
+            kinds[column] = given
+            continue
         numeric = pd.to_numeric(both, errors="coerce").notna().all() and both.nunique() > 10
         kinds[column] = "numeric" if numeric else "categorical"
     return kinds

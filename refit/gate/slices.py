@@ -28,20 +28,29 @@ def length_bucket(lengths: pd.Series) -> pd.Series:
     return out
 
 
-def feature_slice(values: pd.Series, buckets: int = 4) -> pd.Series:
-    """A feature as slice values: categories as they are; numbers in quartile ranges."""
+def feature_slice(values: pd.Series, buckets: int = 4, kind: str | None = None) -> pd.Series:
+    """A feature as slice values: categories as they are; numbers in quartile ranges.
+
+    ``kind`` is the feature's type in the feature schema; without one, a feature is taken for
+    numbers when nearly all its values are.
+    """
     numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.notna().sum() >= buckets and numbers.notna().mean() > 0.9:
+    guessed = kind is None and numbers.notna().mean() > 0.9
+    if numbers.notna().sum() >= buckets and (kind == "numeric" or guessed):
         ranges = pd.qcut(numbers, buckets, duplicates="drop")
         return ranges.astype(str).where(numbers.notna(), "(none)")
     return values.fillna("(none)").astype(str)
 
 
 def slice_frame(
-    feedback: pd.DataFrame, items_seen: set[str], features: tuple[str, ...] | list[str] = ("category",)
+    feedback: pd.DataFrame,
+    items_seen: set[str],
+    features: tuple[str, ...] | list[str] = ("category",),
+    feature_types: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """One column per slice family: ``new_item`` (yes/no), ``length``, and one per configured
-    behaviour feature (``category`` by default; numeric features in quartile ranges)."""
+    behaviour feature (``category`` by default; numeric features in quartile ranges). A feature's
+    type is its type in ``feature_types`` (the feature schema's) when it has one there."""
     given = features_frame(feedback)
     columns = {
         "new_item": np.where(feedback["item_id"].isin(items_seen) | feedback["item_id"].isna(), "no", "yes"),
@@ -49,7 +58,7 @@ def slice_frame(
     }
     for name in features:
         values = given[name] if name in given else pd.Series(None, index=feedback.index, dtype=object)
-        columns[name] = feature_slice(values).to_numpy()
+        columns[name] = feature_slice(values, kind=(feature_types or {}).get(name)).to_numpy()
     return pd.DataFrame(columns, index=feedback.index)
 
 

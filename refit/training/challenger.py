@@ -29,6 +29,7 @@ from refit.core.settings import Settings
 from refit.data.db import engine_for
 from refit.data.devset import ensure_devset
 from refit.data.feature_types import feature_types_for
+from refit.data.schema import schema_types
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainConfig
@@ -133,7 +134,9 @@ def train_challenger(
     )
     logger.info("recipe %s: %s", recipe.name, json.dumps(recipe.reasons))
     config = train_config(settings, init_from=champion_folder, recipe=recipe)
-    config = replace(config, feature_types=feature_types_for(settings, data.train_features))
+    # The recorded feature schema's types, not a guess from these rows.
+    types = feature_types_for(settings, data.train_features, schema_types(engine))
+    config = replace(config, feature_types=types)
     logger.info("behaviour features: %s", json.dumps(config.feature_types) if config.feature_types else "none")
     version = version or new_version()
     folder = Path(settings.work_dir) / "checkpoints" / version

@@ -3,7 +3,7 @@
 --
 --   owner  owns the schema; the only role that runs `refit db upgrade` (at deploy time)
 --   app    the flows, the CLI and workers: reads feedback, writes refit's tables, no DDL;
---          promotion_log is append-only (INSERT, no UPDATE, DELETE or TRUNCATE)
+--          promotion_log and feature_schema are append-only (INSERT, no UPDATE, DELETE or TRUNCATE)
 --   serve  `refit serve` with REFIT_SERVE_LOG_PREDICTIONS=true: appends to prediction_log only
 --
 --   CREATE ROLE refit_owner LOGIN PASSWORD '...';
@@ -24,6 +24,7 @@ GRANT USAGE ON SCHEMA public TO :"app", :"serve";
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO :"app";
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO :"app";
 REVOKE UPDATE, DELETE, TRUNCATE ON promotion_log FROM :"app";
+REVOKE UPDATE, DELETE, TRUNCATE ON feature_schema FROM :"app";
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM :"app";
 -- Tables that later migrations add (created by the owner) get the same grants.
 ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public

@@ -153,3 +153,98 @@ def test_label_bins_follow_the_label_order():
     assert [label_for(s, labels) for s in (0.0, 0.3, 0.5, 0.7, 1.0)] == [
         "negative", "negative", "neutral", "positive", "positive",
     ]  # fmt: skip
+
+
+# --- issue 16, part 5: the direct COPY when nothing can conflict ------------------------------
+
+
+def _tables(engine) -> dict:
+    """feedback and quarantine as a user sees them (row order by id; no times of the run)."""
+    with engine.connect() as conn:
+        feedback = conn.execute(
+            text(
+                "SELECT feedback_id, user_id, item_id, text, satisfaction, label, features::text, content_hash,"
+                " created_at, origin FROM feedback ORDER BY id"
+            )
+        ).all()
+        quarantine = conn.execute(
+            text("SELECT source, line_no, feedback_id, reason, detail, raw::text, raw_hash FROM quarantine ORDER BY id")
+        ).all()
+    return {"feedback": feedback, "quarantine": quarantine}
+
+
+def _direct_copies(monkeypatch) -> list[bool]:
+    """Record each batch's path: True for the direct COPY into feedback."""
+    from refit.data import load
+
+    taken: list[bool] = []
+    real = load._copy_direct
+
+    def spy(conn, valid, origin):
+        taken.append(True)
+        return real(conn, valid, origin)
+
+    monkeypatch.setattr(load, "_copy_direct", spy)
+    return taken
+
+
+def test_the_direct_copy_and_the_staged_path_leave_the_same_tables(new_database, tmp_path, monkeypatch):
+    from refit.data import load
+    from refit.data.db import get_engine
+    from refit.data.ingest import ingest
+
+    rows = generate_feedback(900, seed=3)
+    for row in rows[::97]:
+        row["rating"] = 42  # quarantined
+    rows[10]["text"] = "write to me at jo.doe@example.com, or call +44 20 7946 0958"
+    rows[20]["feedback_id"] = ""  # an id from the content hash
+    rows.append({**rows[5], "text": "the same id with other content"})  # an in-file conflict
+    rows.append(dict(rows[6]))  # an identical repeat
+    first = write_feedback(rows, tmp_path / "first.csv")
+    later = [{**r, "text": r["text"] + " (edited)"} if i % 3 == 0 else r for i, r in enumerate(rows[:300])]
+    second = write_feedback(later + generate_feedback(100, seed=4, id_prefix="new"), tmp_path / "second.csv")
+
+    direct, staged = get_engine(new_database()), get_engine(new_database())
+    taken = _direct_copies(monkeypatch)
+    summaries = [ingest(direct, first, RULES, batch_rows=250, now=NOW)]
+    # Straight into feedback, but for the last batch: its repeats name ids the first batch stored.
+    assert taken == [True] * 3
+    with monkeypatch.context() as forced:
+        forced.setattr(load, "_any_stored", lambda conn, ids: True)  # as if any id could conflict
+        staged_first = ingest(staged, first, RULES, batch_rows=250, now=NOW)
+    assert taken == [True] * 3
+    assert (staged_first.accepted, staged_first.duplicates, staged_first.reasons) == (
+        summaries[0].accepted,
+        summaries[0].duplicates,
+        summaries[0].reasons,
+    )
+    assert summaries[0].accepted == 900 - 10
+    assert _tables(direct) == _tables(staged)
+
+    before = _tables(direct)
+    again = ingest(direct, first, RULES, batch_rows=250, now=NOW)
+    assert again.accepted == 0 and again.duplicates == 890 + 1
+    assert _tables(direct) == before  # a re-run after the direct path adds nothing
+
+    # A file that overlaps what is stored takes the staged path, with the same outcome either way.
+    ingest(direct, second, RULES, batch_rows=250, now=NOW)
+    with monkeypatch.context() as forced:
+        forced.setattr(load, "_any_stored", lambda conn, ids: True)
+        ingest(staged, second, RULES, batch_rows=250, now=NOW)
+    assert _tables(direct) == _tables(staged)
+    assert count(direct, "feedback") == 890 + 100
+
+
+def test_a_direct_copy_that_meets_a_stored_id_falls_back_to_the_staged_path(engine, tmp_path, monkeypatch):
+    """Should a writer that skips the ingest lock store an id between the check and the COPY, the
+    COPY's unique violation rolls back to its savepoint and the batch goes through staging."""
+    from refit.data import load
+
+    path = write_csv(tmp_path / "f.csv", [good(i) for i in range(20)])
+    ingest_file(engine, path, RULES, now=NOW)
+    monkeypatch.setattr(load, "_any_stored", lambda conn, ids: False)  # the check misses them
+    rows = [good(i) for i in range(10)] + [good(i) for i in range(30, 40)]
+    rows[0]["text"] = "the stored id with other content"
+    summary = ingest_file(engine, write_csv(tmp_path / "g.csv", rows), RULES, now=NOW)
+    assert (summary.accepted, summary.duplicates, summary.reasons) == (10, 9, {"duplicate_conflict": 1})
+    assert count(engine, "feedback") == 30

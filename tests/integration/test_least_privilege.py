@@ -74,6 +74,7 @@ def test_the_flow_role_does_a_real_cycle_but_cannot_change_the_schema(roles, tmp
     rows[3]["rating"] = 11  # a quarantined row too
     summary = ingest_file(app, write_feedback(rows, tmp_path / "f.csv"), IngestRules(labels=("neg", "mid", "pos")))
     assert (summary.accepted, summary.quarantined) == (299, 1)
+    assert summary.schema_version == 1  # the app role records the first feature schema
     snapshot = take_snapshot(app, SplitConfig())
     assert snapshot is not None and snapshot.total_rows == 299
     store = open_store((tmp_path / "store").as_uri())
@@ -94,10 +95,14 @@ def test_the_flow_role_does_a_real_cycle_but_cannot_change_the_schema(roles, tmp
         "DELETE FROM promotion_log",
         "TRUNCATE promotion_log",
         "DELETE FROM schema_migrations",
+        "UPDATE feature_schema SET reason = 'rewritten'",
+        "DELETE FROM feature_schema",
+        "TRUNCATE feature_schema",
     ):
         assert refused(app, ddl) == insufficient_privilege, ddl
     with app.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM promotion_log")).scalar() == 2
+        assert conn.execute(text("SELECT count(*) FROM feature_schema")).scalar() == 1
 
 
 def test_the_serve_role_only_appends_predictions(roles):

@@ -323,3 +323,67 @@ def test_refit_sync_from_settings_alone(db_url, source):
     assert _stored(get_engine(db_url))["2"] == "[HANDLE] says hi"
     again = refit("sync", "--no-reconcile", env=env)
     assert again.returncode == 0 and "0 rows read" in again.stdout
+
+
+def _synced(engine) -> dict:
+    with engine.connect() as conn:
+        return {
+            "feedback": conn.execute(
+                text(
+                    "SELECT feedback_id, user_id, text, satisfaction, label, features::text, content_hash, created_at,"
+                    " origin FROM feedback ORDER BY id"
+                )
+            ).all(),
+            "quarantine": conn.execute(
+                text("SELECT source, feedback_id, reason, raw::text, raw_hash FROM quarantine ORDER BY id")
+            ).all(),
+            "cursor": read_cursor(engine, "pg:app_reviews")["cursor_value"],
+        }
+
+
+def test_a_first_sync_copied_straight_into_feedback_equals_the_staged_one(new_database, source, monkeypatch):
+    from refit.data import load
+
+    rows = [{"text": f"review {i}, call +44 20 7946 0958" if i % 7 == 0 else f"review {i}"} for i in range(300)]
+    rows[3]["stars"] = 9  # quarantined
+    _insert(source["owner"], rows)
+    direct, staged = get_engine(new_database()), get_engine(new_database())
+    first = sync_source(direct, _spec(source), RULES, batch_rows=100)
+    with monkeypatch.context() as forced:
+        forced.setattr(load, "_any_stored", lambda conn, ids: True)  # every batch through staging
+        sync_source(staged, _spec(source), RULES, batch_rows=100)
+    assert first.accepted == 299
+    assert _synced(direct) == _synced(staged)
+
+    before = _synced(direct)
+    with direct.begin() as conn:  # read every row again: nothing may be added or replaced
+        conn.execute(text("UPDATE source_cursors SET cursor_value = NULL, cursor_key = NULL, marks = '[]'"))
+    again = sync_source(direct, _spec(source), RULES, batch_rows=100)
+    assert (again.rows_read, again.accepted, again.edited) == (300, 0, 0)
+    assert _synced(direct) == before
+
+
+def test_a_first_sync_needs_no_key_scan_but_a_restarted_one_still_finds_deletes(engine, source):
+    _insert(source["owner"], [{"text": f"review {i}"} for i in range(6)])
+    first = sync_source(engine, _spec(source), RULES)
+    assert (first.reconciled, first.deleted) == (True, 0)  # marked done: nothing could be gone yet
+    assert read_cursor(engine, "pg:app_reviews")["reconciled_at"] is not None
+
+    with source["owner"].begin() as conn:
+        conn.execute(text("DELETE FROM app_reviews WHERE id = 2"))
+    with engine.begin() as conn:  # a cursor lost (or reset) while refit holds the source's rows
+        conn.execute(text("DELETE FROM source_cursors"))
+    again = sync_source(engine, _spec(source), RULES)
+    assert (again.reconciled, again.deleted) == (True, 1)
+    assert "2" not in _stored(engine) and len(_stored(engine)) == 5
+
+
+def test_texts_with_newlines_and_quotes_survive_the_spool_cut_into_blocks(engine, source, monkeypatch):
+    from refit.data import source as source_module
+
+    monkeypatch.setattr(source_module, "_SPOOL_BLOCK", 64)  # a block boundary inside most records
+    texts = [f'line one\nline "two", {i}\n\n"quoted"\r\nend {"x" * (i % 90)}' for i in range(40)]
+    _insert(source["owner"], [{"text": t} for t in texts])
+    summary = sync_source(engine, _spec(source), RULES, batch_rows=7)
+    assert (summary.rows_read, summary.accepted) == (40, 40)
+    assert sorted(_stored(engine).values()) == sorted(t.strip() for t in texts)

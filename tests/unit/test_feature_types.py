@@ -167,3 +167,48 @@ def test_drift_compares_the_scalar_features_and_leaves_the_vector_out():
     kinds = column_kinds(window(1), window(2), "regression")
     assert kinds["f_device"] == "categorical"
     assert "f_item_vec" not in kinds
+
+
+# --- the feature schema's types (issue 16): the model and drift read them, not guesses ----------
+
+
+def test_the_schemas_types_win_over_the_rows_and_useless_features_are_still_left_out():
+    frame = training_features()
+    schema = {
+        "zip": "categorical",  # digits as text: the rows alone would make it numeric
+        "mixed": "numeric",  # one word in its values: the rows alone would make it categorical
+        "device": "categorical",
+        "country": "categorical",  # constant in these rows: still left out
+        "session_id": "categorical",  # an identifier: still left out
+        "item_vec": "vector",  # the vector has its own path
+    }
+    types = feature_types_for(load_settings(vector_feature="item_vec"), frame, schema)
+    assert types == {"device": "categorical", "mixed": "numeric", "zip": "categorical"}
+    # features the schema lacks are not trained on; without a schema the rows decide
+    assert "sessions_7d" not in types
+    assert feature_types_for(load_settings(), frame, None) == infer_feature_types(frame)
+
+
+def test_configured_types_win_over_the_schema(monkeypatch):
+    monkeypatch.setenv("REFIT_FEATURE_TYPES", "zip:numeric")
+    assert feature_types_for(load_settings(), training_features(), {"zip": "categorical"}) == {"zip": "numeric"}
+
+
+def test_drift_takes_each_features_kind_from_the_schema():
+    from refit.drift.signals import column_kinds
+
+    def window(seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        return pd.DataFrame(
+            {
+                "text": ["a review"] * 50,
+                "target": rng.random(50),
+                "f_stars_given": rng.integers(1, 4, 50),  # few distinct numbers: guessed categorical
+                "f_plan_code": rng.integers(100, 200, 50),  # many distinct numbers: guessed numeric
+            }
+        )
+
+    guessed = column_kinds(window(1), window(2), "regression")
+    assert (guessed["f_stars_given"], guessed["f_plan_code"]) == ("categorical", "numeric")
+    typed = column_kinds(window(1), window(2), "regression", {"stars_given": "numeric", "plan_code": "categorical"})
+    assert (typed["f_stars_given"], typed["f_plan_code"]) == ("numeric", "categorical")

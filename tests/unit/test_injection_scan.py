@@ -14,6 +14,7 @@ SINKS = {"text", "execute", "exec_driver_sql", "executemany", "copy_expert", "co
 
 ALLOWED = {
     ("refit/data/load.py", 'f"COPY feedback_staging ('): "the column list is the constant _COLUMNS",
+    ("refit/data/load.py", 'f"COPY feedback ('): "the column list is the constant _DIRECT",
     ("refit/sim/sandbox.py", 'f\'DROP SCHEMA IF EXISTS "{schema}"'): "sandbox schema names come from _identifier()",
     ("refit/sim/sandbox.py", "f'CREATE SCHEMA \"{schema}\"'"): "sandbox schema names come from _identifier()",
     ("refit/sim/sandbox.py", 'f\'DROP SCHEMA IF EXISTS "{box.schema}"'): "sandbox schema names come from _identifier()",

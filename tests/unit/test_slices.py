@@ -50,3 +50,21 @@ def test_configured_features_become_slices_and_numbers_fall_in_quartiles():
     assert slices["device"].tolist() == list("iaiaiaia")
     assert slices["sessions_7d"].nunique() == 4  # quartile ranges, two rows each
     assert set(slices["missing"]) == {"(none)"}
+
+
+def test_the_schemas_types_decide_how_a_feature_is_sliced():
+    feedback = pd.DataFrame(
+        {
+            "item_id": ["a"] * 8,
+            "text": ["t"] * 8,
+            "features": [f'{{"store": "{n}", "tier": "{t}"}}' for n, t in zip(range(8), "1234567x", strict=True)],
+        }
+    )
+    guessed = slice_frame(feedback, set(), features=["store", "tier"])
+    assert guessed["store"].nunique() == 4  # numbers as text: guessed numeric, in quartiles
+    typed = slice_frame(
+        feedback, set(), features=["store", "tier"], feature_types={"store": "categorical", "tier": "numeric"}
+    )
+    assert typed["store"].tolist() == [str(n) for n in range(8)]  # a code, each value its own slice
+    assert typed["tier"].nunique() == 4 + 1  # numbers in quartiles, and the one word as (none)
+    assert typed["tier"].iloc[-1] == "(none)"
