@@ -57,7 +57,7 @@ def first_model_decision(
     fallback = gate(first, task, y_true, candidate, {"trivial": references["trivial"]}, n_labels, slices)
     lost = decision.reason.removeprefix("reject: ")
     why = (
-        f"the {challenger_kind} challenger did not beat TF-IDF with confidence ({lost})"
+        f"the {challenger_kind} challenger did not beat every baseline with confidence ({lost})"
         f"; the better of the two on the dev set ({kind}: {metric} {ours if keep else theirs:.4f} vs "
         f"{theirs if keep else ours:.4f}) is judged against the trivial predictor"
     )
