@@ -8,16 +8,24 @@ feature missing" (numeric features at their training mean, categories unknown, n
 real values, so the token and feature attributions together add up to the change of the output
 between the baseline and the input (``delta`` reports how far the approximation is from that).
 The output explained is the satisfaction score (regression) or one class's probability.
+
+An ensemble (:mod:`models.ensemble`) predicts the mean of its members, so its attributions are the
+mean of theirs: each member is explained for the same target (the ensemble's predicted class), and
+the tokens, features and outputs are averaged. The mean of the members' outputs is the ensemble's
+output, so completeness holds for the ensemble as it does for each member.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
 
+from refit.models.ensemble import EnsembleModel
 from refit.models.fusion import take
+from refit.models.inference import predict_texts
 from refit.models.predict import Predictor
 
 
@@ -83,6 +91,8 @@ def explain(
     """
     if steps < 1:
         raise ValueError("steps must be at least 1")
+    if isinstance(predictor.model, EnsembleModel):
+        return _explain_ensemble(predictor, text, features, steps, label)
     model, tokenizer = predictor.model, predictor.tokenizer
     device = next(model.parameters()).device
     encoding = tokenizer(str(text), truncation=True, max_length=predictor.max_length, return_offsets_mapping=True)
@@ -149,4 +159,44 @@ def explain(
         tokens=tokens,
         words=[(str(text)[s:e], score) for s, e, score in words.values()],
         features=feature_scores,
+    )
+
+
+def _explain_ensemble(predictor: Predictor, text: str, features: dict | None, steps: int, label: str | None):
+    """The members' mean attribution, each member explained for the ensemble's target."""
+    if predictor.task == "classification" and label is None:
+        # The ensemble's predicted class, not each member's own: their means must explain one output.
+        frame = pd.DataFrame([features or {}])
+        args = (predictor.model, predictor.tokenizer, [str(text)], frame, predictor.task, predictor.max_length)
+        [probabilities] = predict_texts(*args, predictor.device)
+        label = predictor.labels[int(probabilities.argmax())]
+    members = [
+        explain(
+            SimpleNamespace(
+                model=member,
+                tokenizer=predictor.tokenizer,
+                task=predictor.task,
+                labels=predictor.labels,
+                max_length=predictor.max_length,
+            ),
+            text,
+            features,
+            steps,
+            label,
+        )
+        for member in predictor.model.members
+    ]
+    k = len(members)
+    first = members[0]
+    names = sorted({name for m in members for name in m.features})
+    return Explanation(
+        text=first.text,
+        target=first.target,
+        output=sum(m.output for m in members) / k,
+        baseline_output=sum(m.baseline_output for m in members) / k,
+        # One tokenizer and one text: every member has the same pieces and words, in order.
+        tokens=[(piece, sum(m.tokens[i][1] for m in members) / k) for i, (piece, _) in enumerate(first.tokens)],
+        words=[(word, sum(m.words[i][1] for m in members) / k) for i, (word, _) in enumerate(first.words)],
+        # A member that does not read a feature attributes nothing to it.
+        features={name: sum(m.features.get(name, 0.0) for m in members) / k for name in names},
     )

@@ -154,18 +154,25 @@ def gc(
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (default: REFIT_SERVE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: REFIT_SERVE_PORT).")] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth", help="Serve without a bearer token when REFIT_SERVE_TOKEN is not set (warned about)."
+        ),
+    ] = False,
 ) -> None:
     """Serve the champion over HTTP, swapping models without downtime.
 
-    POST /predict, /explain and /reload; GET /healthz, /readyz, /version and /metrics. The server
-    follows the champion pointer.
+    POST /predict, /explain and /reload (they need the REFIT_SERVE_TOKEN bearer token; without one
+    it refuses to start unless given --no-auth); GET /healthz, /readyz, /version and /metrics. The
+    server follows the champion pointer.
     """
     import logging
 
     from refit.serving.app import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_server(current_settings().with_overrides(serve_host=host, serve_port=port))
+    run_server(current_settings().with_overrides(serve_host=host, serve_port=port), no_auth=no_auth)
 
 
 def predict(

@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     serve_host: str = Field(default="127.0.0.1", description="Where `refit serve` listens.")
     serve_port: int = Field(default=8080, ge=1, le=65535)
     serve_token: SecretStr | None = Field(
-        default=None, description="Bearer token for /predict, /explain and /reload (health checks stay open)."
+        default=None,
+        description="Bearer token for /predict, /explain and /reload (health checks stay open); "
+        "`refit serve` refuses to start without one unless given --no-auth.",
     )
     serve_poll_s: float = Field(default=30, gt=0, description="How often the champion pointer is checked.")
     serve_batch_size: int = Field(default=32, ge=1, le=1024, description="Texts gathered into one model call.")

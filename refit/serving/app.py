@@ -3,8 +3,9 @@
 The champion and its hot reload are :mod:`refit.serving.follower`'s; the micro-batching is
 :mod:`refit.serving.batching`'s; the prediction log is :mod:`refit.serving.predlog`'s. Here:
 the routes, their limits and auth (bodies are validated, a 422 with the reason, never a 500;
-batches and texts are bounded; predict, explain and reload need the bearer token when one is
-set), the metrics, the pointer watcher thread, and :func:`serve`.
+batches and texts are bounded; predict, explain and reload need the bearer token, and the app
+refuses to start without one unless told ``no_auth``), the metrics (labelled by route template,
+so unknown paths cannot grow the series), the pointer watcher thread, and :func:`serve`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
@@ -22,8 +23,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from refit.core.errors import RefitError
+from refit.core.errors import ConfigError, RefitError
 from refit.data.db import engine_for
 from refit.serving.batching import Batcher
 from refit.serving.bodies import ErrorBody, feature_error, request_model
@@ -31,12 +33,52 @@ from refit.serving.follower import Champion
 from refit.serving.predlog import PredictionLog
 
 log = logging.getLogger("refit.serve")
+UNMATCHED = "unmatched"  # the one metrics label of every path no route serves (scans, typos)
+NO_TOKEN = (
+    "REFIT_SERVE_TOKEN is not set: set it to a secret bearer token, or start with --no-auth to let anyone "
+    "who reaches the port call /predict, /explain and /reload"
+)
+NO_AUTH_WARNING = (
+    "serving WITHOUT AUTHENTICATION (--no-auth): anyone who reaches %s:%d can call /predict, /explain and "
+    "/reload; set REFIT_SERVE_TOKEN instead outside a trusted local network"
+)
 
 
-def create_app(settings, champion: Champion | None = None):
-    """The FastAPI app; ``champion`` must already hold a loaded model (see :func:`serve`)."""
+def serve_token(settings, no_auth: bool = False) -> str | None:
+    """The bearer token the app requires, or ``None`` when serving without one was asked for.
+
+    Args:
+        settings: the settings (``serve_token`` is read).
+        no_auth: serve without a token (``refit serve --no-auth``); ignored when a token is set.
+
+    Returns:
+        The token, or ``None`` with ``no_auth`` and no token set.
+
+    Raises:
+        ConfigError: no token is set and ``no_auth`` was not given.
+    """
+    if settings.serve_token is not None and settings.serve_token.get_secret_value():
+        return settings.serve_token.get_secret_value()
+    if not no_auth:
+        raise ConfigError(NO_TOKEN)
+    return None
+
+
+def create_app(settings, champion: Champion | None = None, *, no_auth: bool = False):
+    """The FastAPI app; ``champion`` must already hold a loaded model (see :func:`serve`).
+
+    Args:
+        settings: the settings.
+        champion: the loaded champion (default: one made from ``settings``).
+        no_auth: serve without a bearer token when ``REFIT_SERVE_TOKEN`` is not set (warned about).
+
+    Raises:
+        ConfigError: no token is set and ``no_auth`` was not given.
+    """
+    token = serve_token(settings, no_auth)
+    if token is None:
+        log.warning(NO_AUTH_WARNING, settings.serve_host, settings.serve_port)
     champion = champion or Champion(settings)
-    token = settings.serve_token.get_secret_value() if settings.serve_token else None
     batcher = Batcher(champion, settings.serve_batch_size, settings.serve_batch_wait_ms)
     registry = CollectorRegistry()
     requests = Counter("refit_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=registry)
@@ -100,12 +142,21 @@ def create_app(settings, champion: Champion | None = None):
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
+    def route_of(request: Request) -> str:
+        # The route's template, not the raw path: a scan of random URLs must not add series.
+        # A partial match (the path of a route, another method: a 405) is that route too.
+        for route in app.router.routes:
+            if route.matches(request.scope)[0] is not Match.NONE:
+                return getattr(route, "path", UNMATCHED)
+        return UNMATCHED
+
     @app.middleware("http")
     async def measure(request: Request, call_next):
         started = time.perf_counter()
         response = await call_next(request)
-        latency.labels(request.url.path).observe(time.perf_counter() - started)
-        requests.labels(request.url.path, str(response.status_code)).inc()
+        endpoint = route_of(request)
+        latency.labels(endpoint).observe(time.perf_counter() - started)
+        requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
     @app.post("/predict", dependencies=[Depends(authorized)], responses=unauthorized)
@@ -202,9 +253,19 @@ def create_app(settings, champion: Champion | None = None):
     return app
 
 
-def serve(settings) -> None:
-    """Load the champion (exit with the reason when it cannot be), then run uvicorn."""
+def serve(settings, no_auth: bool = False) -> None:
+    """Load the champion (exit with the reason when it cannot be), then run uvicorn.
+
+    Args:
+        settings: the settings.
+        no_auth: serve without a bearer token when ``REFIT_SERVE_TOKEN`` is not set (warned about).
+
+    Raises:
+        ConfigError: no token is set and ``no_auth`` was not given (before anything is loaded).
+    """
+    serve_token(settings, no_auth)  # refuse before the download and the model load, not after
     champion = Champion(settings)
     champion.refresh()  # raises: no pointer, or the first champion fails verification
+    app = create_app(settings, champion, no_auth=no_auth)
     log.info("serving %s on %s:%d", champion.current.version, settings.serve_host, settings.serve_port)
-    uvicorn.run(create_app(settings, champion), host=settings.serve_host, port=settings.serve_port, log_level="info")
+    uvicorn.run(app, host=settings.serve_host, port=settings.serve_port, log_level="info")

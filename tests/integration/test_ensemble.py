@@ -111,3 +111,67 @@ def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, re
 
     joined = previous_champion_folders(settings, get_engine(settings.database_url), 1, like=folder / "members/0")
     assert joined == [folder / "members/0"]
+
+
+@pytest.mark.parametrize(("task", "features"), [("regression", True), ("classification", False)])
+def test_explain_on_an_ensemble_champion_is_the_members_mean_attribution_over_http(
+    tiny_model, tmp_path, task, features
+):
+    import httpx
+
+    from refit.core.settings import load_settings
+    from refit.models.explain import explain
+    from refit.registry.pointer import write_pointer
+    from refit.registry.store import open_store
+    from refit.registry.versions import publish_checkpoint
+    from refit.serving.app import create_app
+    from refit.serving.follower import Champion
+
+    from helpers import serving
+
+    members, _ = _members(tiny_model, tmp_path, task, features, k=2)
+    folder = build_ensemble(members, tmp_path / "ensemble", {"version": "v-ens"})
+    store = open_store((tmp_path / "store").as_uri())
+    write_pointer(store, publish_checkpoint(store, folder, "v-ens"), None)
+    settings = load_settings(
+        store_url=(tmp_path / "store").as_uri(), work_dir=tmp_path / "work", serve_token="t0ken", serve_poll_s=3600
+    )
+    champion = Champion(settings)
+    champion.refresh()
+    text = "Terrible kettle, broke after a day."
+    item = {"text": text, "features": {"category": "kitchen", "sessions_7d": 3}} if features else {"text": text}
+    auth = {"Authorization": "Bearer t0ken"}
+    with serving(create_app(settings, champion)) as url:
+        response = httpx.post(f"{url}/explain", json={"items": [item]}, headers=auth, timeout=120)
+        scored = httpx.post(f"{url}/predict", json={"items": [item]}, headers=auth, timeout=60).json()
+    assert response.status_code == 200, response.text
+    found = response.json()["explanations"][0]
+    assert response.json()["model_version"] == "v-ens"
+    assert "terrible" in [w.lower() for w, _ in found["words"]]
+    assert abs(found["completeness_error"]) < 0.05
+    # the output explained is the ensemble's own answer, for the class it predicts
+    prediction = scored["predictions"][0]
+    if task == "regression":
+        assert found["output"] == pytest.approx(prediction["satisfaction"], abs=1e-4)
+    else:
+        assert found["target"] == prediction["label"]
+        assert found["output"] == pytest.approx(prediction["probabilities"][prediction["label"]], abs=1e-4)
+    # and its attributions are the mean of the members', each explained for that target
+    each = [
+        explain(
+            Predictor(folder / f"members/{i}"),
+            text,
+            item.get("features"),
+            label=found["target"] if task == "classification" else None,
+        )
+        for i in range(2)
+    ]
+    assert [w for w, _ in found["words"]] == [w for w, _ in each[0].words]
+    assert [s for _, s in found["words"]] == pytest.approx(
+        [(a[1] + b[1]) / 2 for a, b in zip(each[0].words, each[1].words, strict=True)], abs=1e-5
+    )
+    if features:
+        assert set(found["features"]) == {"category", "sessions_7d"}
+        assert found["features"]["sessions_7d"] == pytest.approx(
+            (each[0].features["sessions_7d"] + each[1].features["sessions_7d"]) / 2, abs=1e-5
+        )

@@ -183,6 +183,7 @@ def test_the_first_start_with_a_corrupt_champion_exits_with_the_reason(checkpoin
         "REFIT_STORE_URL": f"s3://{s3_bucket}/refit",
         "REFIT_WORK_DIR": str(tmp_path),
         "REFIT_SERVE_PORT": str(free_port()),
+        "REFIT_SERVE_TOKEN": TOKEN,
     }
     run = subprocess.run(
         [sys.executable, "-m", "refit.cli", "serve"], capture_output=True, text=True, env=env, timeout=120
@@ -245,3 +246,138 @@ def test_explain_returns_token_and_feature_attributions(server):
     assert "terrible" in [w.lower() for w, _ in found["words"]]
     assert abs(found["completeness_error"]) < 0.05
     assert response.json()["model_version"] == "v1"
+
+
+def test_serving_without_a_token_refuses_to_start_with_one_line_naming_the_setting_and_the_flag(s3_bucket):
+    from refit.core.errors import ConfigError
+
+    from helpers import assert_one_line_error, refit_cli
+
+    # Refused before anything is downloaded: the store is not even read.
+    assert_one_line_error(
+        refit_cli("serve", env={"REFIT_STORE_URL": f"s3://{s3_bucket}/refit"}), "REFIT_SERVE_TOKEN", "--no-auth"
+    )
+    with pytest.raises(ConfigError, match="REFIT_SERVE_TOKEN.*--no-auth"):
+        create_app(load_settings(store_url=f"s3://{s3_bucket}/refit", serve_token=""))
+
+
+def test_no_auth_starts_with_a_warning_and_answers_without_a_token(checkpoints, s3_bucket, tmp_path):
+    store = open_store(f"s3://{s3_bucket}/refit")
+    write_pointer(store, publish_checkpoint(store, checkpoints["v1"], "v1"), None)
+    port = free_port()
+    env = {
+        **os.environ,
+        "REFIT_STORE_URL": f"s3://{s3_bucket}/refit",
+        "REFIT_WORK_DIR": str(tmp_path / "work"),
+        "REFIT_SERVE_PORT": str(port),
+    }
+    logs = tmp_path / "serve.log"
+    with logs.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "refit.cli", "serve", "--no-auth"], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert process.poll() is None, logs.read_text()[-2000:]
+        response = predict(url, ["works well"], headers={})
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == "v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    warnings = [line for line in logs.read_text().splitlines() if "WARNING" in line and "--no-auth" in line]
+    assert len(warnings) == 1, logs.read_text()[-2000:]
+    assert "WITHOUT AUTHENTICATION" in warnings[0] and "REFIT_SERVE_TOKEN" in warnings[0]
+
+
+def series(url) -> set[str]:
+    """The metric series of a /metrics scrape: each sample's name and labels, without its value."""
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return {line.rsplit(" ", 1)[0] for line in lines if line and not line.startswith("#")}
+
+
+def test_unknown_paths_do_not_add_metric_series(server):
+    import random
+    import string
+
+    url, *_ = server
+    httpx.get(f"{url}/no-such-page")  # the one label every unknown path shares, from now on
+    assert predict(url, ["fine"]).status_code == 200
+    httpx.get(f"{url}/metrics")  # the scrape itself is counted after it answers
+    before = series(url)
+    rng = random.Random(7)
+
+    def word() -> str:
+        return "".join(rng.choices(string.ascii_lowercase + string.digits, k=8))
+
+    paths = ["/" + "/".join(word() for _ in range(rng.randint(1, 3))) for _ in range(45)]
+    paths += ["/models/v1", "/predict/extra", "/.env", "/wp-login.php", "/version/" + "x" * 40]
+    for path in paths:
+        assert httpx.get(f"{url}{path}").status_code == 404
+    after = series(url)
+    assert after == before, sorted(after ^ before)
+    assert not [path for path in paths if path in httpx.get(f"{url}/metrics").text]
+    text = httpx.get(f"{url}/metrics").text
+    assert 'refit_requests_total{endpoint="unmatched",status="404"} 51.0' in text
+    assert 'refit_requests_total{endpoint="/predict",status="200"} 1.0' in text  # known routes keep their name
+    # another method on a known route (a 405) is counted under that route, not as a new path
+    assert httpx.get(f"{url}/predict").status_code == 405
+    assert 'refit_requests_total{endpoint="/predict",status="405"} 1.0' in httpx.get(f"{url}/metrics").text
+
+
+@pytest.fixture
+def stoppable_store(monkeypatch):
+    """An S3 server of its own (moto, in its own process), so that a test can stop it."""
+    import boto3
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(endpoint, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="away")
+    try:
+        yield "s3://away/refit", process
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_reload_answers_503_while_the_store_is_away_and_the_champion_keeps_serving(
+    checkpoints, stoppable_store, tmp_path
+):
+    store_url, store_process = stoppable_store
+    store = open_store(store_url)
+    write_pointer(store, publish_checkpoint(store, checkpoints["v1"], "v1"), None)
+    settings = load_settings(store_url=store_url, work_dir=tmp_path / "work", serve_token=TOKEN, serve_poll_s=3600)
+    champion = Champion(settings)
+    champion.refresh()
+    with serving(create_app(settings, champion)) as url:
+        up = httpx.post(f"{url}/reload", headers=AUTH, timeout=60)
+        assert up.status_code == 200 and up.json()["changed"] is False
+        store_process.kill()
+        store_process.wait(timeout=30)
+        away = httpx.post(f"{url}/reload", headers=AUTH, timeout=120)
+        assert away.status_code == 503, away.text
+        assert "the champion pointer cannot be read" in away.json()["detail"]
+        assert "cannot reach the object store" in away.json()["detail"]
+        assert predict(url, ["still fine"]).json()["model_version"] == "v1"

@@ -127,7 +127,7 @@ def test_a_vector_column_goes_through_ingest_training_predict_and_serve(prefect_
     # --- `/predict` over HTTP with the vector, without it, and with the wrong length
     champion = Champion(settings)
     champion.refresh()
-    with serving(create_app(settings, champion)) as url:
+    with serving(create_app(settings, champion, no_auth=True)) as url:  # the features are tested here, not auth
 
         def predict(items):
             return httpx.post(f"{url}/predict", json={"items": items}, timeout=60)
