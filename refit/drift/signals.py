@@ -99,9 +99,8 @@ def report_safe(name: str, values: pd.Series) -> pd.Series:
     present = values[text_values]
     repeated = present.map(present.value_counts()) >= 2
     identifier = bool(ID_NAME.search(name)) or (len(present) >= MIN_ID_VALUES and repeated.mean() < 0.5)
-    unique = present.unique()
-    safe = {v: (_hashed(v) if identifier else redact(v)) for v in unique}
-    return values.where(~text_values, values.map(lambda v: safe.get(v, v) if isinstance(v, str) else v))
+    safe = {v: (_hashed(v) if identifier else redact(v)) for v in present.unique()}
+    return values.map(lambda v: safe[v] if isinstance(v, str) else v)
 
 
 def _hashed(value: str) -> str:
