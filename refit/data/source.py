@@ -20,18 +20,20 @@ One sync (``refit sync``, the ``sync`` deployment):
 
 **Late commits.** Ids from a sequence (and ``updated_at`` from the clock) commit out of order: a
 row with a lower cursor can become visible after a higher one was read. The snapshot tells when
-that can no longer happen. Each sync records a *mark*: its snapshot's ``xmax`` (the first
-transaction id not yet assigned) and the highest cursor it saw. A transaction whose id is at or
-above a sync's ``xmax`` began writing after that sync's snapshot, so the cursor values it draws
-are above that sync's highest. At the next sync the snapshot's xmin horizon
-(``pg_snapshot_xmin(pg_current_snapshot())``) is the oldest transaction still open: the cursor
-moves to the mark of the latest sync whose ``xmax`` is at or below it (to the end of the rows when
-no transaction is open), and no row can later commit below it. The rows past it are loaded now and
-read again by the next sync (identical rows are skipped by their content hash): with short
-writer transactions, the rows of the previous sync once more; after a transaction held open for an
-hour, the hour's rows until it ends. This holds when the cursor value is drawn by the statement
-that writes the row (``DEFAULT nextval``, ``clock_timestamp()``, a trigger); ``DEFAULT now()`` is
-the transaction's start, drawn before the first write.
+that can no longer happen. Each sync records a *mark*: the first transaction id not yet assigned
+``SETTLE_S`` after its snapshot (the *settled xmax*), and the highest cursor it saw. A statement
+draws its row's cursor value a moment before it writes the row, and only the write gives its
+transaction an id; ``SETTLE_S`` covers that moment. So a transaction whose id is at or above the
+settled xmax drew its cursor values after the snapshot, above that sync's highest. At the next sync
+the snapshot's xmin horizon (``pg_snapshot_xmin(pg_current_snapshot())``) is the oldest transaction
+still open: the cursor moves to the mark of the latest sync whose settled xmax is at or below it,
+and no row can later commit below it. When no transaction is open at the snapshot and none has
+begun writing by the settled xmax, the cursor moves to the end of the rows. The rows past it are
+loaded now and read again by the next sync (identical rows are skipped by their content hash): with
+short writer transactions, the rows of the previous sync once more; after a transaction held open
+for an hour, the hour's rows until it ends. This holds when the cursor value is drawn by the
+statement that writes the row (``DEFAULT nextval``, ``clock_timestamp()``, a trigger); ``DEFAULT
+now()`` is the transaction's start, drawn before the first write.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from refit.data.schema import SchemaInUse
 from refit.data.validate import IngestRules, validate_batch
 
 SYNC_LOCK = 0x7265666976  # one sync at a time per refit database
+SETTLE_S = 0.1  # how long a statement may take from drawing a row's cursor value to writing it
 MAX_MARKS = 10_000  # one per sync while a transaction stays open: 100 days at 15 minutes
 
 
@@ -237,8 +240,10 @@ def _sync(engine, spec, rules, summary, batch_rows, reconcile, now) -> None:
             "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint FROM pg_current_snapshot() s"
         )
         horizon, xmax = cur.fetchone()
+        snapped = time.monotonic()
         summary.horizon = horizon
         columns = _describe(cur, spec)
+        settled = _settled_xmax(spec.url, snapped)
         stored = (state or {}).get("columns") or {}
         check_columns(spec, rules, columns, stored)
         summary.new_columns = sorted(set(columns) - set(stored)) if stored else []
@@ -251,7 +256,7 @@ def _sync(engine, spec, rules, summary, batch_rows, reconcile, now) -> None:
         # latest mark that every open transaction began after; else nowhere.
         below = [i for i, m in enumerate(marks) if m["xmax"] <= horizon]
         target = start
-        if horizon >= xmax:
+        if horizon >= xmax and settled == xmax:
             target = None
         elif below:
             target = marks[below[-1]]["cursor"], marks[below[-1]]["key"]
@@ -262,7 +267,7 @@ def _sync(engine, spec, rules, summary, batch_rows, reconcile, now) -> None:
             position, highest = _load_spool(engine, spec, rules, summary, spool, batch_rows, start, target, now)
         if highest is None:
             highest = (marks[-1]["cursor"], marks[-1]["key"]) if marks else start
-        marks.append({"xmax": xmax, "cursor": highest[0], "key": highest[1]})
+        marks.append({"xmax": settled, "cursor": highest[0], "key": highest[1]})
         summary.cursor = position[0]
         with engine.begin() as conn:
             save_cursor(conn, spec.name, position, horizon, columns, marks[-MAX_MARKS:])
@@ -282,6 +287,25 @@ def _sync(engine, spec, rules, summary, batch_rows, reconcile, now) -> None:
             summary.deleted = deleted or 0
     finally:
         raw.close()  # the read-only transaction ends with the connection
+
+
+def _settled_xmax(url: str, snapped: float) -> int:
+    """The first transaction id not yet assigned, at least ``SETTLE_S`` after the sync's snapshot
+    was taken at ``snapped`` (``time.monotonic()``), read on a connection of its own.
+
+    A statement draws its row's cursor value (``nextval``, ``clock_timestamp()``) a moment
+    *before* it writes the row, and only the write gives its transaction an id. A transaction
+    caught in that moment at the snapshot holds no id yet, so the snapshot neither shows it open
+    nor covers it by its ``xmax``; by ``SETTLE_S`` later it holds an id below this one.
+    """
+    time.sleep(max(0.0, snapped + SETTLE_S - time.monotonic()))
+    raw = source_engine(url).raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        return cur.fetchone()[0]
+    finally:
+        raw.close()
 
 
 def _holds_rows(engine: Engine, source: str) -> bool:

@@ -173,6 +173,46 @@ def test_late_commits_are_taken_exactly_once(engine, source, cursor, seed):
     assert late > 0 and held > 0
 
 
+def test_a_cursor_value_drawn_before_the_snapshot_and_written_after_it_is_taken(engine, source, monkeypatch):
+    """A statement draws its row's id before the write gives its transaction an id: at the
+    snapshot that transaction is not open yet, and a higher id is already visible."""
+    import refit.data.source as source_module
+
+    monkeypatch.setattr(source_module, "SETTLE_S", 1.0)
+    _insert(source["owner"], [{"text": "first"}, {"text": "second"}])
+    with source["owner"].connect() as conn:
+        early = conn.execute(text("SELECT nextval('app_reviews_id_seq')")).scalar()  # drawn, not yet written
+        conn.commit()
+    _insert(source["owner"], [{"text": "drawn later, written first"}])
+    reader = make_url(source["url"]).username
+
+    def write_once_the_snapshot_is_taken() -> None:
+        deadline = time.monotonic() + 10
+        with source["owner"].connect() as conn:
+            while time.monotonic() < deadline:
+                taken = conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE usename = :u AND backend_xmin IS NOT NULL"),
+                    {"u": reader},
+                ).scalar()
+                conn.commit()
+                if taken:
+                    break
+                time.sleep(0.005)
+            conn.execute(
+                text("INSERT INTO app_reviews (id, review_body, stars, user_ref) VALUES (:i, 'drawn early', 4, 'u')"),
+                {"i": early},
+            )
+            conn.commit()
+
+    writer = threading.Thread(target=write_once_the_snapshot_is_taken)
+    writer.start()
+    first = sync_source(engine, _spec(source), RULES)
+    writer.join()
+    assert str(early) not in _stored(engine) and first.rows_read == 3  # the snapshot could not see it
+    sync_source(engine, _spec(source), RULES)
+    assert set(_stored(engine)) == {"1", "2", "3", "4"}
+
+
 def test_an_edit_replaces_the_row_and_the_old_model_still_names_the_old_version(engine, source):
     from refit.data.snapshots import SplitConfig, snapshot_rows, superseded_rows, take_snapshot
 
