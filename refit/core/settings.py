@@ -92,6 +92,44 @@ class Settings(BaseSettings):
     serve_log_flush_s: float = Field(default=2.0, gt=0, description="How often logged predictions are written.")
     slack_webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL.")
 
+    # --- live rollout (issue 18) --------------------------------------------------------------
+    rollout: Literal["off", "shadow", "canary"] = Field(
+        default="off",
+        description="What a challenger that passes the gate does: off (it becomes champion at once), shadow "
+        "(scored on live traffic, never answering, then canary, then champion) or canary (straight to canary).",
+    )
+    rollout_shadow_share: float = Field(
+        default=1.0, gt=0, le=1, description="Share of live requests the other model also scores, unseen."
+    )
+    rollout_canary_share: float = Field(
+        default=0.1, gt=0, lt=1, description="Share of requests the candidate answers in canary (sticky per user)."
+    )
+    rollout_min_requests: int = Field(
+        default=500, ge=1, description="Requests both models must have scored before a stage can end."
+    )
+    rollout_min_labels: int = Field(
+        default=100, ge=0, description="Joined live labels (or ratings) needed before a stage can end."
+    )
+    rollout_stage_max_hours: float = Field(
+        default=72, gt=0, description="A stage that has not gathered its evidence by then ends the rollout."
+    )
+    rollout_approval: bool = Field(
+        default=False, description="Pause between stages for an operator's approve or reject in the Prefect UI."
+    )
+    rollout_max_error_increase: float = Field(
+        default=0.01, ge=0, description="How much higher the candidate's live error rate may be than the champion's."
+    )
+    rollout_max_p99_ratio: float = Field(
+        default=1.5, ge=1, description="How many times the champion's live p99 model latency the candidate may take."
+    )
+    rollout_max_disagreement: float = Field(
+        default=0.35,
+        gt=0,
+        description="Prediction drift between the two models that ends a rollout: the share of differing labels, "
+        "or the mean absolute difference of satisfaction.",
+    )
+    rollout_poll_s: float = Field(default=60, gt=0, description="How often `refit serve` checks the candidate pointer.")
+
     # --- notifications (issue 8) --------------------------------------------------------------
     slack_webhook_block: str | None = Field(
         default=None,

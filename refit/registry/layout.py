@@ -6,6 +6,8 @@
                                                      lineage; written last, never overwritten
     models/<name>/champion.json                      the pointer: version, manifest URI and
                                                      SHA-256, promoted at; moved last, by ETag
+    models/<name>/candidate.json                     the version in live rollout, its stage and
+                                                     share (only while one is live), by ETag
     reports/drift/<id>/report.{html,json}
 
 The keys of a version and of the pointer are built here only.
@@ -24,6 +26,11 @@ def model_prefix(version: str, model_name: str = DEFAULT_MODEL) -> str:
 def pointer_key(model_name: str = DEFAULT_MODEL) -> str:
     """The store key of ``model_name``'s champion pointer."""
     return f"models/{model_name}/champion.json"
+
+
+def candidate_key(model_name: str = DEFAULT_MODEL) -> str:
+    """The store key of ``model_name``'s candidate pointer (the version in live rollout)."""
+    return f"models/{model_name}/candidate.json"
 
 
 POINTER = pointer_key()

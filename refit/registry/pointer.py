@@ -1,5 +1,7 @@
 """The champion pointer (``models/<name>/champion.json``): read it, and move it by compare-and-swap
-on its ETag, so two publishers can never overwrite each other."""
+on its ETag, so two publishers can never overwrite each other. The candidate pointer
+(``models/<name>/candidate.json``) names the version in live rollout, its stage and its share;
+``refit serve`` follows both."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from datetime import datetime, timezone
 
 from refit.core.errors import StoreError
 from refit.models.checkpoint import MANIFEST
-from refit.registry.layout import DEFAULT_MODEL, pointer_key
+from refit.registry.layout import DEFAULT_MODEL, candidate_key, pointer_key
 from refit.registry.store import Conflict, ObjectStore
 from refit.registry.versions import Published
 
@@ -19,13 +21,65 @@ def read_pointer(store: ObjectStore, model_name: str = DEFAULT_MODEL) -> dict | 
     Raises:
         StoreError: the pointer is not JSON.
     """
-    key = pointer_key(model_name)
+    return _read_json(store, pointer_key(model_name), "champion")
+
+
+def read_candidate(store: ObjectStore, model_name: str = DEFAULT_MODEL) -> dict | None:
+    """The candidate pointer of ``model_name`` (the version in live rollout), or None when no
+    rollout is live.
+
+    Raises:
+        StoreError: the pointer is not JSON.
+    """
+    return _read_json(store, candidate_key(model_name), "candidate")
+
+
+def _read_json(store: ObjectStore, key: str, what: str) -> dict | None:
     if not store.exists(key):
         return None
     try:
         return json.loads(store.get(key))
     except json.JSONDecodeError:
-        raise StoreError(f"the champion pointer {store.uri(key)} is corrupt") from None
+        raise StoreError(f"the {what} pointer {store.uri(key)} is corrupt") from None
+
+
+def write_candidate(
+    store: ObjectStore,
+    published: Published,
+    *,
+    rollout_id: int,
+    stage: str,
+    share: float,
+    shadow_share: float,
+    model_name: str = DEFAULT_MODEL,
+) -> None:
+    """Name ``published`` as the candidate in ``stage`` (``shadow`` or ``canary``), answering
+    ``share`` of requests in canary and scoring ``shadow_share`` of the others unseen.
+
+    Written by compare-and-swap on the pointer's ETag: a pointer that changed meanwhile raises
+    :class:`Conflict` rather than being overwritten.
+    """
+    key = candidate_key(model_name)
+    head = store.head(key)
+    pointer = {
+        "version": published.version,
+        "uri": published.uri,
+        "manifest_uri": f"{published.uri}/{MANIFEST}",
+        "manifest_sha256": published.manifest_sha256,
+        "rollout_id": rollout_id,
+        "stage": stage,
+        "share": share if stage == "canary" else 0.0,
+        "shadow_share": shadow_share,
+        "written_at": datetime.now(timezone.utc).isoformat(),
+    }
+    store.put_if_match(key, json.dumps(pointer, indent=2).encode(), head.etag if head else None)
+
+
+def clear_candidate(store: ObjectStore, model_name: str = DEFAULT_MODEL) -> None:
+    """Remove the candidate pointer (the rollout ended): ``refit serve`` drops the candidate."""
+    key = candidate_key(model_name)
+    if store.exists(key):
+        store.delete(key)
 
 
 def write_pointer(
