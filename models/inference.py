@@ -43,10 +43,14 @@ def predict_ids(
     task: str,
     pad_id: int,
     device: torch.device,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     features: dict[str, torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """Predictions for pre-tokenized texts, batched by length, returned in the input order."""
+    """Predictions for pre-tokenized texts, batched by length, returned in the input order.
+
+    ``batch_size`` None takes the model's ``preferred_batch`` (the int8 ONNX Runtime model runs its
+    padded batches fastest small), else 64."""
+    batch_size = batch_size or getattr(model, "preferred_batch", 64)
     model.eval()
     order = np.argsort([len(seq) for seq in ids], kind="stable")
     parts: list[np.ndarray] = []

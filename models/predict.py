@@ -22,8 +22,8 @@ class Predictor:
         is one. An ensemble folder (:mod:`models.ensemble`) loads as one model that predicts the mean
         of its members. A blended checkpoint (:mod:`models.text_baseline`) mixes its BERT's predictions
     with its TF-IDF model's by the weight it records, and one of kind ``tfidf`` predicts with TF-IDF
-    alone. With ``int8``, the folder's published int8 artifact (:mod:`models.quantize`)
-        is loaded instead of the float weights."""
+    alone. With ``int8``, the folder's published int8 artifact (:mod:`models.quantize`, an
+        ONNX Runtime model) scores instead of the float weights."""
 
     def __init__(self, folder: Path, device: str = "cpu", verify: bool = True, int8: bool = False):
         self.folder = Path(folder)

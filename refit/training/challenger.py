@@ -33,6 +33,7 @@ from refit.data.schema import schema_types
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainConfig
+from refit.models.dev_sample import write_dev_sample
 from refit.models.distributed import backend_for, die_with_launcher, is_main_rank, process_group
 from refit.models.ensemble import ENSEMBLE_SEED_STRIDE, build_ensemble, member_folders, same_tokenizer
 from refit.models.inference import predict_texts
@@ -194,6 +195,8 @@ def train_challenger(
         )
         if len(test):
             _rescore_test(folder, test, settings)
+    # A sample of the dev rows stays in the folder: serving's int8 check runs on it (models/dev_sample.py).
+    write_dev_sample(folder, data.dev_texts, data.dev_features)
     if settings.publish_int8:
         record = add_int8_artifact(
             folder, data.dev_texts, data.dev_targets, data.dev_features, settings.serve_quantize_tolerance

@@ -88,7 +88,12 @@ def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, re
     assert run["outcome"] == "promoted", run
     manifest = json.loads(open_store(settings.store_url).get(f"{model_prefix(run['version'])}/manifest.json"))
     files = set(manifest["files"])
-    assert {"members/0/model.safetensors", "members/1/model.safetensors", "model.int8.pt"} <= files
+    assert {
+        "members/0/model.safetensors",
+        "members/1/model.safetensors",
+        "model.int8.onnx",
+        "dev_sample.jsonl",
+    } <= files
     assert "model.safetensors" not in files  # no stray single model beside the members
     assert any(name.startswith("members/1/tensorboard/events.out.tfevents") for name in files)
     assert manifest["int8"]["max_abs_diff"] <= manifest["int8"]["tolerance"]
