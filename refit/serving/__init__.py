@@ -1,8 +1,10 @@
-"""Serving the champion: ``refit serve`` and ``refit predict``.
+"""Serving the champion (and a live rollout's candidate beside it): ``refit serve`` and ``refit predict``.
 
 - :mod:`refit.serving.app`: the FastAPI app (routes, limits, auth, metrics) and :func:`~refit.serving.app.serve`.
-- :mod:`refit.serving.follower`: the champion follower: load, verify, warm up and swap the version the
-  pointer names.
+- :mod:`refit.serving.follower`: the champion and candidate followers: load, verify, warm up and swap the
+  version each pointer names.
+- :mod:`refit.serving.router`: which model answers a request (canary, sticky per user), the other's
+  shadow scoring off the live path, and both models' evidence (prediction log, per-model metrics).
 - :mod:`refit.serving.batching`: concurrent requests gathered into one model call.
 - :mod:`refit.serving.predlog`: the prediction log, written off the request path.
 - :mod:`refit.serving.bodies`: the request and response bodies.

@@ -1,11 +1,18 @@
-"""``refit serve``: a FastAPI app that always serves the current champion, verified.
+"""``refit serve``: a FastAPI app that always serves the current champion, verified, and the
+candidate of a live rollout beside it.
 
-The champion and its hot reload are :mod:`refit.serving.follower`'s; the micro-batching is
-:mod:`refit.serving.batching`'s; the prediction log is :mod:`refit.serving.predlog`'s. Here:
-the routes, their limits and auth (bodies are validated, a 422 with the reason, never a 500;
-batches and texts are bounded; predict, explain and reload need the bearer token, and the app
-refuses to start without one unless told ``no_auth``), the metrics (labelled by route template,
-so unknown paths cannot grow the series), the pointer watcher thread, and :func:`serve`.
+The champion, the candidate and their hot reloads are :mod:`refit.serving.follower`'s; which
+model answers a request, the other's shadow scoring and the per-model evidence are
+:mod:`refit.serving.router`'s; the micro-batching is :mod:`refit.serving.batching`'s; the
+prediction log is :mod:`refit.serving.predlog`'s. Here: the routes, their limits and auth (bodies
+are validated, a 422 with the reason, never a 500; batches and texts are bounded; predict, explain
+and reload need the bearer token, and the app refuses to start without one unless told
+``no_auth``), the metrics (labelled by route template, so unknown paths cannot grow the series),
+the pointer watcher threads (champion and candidate), and :func:`serve`.
+
+Every prediction names the version that made it (``model_version``, per prediction and for the
+request), in every mode, so that a response in shadow is byte for byte the response without a
+candidate.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
@@ -17,7 +24,7 @@ import time
 from dataclasses import asdict
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
@@ -27,10 +34,10 @@ from starlette.routing import Match
 
 from refit.core.errors import ConfigError, RefitError
 from refit.data.db import engine_for
-from refit.serving.batching import Batcher
 from refit.serving.bodies import ErrorBody, feature_error, request_model
-from refit.serving.follower import Champion
+from refit.serving.follower import Candidate, Champion, Follower
 from refit.serving.predlog import PredictionLog
+from refit.serving.router import ModelMetrics, Router
 
 log = logging.getLogger("refit.serve")
 UNMATCHED = "unmatched"  # the one metrics label of every path no route serves (scans, typos)
@@ -64,13 +71,17 @@ def serve_token(settings, no_auth: bool = False) -> str | None:
     return None
 
 
-def create_app(settings, champion: Champion | None = None, *, no_auth: bool = False):
+def create_app(
+    settings, champion: Champion | None = None, *, no_auth: bool = False, candidate: Candidate | None = None
+):
     """The FastAPI app; ``champion`` must already hold a loaded model (see :func:`serve`).
 
     Args:
         settings: the settings.
         champion: the loaded champion (default: one made from ``settings``).
         no_auth: serve without a bearer token when ``REFIT_SERVE_TOKEN`` is not set (warned about).
+        candidate: the candidate follower (default: one on the champion's store, checked as soon
+            as the app starts and then every ``REFIT_ROLLOUT_POLL_S`` seconds).
 
     Raises:
         ConfigError: no token is set and ``no_auth`` was not given.
@@ -79,34 +90,58 @@ def create_app(settings, champion: Champion | None = None, *, no_auth: bool = Fa
     if token is None:
         log.warning(NO_AUTH_WARNING, settings.serve_host, settings.serve_port)
     champion = champion or Champion(settings)
-    batcher = Batcher(champion, settings.serve_batch_size, settings.serve_batch_wait_ms)
+    candidate = candidate or Candidate(settings, champion.store)
     registry = CollectorRegistry()
     requests = Counter("refit_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=registry)
     latency = Histogram("refit_request_seconds", "Request latency", ["endpoint"], registry=registry)
     reloads = Gauge("refit_model_reloads", "Model swaps since start", registry=registry)
     failures = Gauge("refit_model_reload_failures", "Versions refused since start", registry=registry)
     info = Gauge("refit_model_info", "The version being served", ["version"], registry=registry)
+    candidate_info = Gauge(
+        "refit_candidate_info",
+        "The candidate in live rollout: its canary share",
+        ["version", "stage"],
+        registry=registry,
+    )
+    candidate_failures = Gauge("refit_candidate_reload_failures", "Candidates refused since start", registry=registry)
+    model_metrics = ModelMetrics(registry)
     stop = threading.Event()
     prediction_log = None
-    if settings.serve_log_predictions:
+    # A live rollout logs both models' predictions whatever REFIT_SERVE_LOG_PREDICTIONS says (its
+    # evidence); the log is ready whenever a database is configured, and written only then.
+    if settings.serve_log_predictions or settings.database_url:
         prediction_log = PredictionLog(engine_for(settings), settings.serve_log_flush_s)
+    router = Router(settings, champion, candidate, prediction_log, model_metrics)
+    batcher = router.champion_batcher
 
-    def watch() -> None:
-        while not stop.wait(settings.serve_poll_s):
-            try:
-                champion.refresh()
-            except Exception as exc:  # the store is down: keep serving, try again later
-                log.warning("pointer check failed: %s", exc)
+    def watch(follower: Follower, interval: float, at_once: bool) -> None:
+        if at_once:
+            check(follower)
+        while not stop.wait(interval):
+            check(follower)
+
+    def check(follower: Follower) -> None:
+        try:
+            follower.refresh()
+        except Exception as exc:  # the store is down: keep serving, try again later
+            log.warning("%s pointer check failed: %s", type(follower).__name__.lower(), exc)
 
     async def lifespan(app):
-        await batcher.start()
-        watcher = threading.Thread(target=watch, name="refit-pointer-watch", daemon=True)
-        watcher.start()
+        await router.start()
+        watchers = [
+            threading.Thread(target=watch, args=(champion, settings.serve_poll_s, False), name="refit-pointer-watch"),
+            threading.Thread(
+                target=watch, args=(candidate, settings.rollout_poll_s, True), name="refit-candidate-watch"
+            ),
+        ]
+        for watcher in watchers:
+            watcher.daemon = True
+            watcher.start()
         if prediction_log:
             prediction_log.start()
         yield
         stop.set()
-        await batcher.stop()
+        await router.stop()
         if prediction_log:
             prediction_log.stop()
 
@@ -160,25 +195,26 @@ def create_app(settings, champion: Champion | None = None, *, no_auth: bool = Fa
         return response
 
     @app.post("/predict", dependencies=[Depends(authorized)], responses=unauthorized)
-    async def predict(body: PredictRequest) -> dict:
+    async def predict(body: PredictRequest, background: BackgroundTasks) -> dict:
         limit = settings.serve_max_text_chars
         texts = [item.text[:limit] for item in body.items]
         truncated = [len(item.text) > limit for item in body.items]
         features = [item.features or {} for item in body.items]
+        ids = [{"feedback_id": i.feedback_id, "user_id": i.user_id, "item_id": i.item_id} for i in body.items]
         try:
-            prediction, loaded = await batcher.submit(texts, features)
+            answer = await router.answer(texts, features, ids, body.request_id)
         except ValueError as exc:  # features the model cannot read (a vector of the wrong length)
             raise feature_error(exc) from None
-        records = loaded.predictor.to_records(prediction)
-        if prediction_log:
-            prediction_log.add(loaded.version, texts, records)
+        if answer.shadow:
+            background.add_task(router.shadow.add, answer.shadow)  # after the response is sent
+        loaded = answer.loaded
         out = []
-        for record, cut in zip(records, truncated, strict=True):
+        for record, cut in zip(answer.records, truncated, strict=True):
             probabilities = {k[2:]: v for k, v in record.items() if k.startswith("p_")}
             row = {"label": record["prediction"], "probabilities": probabilities}
             if loaded.predictor.task == "regression":
                 row = {"satisfaction": record["prediction"]}
-            out.append({**row, "truncated": cut})
+            out.append({**row, "truncated": cut, "model_version": loaded.version})
         return {"predictions": out, "model_version": loaded.version}
 
     @app.post(
@@ -211,11 +247,24 @@ def create_app(settings, champion: Champion | None = None, *, no_auth: bool = Fa
         responses={**unauthorized, 503: {"model": ErrorBody, "description": "The store cannot be read now."}},
     )
     async def reload() -> dict:
+        loop = asyncio.get_running_loop()
         try:
-            changed = await asyncio.get_running_loop().run_in_executor(None, champion.refresh)
+            changed = await loop.run_in_executor(None, champion.refresh)
         except RefitError as exc:  # the store is away: the current model keeps serving
             raise HTTPException(503, f"the champion pointer cannot be read: {exc}") from None
-        return {"changed": changed, "model_version": champion.current.version, "error": champion.last_error}
+        try:
+            # A candidate the poll refused is tried again when an operator asks.
+            candidate_changed = await loop.run_in_executor(None, candidate.refresh, True)
+        except RefitError as exc:
+            raise HTTPException(503, f"the candidate pointer cannot be read: {exc}") from None
+        return {
+            "changed": changed,
+            "model_version": champion.current.version,
+            "error": champion.last_error,
+            "candidate_changed": candidate_changed,
+            "candidate": describe(candidate.current),
+            "candidate_error": candidate.last_error,
+        }
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -238,19 +287,55 @@ def create_app(settings, champion: Champion | None = None, *, no_auth: bool = Fa
             "last_error": champion.last_error,
             "quantized": bool(current and getattr(current.predictor, "quantization_gap", None) is not None),
             "model_calls": batcher.calls,
+            "candidate": describe(candidate.current),
+            "candidate_reloads": candidate.reloads,
+            "candidate_failures": candidate.reload_failures,
+            "candidate_error": candidate.last_error,
+            "candidate_model_calls": router.candidate_batcher.calls,
+            "shadow": {
+                "queued": len(router.shadow.queue),
+                "scored": router.shadow.scored,
+                "errors": router.shadow.errors,
+                "dropped": router.shadow.dropped,
+                "discarded": router.shadow.discarded,
+            },
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         reloads.set(champion.reloads)
         failures.set(champion.reload_failures)
+        candidate_failures.set(candidate.reload_failures)
         info.clear()
         if champion.current:
             info.labels(champion.current.version).set(1)
+            model_metrics.calls("champion", champion.current)
+        candidate_info.clear()
+        if candidate.current:
+            candidate_info.labels(candidate.current.version, candidate.current.rollout.stage).set(
+                candidate.current.rollout.share
+            )
+            model_metrics.calls("candidate", candidate.current)
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
     app.state.champion, app.state.batcher, app.state.prediction_log = champion, batcher, prediction_log
+    app.state.candidate, app.state.router = candidate, router
     return app
+
+
+def describe(loaded) -> dict | None:
+    """The candidate as ``/version`` reports it: version, rollout, stage and shares (None: no candidate)."""
+    if loaded is None:
+        return None
+    rollout = loaded.rollout
+    return {
+        "version": loaded.version,
+        "rollout_id": rollout.id,
+        "stage": rollout.stage,
+        "share": rollout.share,
+        "shadow_share": rollout.shadow_share,
+        "loaded_at": loaded.loaded_at,
+    }
 
 
 def serve(settings, no_auth: bool = False) -> None:
@@ -266,6 +351,11 @@ def serve(settings, no_auth: bool = False) -> None:
     serve_token(settings, no_auth)  # refuse before the download and the model load, not after
     champion = Champion(settings)
     champion.refresh()  # raises: no pointer, or the first champion fails verification
-    app = create_app(settings, champion, no_auth=no_auth)
+    candidate = Candidate(settings, champion.store)
+    try:
+        candidate.refresh()  # a live rollout's candidate serves from the start; a refused one is counted
+    except RefitError as exc:  # the champion alone until the watcher reads the pointer
+        log.warning("candidate pointer check failed: %s", exc)
+    app = create_app(settings, champion, no_auth=no_auth, candidate=candidate)
     log.info("serving %s on %s:%d", champion.current.version, settings.serve_host, settings.serve_port)
     uvicorn.run(app, host=settings.serve_host, port=settings.serve_port, log_level="info")

@@ -1,5 +1,11 @@
-"""The prediction log: what was served, written to ``prediction_log`` off the request path, and
-kept while the database is away."""
+"""The prediction log: what was scored, written to ``prediction_log`` off the request path, and
+kept while the database is away.
+
+Each row names the model version and its role (``champion`` or ``candidate``), whether it was the
+answer returned (``served``; a model scoring unseen in shadow is not), the live rollout, the
+request's id and the item's ids (what later feedback joins on), the model call's duration, and, for
+a call that failed, the error instead of a prediction.
+"""
 
 from __future__ import annotations
 
@@ -39,26 +45,59 @@ class PredictionLog:
         self._thread.join(timeout=10)
         self.flush()
 
-    def add(self, version: str, texts: list[str], records: list[dict]) -> None:
+    def add(
+        self,
+        version: str,
+        texts: list[str],
+        records: list[dict] | None,
+        *,
+        role: str = "champion",
+        served: bool = True,
+        rollout_id: int | None = None,
+        request_id: str | None = None,
+        ids: list[dict] | None = None,
+        latency_ms: float | None = None,
+        error: str | None = None,
+    ) -> None:
         """Queue one row per scored text (its SHA-256 and length, never the text itself).
 
         Args:
             version: the model version that scored them.
             texts: the texts as scored.
-            records: the predictor's records for them, in order.
+            records: the predictor's records for them, in order; None when the call failed.
+            role: ``champion`` or ``candidate``.
+            served: whether these predictions were the answer returned.
+            rollout_id: the live rollout, if any.
+            request_id: the request they belong to.
+            ids: per text, its ``feedback_id``, ``user_id`` and ``item_id`` (any may be missing).
+            latency_ms: the duration of the model call that scored them.
+            error: what the failed call raised (the rows then have no prediction).
         """
+        if records is not None and len(records) != len(texts):
+            raise ValueError(f"{len(records)} records for {len(texts)} texts")
         rows = []
-        for text_, record in zip(texts, records, strict=True):
+        for i, text_ in enumerate(texts):
+            record = records[i] if records is not None else {}
             probabilities = {k[2:]: v for k, v in record.items() if k.startswith("p_")}
             regression = not probabilities
+            item = ids[i] if ids else {}
             rows.append(
                 {
                     "v": version,
                     "h": hashlib.sha256(text_.encode()).hexdigest(),
                     "n": len(text_),
-                    "s": record["prediction"] if regression else None,
+                    "s": record.get("prediction") if regression else None,
                     "l": None if regression else record["prediction"],
                     "p": json.dumps(probabilities) if probabilities else None,
+                    "role": role,
+                    "served": served,
+                    "rollout": rollout_id,
+                    "request": _text(request_id),
+                    "feedback": _text(item.get("feedback_id")),
+                    "user": _text(item.get("user_id")),
+                    "item": _text(item.get("item_id")),
+                    "ms": latency_ms,
+                    "error": _text(error),
                 }
             )
         with self._lock:
@@ -84,7 +123,9 @@ class PredictionLog:
                 conn.execute(
                     text(
                         "INSERT INTO prediction_log (model_version, text_sha256, text_chars, satisfaction, label,"
-                        " probabilities) VALUES (:v, :h, :n, :s, :l, CAST(:p AS JSONB))"
+                        " probabilities, role, served, rollout_id, request_id, feedback_id, user_id, item_id,"
+                        " latency_ms, error) VALUES (:v, :h, :n, :s, :l, CAST(:p AS JSONB), :role, :served,"
+                        " :rollout, :request, :feedback, :user, :item, :ms, :error)"
                     ),
                     rows,
                 )
@@ -101,3 +142,8 @@ class PredictionLog:
             self._wake.wait(self.flush_s)
             self._wake.clear()
             self.flush()
+
+
+def _text(value: str | None) -> str | None:
+    # Postgres text cannot hold NUL: one in an id would keep its whole batch from being written.
+    return value.replace("\x00", "\ufffd") if value else value

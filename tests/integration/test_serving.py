@@ -83,7 +83,8 @@ def test_it_serves_the_champion_with_health_version_and_metrics(server):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model_version"] == "v1"
-    assert [set(p) for p in body["predictions"]] == [{"satisfaction", "truncated"}] * 2
+    assert [set(p) for p in body["predictions"]] == [{"satisfaction", "truncated", "model_version"}] * 2
+    assert [p["model_version"] for p in body["predictions"]] == ["v1", "v1"]  # each answer names its model
     assert all(0 <= p["satisfaction"] <= 1 for p in body["predictions"])
     assert httpx.get(f"{url}/version").json()["model_version"] == "v1"
     metrics = httpx.get(f"{url}/metrics").text
@@ -221,6 +222,8 @@ def test_predictions_are_logged_in_batches_without_the_text(server, db_url):
     engine.dispose()
     assert len(rows) == 6
     assert {r["model_version"] for r in rows} == {"v1"}
+    assert {(r["role"], r["served"], r["rollout_id"], r["error"]) for r in rows} == {("champion", True, None, None)}
+    assert len({r["request_id"] for r in rows}) == 3 and all(r["latency_ms"] > 0 for r in rows)
     assert all(0 <= r["satisfaction"] <= 1 and r["text_chars"] > 0 and len(r["text_sha256"]) == 64 for r in rows)
     assert "Love it" not in str([dict(r) for r in rows])  # the text itself is not kept
 
