@@ -17,6 +17,7 @@ from refit.tasks.drift import drift_check, triggered_by
 from refit.tasks.gate import gate_challenger, write_model_card
 from refit.tasks.notify import notify_failure, notify_gate, notify_retrain_started, notify_summary
 from refit.tasks.publish import record, upload
+from refit.tasks.rollout import start_rollout
 from refit.tasks.training import train_challenger
 
 
@@ -56,7 +57,9 @@ def retrain(
             Empty: now. A backtest passes its simulated clock.
 
     Returns:
-        A summary: outcome, snapshot, drift, gate decision, version and champion.
+        A summary: outcome, snapshot, drift, gate decision, version and champion. With
+        REFIT_ROLLOUT on, a challenger that passes the gate against a champion starts a live
+        rollout instead of being promoted (outcome ``rollout``; see the ``rollout`` flow).
     """
     settings = load_settings().with_overrides(  # validated, like REFIT_*
         fine_tune=strategy, warm_start=warm_start, train_processes=train_processes
@@ -84,9 +87,14 @@ def retrain(
         )
     notify_gate(settings, decision, challenger.version)
     write_model_card(challenger, decision, snapshot)
-    with transaction():  # a failure to record withdraws the upload; the pointer moves last, in record
+    rollout = None
+    with transaction():  # a failure to record withdraws the upload; a pointer moves last, in the record step
         published = upload(settings, challenger)
-        outcome = record(settings, published, snapshot, challenger, decision, champion)
+        if decision.promote and champion is not None and settings.rollout != "off":
+            rollout = start_rollout(settings, published, snapshot, challenger, decision, champion)
+            outcome = rollout["outcome"]
+        else:
+            outcome = record(settings, published, snapshot, challenger, decision, champion)
     training_curve_artifact(settings, challenger, published)
 
     summary.update(
@@ -100,6 +108,8 @@ def retrain(
         train_samples=challenger.train_rows * challenger.epochs_run,
         champion=published.version if outcome == "promoted" else champion and champion["version"],
     )
+    if rollout is not None:
+        summary["rollout"] = rollout
     return _finish(settings, summary)
 
 
@@ -129,4 +139,7 @@ def describe_run(summary: dict) -> str:
         lines.append("training stopped at REFIT_TRAIN_BUDGET_MINUTES, with the best weights so far")
     if summary.get("champion"):
         lines.append(f"champion: {summary['champion']}")
+    rollout = summary.get("rollout") or {}
+    if rollout.get("rollout_id"):
+        lines.append(f"live rollout {rollout['rollout_id']}: {rollout['stage']} (see `refit rollout status`)")
     return "\n".join(lines)

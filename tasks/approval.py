@@ -1,5 +1,6 @@
 """Optional manual approval: after a passing gate, the flow pauses until an operator approves or
-rejects in the Prefect UI (a form with the decision and a note), or until the timeout rejects."""
+rejects in the Prefect UI (a form with the decision and a note), or until the timeout rejects; and,
+with REFIT_ROLLOUT_APPROVAL, the same form between the stages of a live rollout."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from refit.gate.rule import GateDecision
+from refit.rollout.decision import RolloutDecision
 
 
 class Approval(RunInput):
@@ -57,6 +59,42 @@ def await_approval(decision: GateDecision, version: str, timeout_s: int, poll_s:
     return replace(
         decision, promote=False, reason=f"reject: {who} rejected it: {answer.note or 'no note'}", approval=approval
     )
+
+
+def await_stage_approval(decision: RolloutDecision, version: str, timeout_s: int, poll_s: int = 10) -> RolloutDecision:
+    """Pause the rollout step for an operator's verdict before the rollout moves to its next stage.
+
+    Call from a flow (not a task). Approved: the decision stands, with the verdict recorded. Rejected:
+    the rollout stops (``stopped_by`` ``operator``). No answer within ``timeout_s``: the stage holds
+    (``wait``); the next step checks the guards again and asks again.
+    """
+    logger = get_run_logger()
+    target = "champion" if decision.next_stage == "champion" else f"the {decision.next_stage} stage"
+    description = (
+        f"**Candidate `{version}` passed the {decision.stage} stage.** {decision.reason}\n\n"
+        f"Approve to move it to {target}; reject to stop the rollout (the champion stays). "
+        f"Without an answer in {timeout_s} s the stage holds and the next step asks again."
+    )
+    logger.info("waiting up to %d s for an operator to approve %s -> %s", timeout_s, version, decision.next_stage)
+    try:
+        answer = pause_flow_run(
+            wait_for_input=Approval.with_initial_data(description=description, approve=True),
+            timeout=timeout_s,
+            poll_interval=poll_s,
+            key=f"rollout-{version}-{decision.next_stage}",
+        )
+    except FlowPauseTimeout:
+        _resume_own_run()  # the run goes on to record the wait instead of ending paused
+        approval = {"verdict": "timed out", "by": None, "note": f"no answer within {timeout_s} s"}
+        reason = f"waiting in {decision.stage}: no operator approval within {timeout_s} s to move to {target}"
+        return replace(decision, action="wait", next_stage=None, reason=reason, approval=approval)
+    approval = {"verdict": "approved" if answer.approve else "rejected", "by": answer.by, "note": answer.note}
+    logger.info("operator %s %s %s: %s", answer.by or "?", approval["verdict"], version, answer.note)
+    if answer.approve:
+        return replace(decision, approval=approval)
+    who = answer.by or "an operator"
+    reason = f"stopped in {decision.stage}: {who} rejected the move to {target}: {answer.note or 'no note'}"
+    return replace(decision, action="stop", next_stage=None, reason=reason, stopped_by=["operator"], approval=approval)
 
 
 def _resume_own_run() -> None:

@@ -18,7 +18,15 @@ from refit.gate.rule import GateDecision
 from refit.notify.delivery import send
 from refit.notify.links import current_run_url, flow_run_url, ui_base
 from refit.notify.message import Notice
-from refit.notify.notices import failure_notice, gate_notice, outcome_notice, retrain_started_notice, rollback_notice
+from refit.notify.notices import (
+    failure_notice,
+    gate_notice,
+    outcome_notice,
+    retrain_started_notice,
+    rollback_notice,
+    rollout_notice,
+)
+from refit.rollout.report import evidence_table
 
 
 def _send(settings: Settings, notice: Notice) -> dict[str, bool]:
@@ -55,6 +63,13 @@ def notify_gate(settings: Settings, decision: GateDecision | dict, challenger_ve
 def notify_rollback(settings: Settings, result: dict, reason: str, actor: str) -> dict[str, bool]:
     """A rollback (``result`` is what :func:`refit.registry.rollback` returned)."""
     return _send(settings, rollback_notice(result, reason, actor, current_run_url(settings)))
+
+
+@task(name="notify-rollout", cache_policy=NONE, timeout_seconds=60)
+def notify_rollout(settings: Settings, summary: dict) -> dict[str, bool]:
+    """A live rollout moved (to canary, to champion) or was stopped, with its evidence table
+    (``summary`` is the step's, :func:`refit.rollout.report.step_summary`)."""
+    return _send(settings, rollout_notice(summary, evidence_table(summary), current_run_url(settings)))
 
 
 def failed_task_name(exc: BaseException | None) -> str | None:

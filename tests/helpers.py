@@ -73,6 +73,108 @@ def publish_and_record(engine, store, tmp_path: Path, version: str, decision, ch
     )
 
 
+# --- live rollout (issue 18) -------------------------------------------------------------------
+def log_prediction_rows(engine, rows: list[dict]) -> None:
+    """``prediction_log`` rows shaped as ``refit serve`` writes them during a rollout: one per
+    (request item, model), both models' rows of a request with the same ``request_id``, the role,
+    whether it was the answer served, the rollout's id, the ids the request carried, the model
+    call's ``latency_ms``, and ``error`` (prediction columns NULL) for a failed call. ``logged_at``
+    defaults to now."""
+    import hashlib
+
+    columns = {
+        "model_version": None,
+        "text": "a review",
+        "satisfaction": None,
+        "label": None,
+        "role": "champion",
+        "served": True,
+        "rollout_id": None,
+        "request_id": None,
+        "feedback_id": None,
+        "user_id": None,
+        "item_id": None,
+        "latency_ms": None,
+        "error": None,
+        "logged_at": None,
+    }
+    values = []
+    for row in rows:
+        row = {**columns, **row}
+        row["text_sha256"] = hashlib.sha256(row["text"].encode()).hexdigest()
+        row["text_chars"] = len(row.pop("text"))
+        if row["error"] is not None:
+            row["satisfaction"] = row["label"] = None
+        values.append(row)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO prediction_log (model_version, text_sha256, text_chars, satisfaction, label, role, served,"
+                " rollout_id, request_id, feedback_id, user_id, item_id, latency_ms, error, logged_at)"
+                " VALUES (:model_version, :text_sha256, :text_chars, :satisfaction, :label, :role, :served,"
+                " :rollout_id, :request_id, :feedback_id, :user_id, :item_id, :latency_ms, :error,"
+                " coalesce(CAST(:logged_at AS TIMESTAMPTZ), now()))"
+            ),
+            values,
+        )
+
+
+def scored_request(rollout: dict, request_id: str, champion, candidate, served: str = "champion", **ids) -> list[dict]:
+    """Both models' rows for one request item of ``rollout``: ``champion`` and ``candidate`` are
+    ``(prediction, latency_ms)``, or ``(None, latency_ms, "error text")`` for a failed call; a
+    prediction is a satisfaction score, or a label name (str). ``ids`` are ``user_id``, ``item_id``,
+    ``feedback_id``, ``text`` and ``logged_at``."""
+    rows = []
+    for role, version, scored in (
+        ("champion", rollout["champion_version"], champion),
+        ("candidate", rollout["version"], candidate),
+    ):
+        prediction, latency, *error = scored
+        rows.append(
+            {
+                "model_version": version,
+                "role": role,
+                "served": role == served,
+                "rollout_id": rollout["id"],
+                "request_id": request_id,
+                "satisfaction": prediction if isinstance(prediction, float) else None,
+                "label": prediction if isinstance(prediction, str) else None,
+                "latency_ms": latency,
+                "error": error[0] if error else None,
+                **ids,
+            }
+        )
+    return rows
+
+
+def add_feedback(engine, rows: list[dict]) -> None:
+    """Feedback rows as ingest stores them (``feedback_id``, ``user_id``, ``item_id``,
+    ``satisfaction`` or ``label``, ``created_at``)."""
+    if not rows:
+        return
+    values = [
+        {
+            "feedback_id": None,
+            "user_id": None,
+            "item_id": None,
+            "satisfaction": None,
+            "label": None,
+            "text": "later feedback",
+            **row,
+        }
+        for row in rows
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO feedback (feedback_id, user_id, item_id, text, satisfaction, label, content_hash,"
+                " created_at) VALUES (:feedback_id, :user_id, :item_id, :text, :satisfaction, :label,"
+                " md5(:feedback_id), :created_at)"
+            ),
+            values,
+        )
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

@@ -2,8 +2,9 @@
 
 Every command has ``--json`` and exits non-zero with a one-line reason on failure; ``--debug``
 shows the full traceback instead. The commands live in ``data`` (schema, ingest, sync, quarantine,
-dev set, forget), ``models`` (the loop, drift, registry, serving) and ``ops`` (demo, stack, ablation,
-backtests); this module builds the app from them and holds the entry point, ``main``.
+dev set, forget), ``models`` (the loop, drift, registry, serving), ``rollout`` (the live rollout)
+and ``ops`` (demo, stack, ablation, backtests); this module builds the app from them and holds the
+entry point, ``main``.
 
 The CLI is the top layer and imports the library inside each command function, not at the top of
 its modules: ``refit --help`` and a mistyped option then answer without loading torch, Prefect or
@@ -18,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from refit.cli import data, models, ops
+from refit.cli import data, models, ops, rollout
 from refit.cli._shared import group, state
 from refit.core.errors import one_line
 
@@ -62,6 +63,7 @@ app.add_typer(data.db_app, name="db")
 app.add_typer(data.devset_app, name="devset")
 app.add_typer(data.schema_app, name="schema")
 app.add_typer(models.models_app, name="models")
+app.add_typer(rollout.rollout_app, name="rollout")
 
 # Defaults for the ephemeral Prefect API that `refit run` and `refit demo` start in-process;
 # an operator's own PREFECT_* values win. On 2 cores its start can take longer than Prefect's 20 s.

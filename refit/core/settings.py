@@ -79,10 +79,12 @@ class Settings(BaseSettings):
     )
     serve_poll_s: float = Field(default=30, gt=0, description="How often the champion pointer is checked.")
     serve_batch_size: int = Field(default=32, ge=1, le=1024, description="Texts gathered into one model call.")
-    serve_batch_wait_ms: float = Field(default=5, ge=0, le=1000, description="How long a call waits to gather.")
+    serve_batch_wait_ms: float = Field(
+        default=5, ge=0, le=1000, description="The most a request waits for others to join it while the model is free."
+    )
     serve_max_items: int = Field(default=64, ge=1, description="Items allowed in one request.")
     serve_max_text_chars: int = Field(default=5000, ge=16, description="Longer texts are cut (and flagged).")
-    serve_quantize: bool = Field(default=False, description="Serve an int8 copy of the linear layers (CPU speed).")
+    serve_quantize: bool = Field(default=False, description="Serve the int8 ONNX Runtime model (CPU speed).")
     serve_quantize_tolerance: float = Field(
         default=0.05, gt=0, description="int8 is refused when it moves a prediction by more than this."
     )
@@ -115,6 +117,12 @@ class Settings(BaseSettings):
     )
     rollout_approval: bool = Field(
         default=False, description="Pause between stages for an operator's approve or reject in the Prefect UI."
+    )
+    rollout_approval_timeout_s: int = Field(
+        default=900,
+        ge=1,
+        description="How long a rollout step waits for the operator; without an answer the stage holds, and the "
+        "next step checks the guards again and asks again.",
     )
     rollout_max_error_increase: float = Field(
         default=0.01, ge=0, description="How much higher the candidate's live error rate may be than the champion's."

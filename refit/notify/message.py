@@ -15,7 +15,9 @@ class Notice:
 
     Attributes:
         kind: machine-readable event kind (``drift``, ``retrain_started``, ``gate``, ``promoted``,
-            ``rejected``, ``superseded``, ``no_retrain``, ``no_new_data``, ``rolled_back``, ``failure``).
+            ``rejected``, ``superseded``, ``no_retrain``, ``no_new_data``, ``rolled_back``, ``failure``,
+            and the live rollout's ``rollout``, ``rollout_canary``, ``rollout_promoted``,
+            ``rollout_stopped``, ``rollout_superseded``).
         title: one line.
         lines: the body, Slack mrkdwn, one line each.
         fields: the event's values, machine-readable.

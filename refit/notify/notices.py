@@ -16,6 +16,7 @@ OUTCOME_TITLES = {
     "superseded": "refit: challenger superseded (another run promoted first)",
     "no_retrain": "refit: no retrain needed",
     "no_new_data": "refit: no new feedback",
+    "rollout": "refit: challenger passed the gate, live rollout started",
 }
 
 
@@ -210,6 +211,9 @@ def outcome_notice(summary: dict, run_url: str | None = None) -> Notice:
         lines.append(f"*Version*: `{summary['version']}`")
     if summary.get("champion"):
         lines.append(f"*Champion*: `{summary['champion']}`")
+    rollout = summary.get("rollout") or {}
+    if rollout.get("rollout_id"):
+        lines.append(f"*Rollout*: {rollout['rollout_id']}, stage {rollout['stage']} (`refit rollout status`)")
     outcome = summary.get("outcome", "done")
     return Notice(
         kind=outcome,
@@ -246,6 +250,51 @@ def rollback_notice(result: dict, reason: str, actor: str, run_url: str | None =
             f"*Reason*: {escape_mrkdwn(reason)}",
         ],
         fields={"from": result["from"], "to": result["to"], "actor": actor, "reason": reason},
+        run_url=run_url,
+    )
+
+
+ROLLOUT_KINDS = {
+    "canary": ("rollout_canary", "refit: rollout {id}: {version} moves to canary"),
+    "promoted": ("rollout_promoted", "refit: rollout {id}: {version} promoted to champion"),
+    "rolled_back": ("rollout_stopped", "refit: rollout {id} STOPPED: {version} rolled back"),
+    "superseded": ("rollout_superseded", "refit: rollout {id}: {version} superseded"),
+}
+
+
+def rollout_notice(summary: dict, table: str | None = None, run_url: str | None = None) -> Notice:
+    """A live rollout moved: to canary, to champion, stopped (the alert), or superseded.
+
+    Args:
+        summary: the rollout step's summary (``refit.rollout.report.step_summary``).
+        table: the evidence as a fixed-width table, if any.
+        run_url: the run's page in the Prefect UI.
+    """
+    outcome = summary["outcome"]
+    kind, title = ROLLOUT_KINDS.get(outcome, (f"rollout_{outcome}", "refit: rollout {id}: " + outcome))
+    lines = [
+        f"*Candidate*: `{summary['version']}` · *champion*: `{summary['champion']}` · stage {summary['stage']}",
+        f"*Reason*: {escape_mrkdwn(summary.get('reason') or '')}",
+    ]
+    if outcome == "rolled_back":
+        lines.append("The champion pointer did not move; the candidate no longer scores live requests.")
+    if summary.get("approval"):
+        approval = summary["approval"]
+        lines.append(f"*Operator*: {escape_mrkdwn(approval.get('by') or '?')} {approval.get('verdict')}")
+    return Notice(
+        kind=kind,
+        title=title.format(id=summary["rollout_id"], version=summary["version"]),
+        lines=lines,
+        fields={
+            "rollout_id": summary["rollout_id"],
+            "outcome": outcome,
+            "version": summary["version"],
+            "champion": summary["champion"],
+            "stage": summary["stage"],
+            "reason": summary.get("reason"),
+            "stopped_by": summary.get("stopped_by") or [],
+        },
+        table=table,
         run_url=run_url,
     )
 

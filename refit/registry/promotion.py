@@ -94,14 +94,14 @@ def _finite(value) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN and infinities become null, so a decision always stores as JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -130,18 +130,18 @@ def record_decision(
     Returns:
         ``promoted``, ``rejected`` or ``superseded``.
     """
-    gate = _json_safe(decision.as_dict())
+    gate = json_safe(decision.as_dict())
     moved: dict = {}
     try:
         return _record(engine, store, published, snapshot_id, task, metrics, decision, champion_version,
                        config_hash, flow_run_id, actor, model_name, gate, moved)  # fmt: skip
     except Exception:
         if moved:
-            _restore_pointer(engine, store, published, moved["previous"], model_name)
+            restore_pointer(engine, store, published, moved["previous"], model_name)
         raise
 
 
-def _restore_pointer(engine: Engine, store: ObjectStore, published: Published, previous, model_name: str) -> None:
+def restore_pointer(engine: Engine, store: ObjectStore, published: Published, previous, model_name: str) -> None:
     """The registry transaction failed after the pointer moved to ``published`` (a dropped
     connection at commit): unless the commit did land, move the pointer back to ``previous``
     (a ``Published``, or None: no pointer before), so the store never names a champion the
@@ -163,28 +163,46 @@ def _restore_pointer(engine: Engine, store: ObjectStore, published: Published, p
         )
 
 
+def insert_version(
+    conn,
+    published: Published,
+    *,
+    snapshot_id: int | None,
+    parent_version: str | None,
+    task: str,
+    metrics: dict,
+    status: str,
+    config_hash: str | None = None,
+    flow_run_id: str | None = None,
+) -> None:
+    """Add ``published`` to ``model_versions`` with ``status`` (inside the caller's transaction)."""
+    conn.execute(
+        text(
+            "INSERT INTO model_versions (version, snapshot_id, parent_version, task, uri, manifest_sha256,"
+            " metrics, status, config_hash, flow_run_id)"
+            " VALUES (:v, :s, :p, :t, :u, :m, CAST(:metrics AS JSONB), :status, :config, :run)"
+        ),
+        {
+            "v": published.version,
+            "s": snapshot_id,
+            "p": parent_version,
+            "t": task,
+            "u": published.uri,
+            "m": published.manifest_sha256,
+            "metrics": json.dumps(json_safe(metrics), default=str),
+            "status": status,
+            "config": config_hash,
+            "run": flow_run_id,
+        },
+    )
+
+
 def _record(engine, store, published, snapshot_id, task, metrics, decision, champion_version, config_hash,
             flow_run_id, actor, model_name, gate, moved) -> str:  # fmt: skip
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO model_versions (version, snapshot_id, parent_version, task, uri, manifest_sha256,"
-                " metrics, status, config_hash, flow_run_id)"
-                " VALUES (:v, :s, :p, :t, :u, :m, CAST(:metrics AS JSONB), :status, :config, :run)"
-            ),
-            {
-                "v": published.version,
-                "s": snapshot_id,
-                "p": champion_version,
-                "t": task,
-                "u": published.uri,
-                "m": published.manifest_sha256,
-                "metrics": json.dumps(_json_safe(metrics), default=str),
-                "status": "candidate" if decision.promote else "rejected",
-                "config": config_hash,
-                "run": flow_run_id,
-            },
-        )
+        insert_version(conn, published, snapshot_id=snapshot_id, parent_version=champion_version, task=task,
+                       metrics=metrics, status="candidate" if decision.promote else "rejected",
+                       config_hash=config_hash, flow_run_id=flow_run_id)  # fmt: skip
         outcome, reason = ("rejected", decision.reason)
         if decision.promote:
             if promote_if_current(conn, published.version, champion_version):
@@ -284,7 +302,7 @@ def rollback(
     except Exception:
         if moved:  # the commit was lost after the pointer moved: as for a promotion, move it back
             was = get_version(engine, current)
-            _restore_pointer(engine, store, restored, Published(current, was["uri"], was["manifest_sha256"]),
-                             model_name)  # fmt: skip
+            restore_pointer(engine, store, restored, Published(current, was["uri"], was["manifest_sha256"]),
+                            model_name)  # fmt: skip
         raise
     return {"from": current, "to": target}

@@ -72,18 +72,21 @@ def collect_garbage(
 ) -> list[dict]:
     """Delete old rejected versions from the store and mark them ``archived``.
 
-    Kept: the ``keep`` newest versions, and every version that was ever champion. A version's
-    manifest goes first, so a half-deleted version is never taken for a published one.
+    Kept: the ``keep`` newest versions, every version that was ever champion, and the version in
+    live rollout (``refit serve`` may be scoring with it). A version's manifest goes first, so a
+    half-deleted version is never taken for a published one.
 
     Returns:
         The versions that go (or would go, with ``dry_run``), oldest first.
     """
     rows = list_versions(engine)  # newest first
     newest = {r["version"] for r in rows[:keep]}
+    with engine.connect() as conn:  # a version in live rollout is being served: it stays
+        live = set(conn.execute(text("SELECT version FROM rollouts WHERE ended_at IS NULL")).scalars())
     doomed = [
         r
         for r in reversed(rows)
-        if r["version"] not in newest and r["promoted_at"] is None and r["status"] in ("rejected", "candidate")
+        if r["version"] not in newest | live and r["promoted_at"] is None and r["status"] in ("rejected", "candidate")
     ]
     gone = [{"version": r["version"], "status": r["status"], "created_at": r["created_at"]} for r in doomed]
     if dry_run:

@@ -39,7 +39,7 @@ from helpers import free_port
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOYMENTS = {"sync", "drift-check", "retrain", "ingest", "rollback", "devset-refresh"}
+DEPLOYMENTS = {"sync", "drift-check", "retrain", "rollout", "ingest", "rollback", "devset-refresh"}
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -171,6 +171,9 @@ def test_every_deployment_has_its_pool_schedule_trigger_and_described_form(stack
     sync = api.deployment("sync")
     assert [s["schedule"]["cron"] for s in sync["schedules"]] == ["*/15 * * * *"]
     assert sync["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    rollout = api.deployment("rollout")
+    assert [s["schedule"]["cron"] for s in rollout["schedules"]] == ["*/5 * * * *"]
+    assert rollout["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     # `refit up` started from an empty database and applied the schema itself
     from refit.data.db import applied_migrations, load_migrations
 

@@ -33,6 +33,10 @@ def test_io_retries_with_backoff_and_training_never_retries():
     from refit.tasks.publish import RECORD_RETRY_DELAYS
 
     assert found["record-decision"].retries == 0 and RECORD_RETRY_DELAYS == (2, 5, 15)
+    assert found["start-rollout"].retries == 0  # inside the same transaction, for the same reason
+    # a rollout step's reads and moves are I/O; each move is a compare-and-swap, so a retry is safe
+    for name in ("read-live-rollout", "gather-live-evidence", "advance-rollout", "promote-rollout", "stop-rollout"):
+        assert found[name].retries == 3, name
     assert found["train-challenger"].retries == 0
     assert found["gate"].retries == 0
 
