@@ -26,7 +26,7 @@
 The run ends with each figure beside its goal, met or missed and by how much, and the machine's
 load average before and after (the figures are only as steady as the machine was quiet).
 
-Run: python bench/serve_bench.py [--seconds 10] [--rounds 3]
+Run: python bench/serve_bench.py [--seconds 10] [--rounds 3] [--parts 1234]
 """
 
 from __future__ import annotations
@@ -272,28 +272,41 @@ def shadow_overhead(texts: list[str], checkpoint: Path, work: Path, seconds: flo
     def shadow_counts(port: int) -> dict:
         return httpx.get(f"http://127.0.0.1:{port}/version", timeout=10).json().get("shadow") or {}
 
+    def drained(port: int) -> dict:
+        """Once the server's shadow queue is empty: its leftover work must not run during the
+        other server's turn (it would slow the other server's answers, not its own)."""
+        deadline = time.monotonic() + 120
+        while (counts := shadow_counts(port)).get("queued", 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return counts
+
     try:
         for _, port in servers.values():
             asyncio.run(load(port, bodies, CLIENTS, 1.0))  # warm-up
+            drained(port)
         results = {}
         for load_name, (clients, pause) in SHADOW_LOADS.items():
             runs = {name: [] for name in servers}
-            before = {name: shadow_counts(port) for name, (_, port) in servers.items()}
+            during = {name: {"scored": 0, "dropped": 0} for name in servers}
             for _ in range(rounds):
                 for name, (_, port) in servers.items():
+                    before = drained(port)
                     runs[name].append(asyncio.run(load(port, bodies, clients, seconds / rounds, pause)))
-            for name, (_, port) in servers.items():
+                    after = shadow_counts(port)  # what the candidate scored while the answers were timed
+                    for key in during[name]:
+                        during[name][key] += after.get(key, 0) - before.get(key, 0)
+                    drained(port)
+            for name in servers:
                 latencies = [x for run in runs[name] for x in run["latencies"]]
                 q = statistics.quantiles(latencies, n=100)
-                after = shadow_counts(port)
                 results[(load_name, name)] = {
                     "rps": len(latencies) / sum(run["seconds"] for run in runs[name]),
                     "p50_ms": q[49] * 1000,
                     "p99_ms": q[98] * 1000,
                     "requests": len(latencies),
                     "errors": sum(run["errors"] for run in runs[name]),
-                    "shadow_scored": after.get("scored", 0) - before[name].get("scored", 0),
-                    "shadow_dropped": after.get("dropped", 0) - before[name].get("dropped", 0),
+                    "shadow_scored": during[name]["scored"],
+                    "shadow_dropped": during[name]["dropped"],
                 }
         return results
     finally:
@@ -343,6 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="load per serving mode, over all rounds")
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="turns each method or server takes")
+    parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 24 (default: all)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -370,65 +384,83 @@ def main() -> None:
         tmp = Path(tmp)
         checkpoint = minilm_checkpoint(tmp / "minilm")
 
-        speed = throughput(texts, checkpoint, args.rounds, tolerance)
-        rates, check, torch_check = speed["rates"], speed["int8 check"], speed["torch int8 check"]
-        print(f"1. scoring {len(texts)} reviews (all-MiniLM-L6-v2, max 256 tokens), texts/s, median of {args.rounds}")
-        for name, rate in rates.items():
-            per_round = ", ".join(f"{len(texts) / s:.0f}" for s in speed["rounds"][name])
-            print(f"   {name:<19} {rate:8.1f}  ({rate / rates['pipeline']:.2f}x pipeline; rounds {per_round})")
-        print(
-            f"   int8 check on the checkpoint's {check['rows']} {check['source']}: max |diff| "
-            f"{check['max_abs_diff']:.4f} (tolerance {tolerance}), labels agree {100 * check['label_agreement']:.1f}%;"
-            f" torch dynamic int8: {torch_check['max_abs_diff']:.4f}, {100 * torch_check['label_agreement']:.1f}%"
-        )
-        int8_ratio = rates["refit int8"] / rates["pipeline"]
-        summary.append(("int8 / pipeline texts/s", int8_ratio, GOALS["int8 / pipeline"], ""))
+        if "1" in args.parts:
+            speed = throughput(texts, checkpoint, args.rounds, tolerance)
+            rates, check, torch_check = speed["rates"], speed["int8 check"], speed["torch int8 check"]
+            print(
+                f"1. scoring {len(texts)} reviews (all-MiniLM-L6-v2, max 256 tokens), texts/s, median of {args.rounds}"
+            )
+            for name, rate in rates.items():
+                per_round = ", ".join(f"{len(texts) / s:.0f}" for s in speed["rounds"][name])
+                print(f"   {name:<19} {rate:8.1f}  ({rate / rates['pipeline']:.2f}x pipeline; rounds {per_round})")
+            print(
+                f"   int8 check on the checkpoint's {check['rows']} {check['source']}: max |diff| "
+                f"{check['max_abs_diff']:.4f} (tolerance {tolerance}), "
+                f"labels agree {100 * check['label_agreement']:.1f}%;"
+                f" torch dynamic int8: {torch_check['max_abs_diff']:.4f}, {100 * torch_check['label_agreement']:.1f}%"
+            )
+            int8_ratio = rates["refit int8"] / rates["pipeline"]
+            summary.append(("int8 / pipeline texts/s", int8_ratio, GOALS["int8 / pipeline"], ""))
 
-        from refit.registry.pointer import write_pointer
-        from refit.registry.store import open_store
-        from refit.registry.versions import publish_checkpoint
+        if "2" in args.parts:
+            from refit.registry.pointer import write_pointer
+            from refit.registry.store import open_store
+            from refit.registry.versions import publish_checkpoint
 
-        store = open_store("s3://bench/serve")
-        write_pointer(store, publish_checkpoint(store, checkpoint, "v-serve"), None)
-        ceiling = batching_ceiling(texts, checkpoint)
-        served = serving(texts, {"REFIT_STORE_URL": "s3://bench/serve"}, tmp / "work", args.seconds, args.rounds)
-        print(f"2. /predict, refit serve in its own process, {CLIENTS} concurrent clients, {args.seconds:.0f} s each")
-        for name, r in served.items():
-            print(f"   {name:<22} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms", end="")
-            print(f"  {r['texts_per_call']:5.1f} texts/call  errors {r['errors']}")
-        one, many = served["one request per call"], served["micro-batching"]
-        speedup, p99 = many["rps"] / one["rps"], many["p99_ms"] / one["p99_ms"]
-        print(
-            f"   the model alone: 1 text {ceiling['t1_ms']:.1f} ms, {CLIENTS} texts {ceiling['t32_ms']:.0f} ms: "
-            f"{ceiling['ceiling']:.2f}x the texts/s from batching them"
-        )
-        why = f"in the model alone a batch of {CLIENTS} scores {ceiling['ceiling']:.2f}x the texts/s of one at a time"
-        summary.append(("micro-batching / one per call req/s", speedup, GOALS["micro-batching / one per call"], why))
-        summary.append(("micro-batching / one per call p99", p99, -1.0, ""))
+            store = open_store("s3://bench/serve")
+            write_pointer(store, publish_checkpoint(store, checkpoint, "v-serve"), None)
+            ceiling = batching_ceiling(texts, checkpoint)
+            served = serving(texts, {"REFIT_STORE_URL": "s3://bench/serve"}, tmp / "work", args.seconds, args.rounds)
+            print(
+                f"2. /predict, refit serve in its own process, {CLIENTS} concurrent clients, {args.seconds:.0f} s each"
+            )
+            for name, r in served.items():
+                print(
+                    f"   {name:<22} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms", end=""
+                )
+                print(f"  {r['texts_per_call']:5.1f} texts/call  errors {r['errors']}")
+            one, many = served["one request per call"], served["micro-batching"]
+            speedup, p99 = many["rps"] / one["rps"], many["p99_ms"] / one["p99_ms"]
+            print(
+                f"   the model alone: 1 text {ceiling['t1_ms']:.1f} ms, {CLIENTS} texts {ceiling['t32_ms']:.0f} ms: "
+                f"{ceiling['ceiling']:.2f}x the texts/s from batching them"
+            )
+            why = (
+                f"in the model alone a batch of {CLIENTS} scores {ceiling['ceiling']:.2f}x the texts/s of one at a time"
+            )
+            summary.append(
+                ("micro-batching / one per call req/s", speedup, GOALS["micro-batching / one per call"], why)
+            )
+            summary.append(("micro-batching / one per call p99", p99, -1.0, ""))
 
-        moved = transfers("bench", tmp)
-        print("3. a 90 MB checkpoint on the moto S3 server, seconds")
-        for what, ours, bare, tool in (
-            ("publish", "refit up", "bare up", "upload_file"),
-            ("fetch", "refit down", "bare down", "download_file"),
-        ):
-            ratio = moved[bare] / moved[ours]
-            print(f"   {what:<7} {moved[ours]:.2f} vs bare {tool} {moved[bare]:.2f}: {ratio:.2f}x")
-            summary.append((f"{what} vs bare boto3", ratio, GOALS[what], ""))
+        if "3" in args.parts:
+            moved = transfers("bench", tmp)
+            print("3. a 90 MB checkpoint on the moto S3 server, seconds")
+            for what, ours, bare, tool in (
+                ("publish", "refit up", "bare up", "upload_file"),
+                ("fetch", "refit down", "bare down", "download_file"),
+            ):
+                ratio = moved[bare] / moved[ours]
+                print(f"   {what:<7} {moved[ours]:.2f} vs bare {tool} {moved[bare]:.2f}: {ratio:.2f}x")
+                summary.append((f"{what} vs bare boto3", ratio, GOALS[what], ""))
 
-        shadow = shadow_overhead(texts, checkpoint, tmp / "shadow", args.seconds, args.rounds)
-        print("4. the champion's answers with a candidate in shadow (scoring every item) vs alone")
-        for (load_name, name), r in shadow.items():
-            print(f"   {load_name:<28} {name:<10} {r['rps']:6.1f} req/s  p50 {r['p50_ms']:7.1f} ms", end="")
-            print(f"  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", end="")
-            if name == "shadow on":
-                print(f"  shadow scored {r['shadow_scored']} of {r['requests']}, dropped {r['shadow_dropped']}", end="")
-            print()
-        for load_name in SHADOW_LOADS:
-            on, off = shadow[(load_name, "shadow on")], shadow[(load_name, "shadow off")]
-            coverage = on["shadow_scored"] / max(on["requests"], 1)
-            note = f"off {off['p99_ms']:.0f} ms, on {on['p99_ms']:.0f} ms; shadow scored {100 * coverage:.0f}%"
-            summary.append((f"shadow p99 on/off, {load_name.split(':')[0]}", on["p99_ms"] / off["p99_ms"], -1.1, note))
+        if "4" in args.parts:
+            shadow = shadow_overhead(texts, checkpoint, tmp / "shadow", args.seconds, args.rounds)
+            print("4. the champion's answers with a candidate in shadow (scoring every item) vs alone")
+            for (load_name, name), r in shadow.items():
+                print(f"   {load_name:<28} {name:<10} {r['rps']:6.1f} req/s  p50 {r['p50_ms']:7.1f} ms", end="")
+                print(f"  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", end="")
+                if name == "shadow on":
+                    scored, dropped = r["shadow_scored"], r["shadow_dropped"]
+                    print(f"  shadow scored {scored} of {r['requests']} meanwhile, dropped {dropped}", end="")
+                print()
+            for load_name in SHADOW_LOADS:
+                on, off = shadow[(load_name, "shadow on")], shadow[(load_name, "shadow off")]
+                coverage = on["shadow_scored"] / max(on["requests"], 1)
+                note = f"off {off['p99_ms']:.0f} ms, on {on['p99_ms']:.0f} ms; shadow scored {100 * coverage:.0f}%"
+                summary.append(
+                    (f"shadow p99 on/off, {load_name.split(':')[0]}", on["p99_ms"] / off["p99_ms"], -1.1, note)
+                )
     moto.stop()
     load_after = os.getloadavg()
     print("goals")

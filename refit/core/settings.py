@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         "(scored on live traffic, never answering, then canary, then champion) or canary (straight to canary).",
     )
     rollout_shadow_share: float = Field(
-        default=1.0, gt=0, le=1, description="Share of live requests the other model also scores, unseen."
+        default=1.0, gt=0, le=1, description="Share of request items the model that did not answer also scores, unseen."
     )
     rollout_canary_share: float = Field(
         default=0.1, gt=0, lt=1, description="Share of requests the candidate answers in canary (sticky per user)."
