@@ -81,6 +81,7 @@ def test_retrain_publishes_a_seeds_ensemble_as_one_gated_version(prefect_api, re
 
     monkeypatch.setenv("REFIT_ENSEMBLE_SIZE", "2")
     monkeypatch.setenv("REFIT_EPOCHS", "2")
+    monkeypatch.setenv("REFIT_PUBLISH_INT8", "true")  # the int8 copy of an ensemble is part of what is checked
     settings = load_settings()
     rows = write_feedback(generate_feedback(300, seed=1, id_prefix="ens"), tmp_path / "f.csv")
     ingest_file(get_engine(settings.database_url), rows, IngestRules.from_settings(settings))
