@@ -62,38 +62,55 @@ def record(
 ) -> str:
     """Record the version and the decision; promote by compare-and-swap. Returns the outcome:
     ``promoted``, ``rejected``, or ``superseded`` (another run promoted first)."""
+    outcome = retried_in_task(
+        lambda: record_decision(
+            engine_for(settings),
+            store_for(settings),
+            published,
+            snapshot_id=snapshot.id,
+            task=settings.task,
+            metrics=recorded_metrics(challenger, decision),
+            decision=decision,
+            champion_version=champion["version"] if champion else None,
+            config_hash=config_hash(challenger.folder),
+            flow_run_id=flow_run.get_id(),
+            actor=run_actor(),
+            model_name=settings.model_name,
+        ),
+        f"recording {published.version}",
+    )
+    get_run_logger().info("%s: %s", published.version, outcome)
+    return outcome
+
+
+def retried_in_task(call, what: str):
+    """``call()``, tried again after each of ``RECORD_RETRY_DELAYS`` when a lost connection or
+    an unreachable store rolled the attempt back whole (a permanent error is raised at once)."""
     import time
 
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     from refit.core.errors import StoreError
 
-    run_id = flow_run.get_id()
     for attempt, delay in enumerate((*RECORD_RETRY_DELAYS, None)):
         try:
-            outcome = record_decision(
-                engine_for(settings),
-                store_for(settings),
-                published,
-                snapshot_id=snapshot.id,
-                task=settings.task,
-                metrics={"dev": challenger.dev_metrics, "gate": decision.metrics, "kind": decision.kind},
-                decision=decision,
-                champion_version=champion["version"] if champion else None,
-                config_hash=config_hash(challenger.folder),
-                flow_run_id=run_id,
-                actor=f"flow-run {run_id}" if run_id else "refit",
-                model_name=settings.model_name,
-            )
-            break
+            return call()
         except (OperationalError, InterfaceError, StoreError) as exc:  # the attempt rolled back whole
             if delay is None or getattr(exc, "permanent", False):
                 raise
-            get_run_logger().warning("recording %s failed (%s); retry %d in %d s", published.version,
-                                     type(exc).__name__, attempt + 1, delay)  # fmt: skip
+            get_run_logger().warning("%s failed (%s); retry %d in %d s", what, type(exc).__name__, attempt + 1, delay)
             time.sleep(delay)
-    get_run_logger().info("%s: %s", published.version, outcome)
-    return outcome
+
+
+def recorded_metrics(challenger: Challenger, decision: GateDecision) -> dict:
+    """What the registry keeps of a challenger's metrics: its dev metrics, the gate's, its kind."""
+    return {"dev": challenger.dev_metrics, "gate": decision.metrics, "kind": decision.kind}
+
+
+def run_actor() -> str:
+    """Who acts, for the promotion log: this flow run, or ``refit`` outside one."""
+    run_id = flow_run.get_id()
+    return f"flow-run {run_id}" if run_id else "refit"
 
 
 def config_hash(folder: Path) -> str:

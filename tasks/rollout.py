@@ -3,8 +3,6 @@ the live rollout, gather its evidence, decide, act, show it in the UI)."""
 
 from __future__ import annotations
 
-import time
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
@@ -21,15 +19,10 @@ from refit.rollout.decision import RolloutDecision, RolloutPolicy, decide
 from refit.rollout.evidence import Evidence, gather_evidence, live_rollout
 from refit.rollout.report import evidence_markdown, step_summary
 from refit.tasks.data import IO_RETRIES
-from refit.tasks.publish import RECORD_RETRY_DELAYS, config_hash
+from refit.tasks.publish import config_hash, recorded_metrics, retried_in_task, run_actor
 from refit.training.challenger import Challenger
 
 ARTIFACT_KEY = "rollout-evidence"
-
-
-def _actor() -> str:
-    run_id = flow_run.get_id()
-    return f"flow-run {run_id}" if run_id else "refit"
 
 
 # Like record-decision: inside the publish transaction a failed Prefect attempt would withdraw the
@@ -49,41 +42,26 @@ def start_rollout(
     Returns:
         ``{"outcome": "rollout" or "superseded", "rollout_id", "stage", "superseded_rollout"}``.
     """
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    from refit.core.errors import StoreError
-
-    for attempt, delay in enumerate((*RECORD_RETRY_DELAYS, None)):
-        try:
-            started = stages.start_rollout(
-                engine_for(settings),
-                store_for(settings),
-                published,
-                snapshot_id=snapshot.id,
-                task=settings.task,
-                metrics={"dev": challenger.dev_metrics, "gate": decision.metrics, "kind": decision.kind},
-                decision=decision,
-                champion_version=champion["version"],
-                stage=settings.rollout,
-                canary_share=settings.rollout_canary_share,
-                shadow_share=settings.rollout_shadow_share,
-                config_hash=config_hash(challenger.folder),
-                flow_run_id=flow_run.get_id(),
-                actor=_actor(),
-                model_name=settings.model_name,
-            )
-            break
-        except (OperationalError, InterfaceError, StoreError) as exc:  # the attempt rolled back whole
-            if delay is None or getattr(exc, "permanent", False):
-                raise
-            get_run_logger().warning(
-                "starting the rollout of %s failed (%s); retry %d in %d s",
-                published.version,
-                type(exc).__name__,
-                attempt + 1,
-                delay,
-            )
-            time.sleep(delay)
+    started = retried_in_task(
+        lambda: stages.start_rollout(
+            engine_for(settings),
+            store_for(settings),
+            published,
+            snapshot_id=snapshot.id,
+            task=settings.task,
+            metrics=recorded_metrics(challenger, decision),
+            decision=decision,
+            champion_version=champion["version"],
+            stage=settings.rollout,
+            canary_share=settings.rollout_canary_share,
+            shadow_share=settings.rollout_shadow_share,
+            config_hash=config_hash(challenger.folder),
+            flow_run_id=flow_run.get_id(),
+            actor=run_actor(),
+            model_name=settings.model_name,
+        ),
+        f"starting the rollout of {published.version}",
+    )
     get_run_logger().info(
         "%s: %s (rollout %s, %s)", published.version, started["outcome"], started["rollout_id"], started["stage"]
     )
@@ -138,7 +116,7 @@ def advance_rollout(settings: Settings, rollout: dict, evidence: Evidence, decis
         decision,
         canary_share=settings.rollout_canary_share,
         shadow_share=settings.rollout_shadow_share,
-        actor=_actor(),
+        actor=run_actor(),
         flow_run_id=flow_run.get_id(),
         model_name=settings.model_name,
     )
@@ -153,7 +131,7 @@ def promote_rollout(settings: Settings, rollout: dict, evidence: Evidence, decis
         rollout,
         evidence,
         decision,
-        actor=_actor(),
+        actor=run_actor(),
         flow_run_id=flow_run.get_id(),
         model_name=settings.model_name,
     )
@@ -168,7 +146,7 @@ def stop_rollout(settings: Settings, rollout: dict, evidence: Evidence, decision
         rollout,
         evidence,
         decision,
-        actor=_actor(),
+        actor=run_actor(),
         flow_run_id=flow_run.get_id(),
         model_name=settings.model_name,
     )
