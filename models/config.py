@@ -17,6 +17,7 @@ from refit.models.adversarial import METHODS as ADVERSARIAL
 from refit.models.augment import AugmentConfig
 from refit.models.fusion import SatisfactionModel
 from refit.models.metrics import DEFAULT_METRIC, DIRECTION
+from refit.models.paths import ATTENTIONS, PRECISIONS
 
 
 @dataclass
@@ -53,7 +54,9 @@ class TrainConfig:
     dropout: float | None = None  # None: the encoder's own
     init_from: str | None = None  # a champion checkpoint folder to warm-start from
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's default
-    unpad: bool = True  # BERT encoders compute real tokens only (models/unpad.py); same result
+    attention: str = "auto"  # auto | encoder | padded | packed: how BERT runs (models/unpad.py, models/paths.py)
+    precision: str = "auto"  # auto | fp32 | bf16 autocast (models/paths.py)
+    path_cache: str | None = None  # the machine's file of measured attention layouts (models/paths.py)
     head_lr_factor: float = 1.0  # the head's learning rate is this times learning_rate
     budget_seconds: float | None = None  # training stops here with the best weights so far
     recipe: dict = field(default_factory=dict)  # what decided the choices above (refit.training.recipe)
@@ -89,6 +92,10 @@ class TrainConfig:
         elif len(self.class_weights) != len(self.labels):
             raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(self.labels)} labels")
         _ = self.augmentation  # validates the rates
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {self.attention!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.adversarial not in ADVERSARIAL:
             raise ValueError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, not {self.adversarial!r}")
         if self.keep_layers is not None and self.keep_layers < 1:
@@ -157,3 +164,4 @@ class TrainResult:
     world_size: int = 1
     resumed_from_epoch: int = 0
     stopped_by: str | None = None  # "patience", "budget", or None when every epoch ran
+    path: dict = field(default_factory=dict)  # the attention layout and precision (models/paths.py)

@@ -222,7 +222,7 @@ class SatisfactionModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.n_outputs = n_outputs
-        self.unpad = True  # a runtime choice, not part of the checkpoint
+        self.attention = "padded"  # encoder | padded | packed (models/unpad.py); a runtime choice
         self.schema = schema or FeatureSchema()
         hidden = encoder.config.hidden_size
         if self.schema.empty:
@@ -237,12 +237,13 @@ class SatisfactionModel(nn.Module):
     def pooled(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> torch.Tensor:
         """The last hidden state, mean-pooled over the real (non-padding) tokens.
 
-        BERT encoders run unpadded (:mod:`models.unpad`): the same result without computing padding.
+        BERT encoders run unpadded (:mod:`models.unpad`, attention ``padded`` or ``packed``): the same
+        result without computing padding; ``encoder`` is the plain Hugging Face forward.
         """
-        if self.unpad and inputs_embeds is None:
+        if self.attention != "encoder" and inputs_embeds is None:
             bert = bert_modules(self.encoder)
             if bert is not None:
-                return unpadded_mean_pool(bert, input_ids, attention_mask)
+                return unpadded_mean_pool(bert, input_ids, attention_mask, self.attention)
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds
         ).last_hidden_state

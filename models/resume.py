@@ -43,9 +43,8 @@ class Progress:
 
 def run_fingerprint(config: TrainConfig, data: TrainData, world: int) -> str:
     """The identity of a run: its settings (less where it runs), its data and its world size."""
-    settings = {
-        k: v for k, v in asdict(config).items() if k not in ("device", "num_threads", "unpad", "budget_seconds")
-    }
+    runtime = ("device", "num_threads", "attention", "precision", "path_cache", "budget_seconds")
+    settings = {k: v for k, v in asdict(config).items() if k not in runtime}
     return hashlib.sha256(json.dumps([settings, data.fingerprint(), world], default=str).encode()).hexdigest()
 
 

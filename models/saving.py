@@ -80,6 +80,7 @@ def save_checkpoint(result: TrainResult, folder: Path, lineage: dict, extra_metr
             "samples_per_second": round(result.samples_per_second, 2),
             "device": result.device,
             "world_size": result.world_size,
+            "path": result.path,
         },
         "lineage": {
             **lineage,

@@ -48,6 +48,7 @@ from refit.models.inference import collate, encode, predict_ids
 from refit.models.metrics import DIRECTION, task_metrics
 from refit.models.objective import class_weight_tensor, per_sample_loss
 from refit.models.optimization import StepPlan, make_optimizer
+from refit.models.paths import TrainPath, choose_attention, resolve_precision
 from refit.models.resume import STATE_FILE, Progress, load_state, run_fingerprint, save_state
 from refit.models.strategies import apply_strategy, initial_model, merge_adapters
 
@@ -183,7 +184,8 @@ class _Run:
                 self.state_path, self.fingerprint, self.model, self.optimizer, self.scheduler, self.rng
             )
             log.info("resuming after epoch %d from %s", self.progress.epoch, self.state_path)
-        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.precision = resolve_precision(config.precision, self.device, self.model.encoder.config.hidden_size)
+        self.autocast = self.precision == "bf16"
         self.show_progress = self.rank == 0 and sys.stderr.isatty()
 
     def _prepare_model(self) -> None:
@@ -191,7 +193,6 @@ class _Run:
         config = self.config
         schema = FeatureSchema.fit(config.feature_types, self.data.train_features, config.vector_feature)
         self.model, self.tokenizer, self.init = initial_model(config, schema)
-        self.model.unpad = config.unpad
         keep_bottom_layers(self.model, config)
         apply_strategy(self.model, config)
         self.model.to(self.device)
@@ -220,6 +221,9 @@ class _Run:
         stopped_by = None
         self.over_budget = False
         finished = progress.epoch >= config.epochs or progress.stale > config.patience
+        self.path = self._choose_path() if not finished else TrainPath("padded", self.precision, "no step ran")
+        self.model.attention = self.path.attention
+        log.info("training path: %s", json.dumps(self.path.as_dict()))
         for epoch in range(progress.epoch + 1, config.epochs + 1) if not finished else ():
             score = self._epoch(epoch)
             self._keep_best(epoch, score)
@@ -243,6 +247,33 @@ class _Run:
         result = self._result(progress.elapsed + time.perf_counter() - started, stopped_early, resumed_from)
         result.stopped_by = stopped_by
         return result
+
+    def _choose_path(self) -> TrainPath:
+        """The attention layout, timed on the run's median-sized batch (models/paths.py)."""
+        config = self.config
+        lengths = [len(seq) for seq in self.train_ids]
+        batches = length_bucketed_batches(lengths, config.batch_size, np.random.default_rng(config.seed))
+        cells = [len(b) * max(lengths[i] for i in b) for b in batches]
+        idx = batches[int(np.argsort(cells, kind="stable")[len(cells) // 2])]
+        batch = {k: v.to(self.device) for k, v in collate([self.train_ids[i] for i in idx], self.pad_id).items()}
+        feats = take(self.train_features, idx, self.device) if self.train_features else None
+        targets = self.targets[idx].to(self.device)
+        was_training = self.model.training
+        self.model.train()
+        try:
+            return choose_attention(
+                self.model,
+                config.attention,
+                self.precision,
+                lambda: self._losses(batch, feats, targets).sum(),
+                self.device,
+                config.batch_size,
+                steps=self.plan.steps_per_epoch * config.epochs,
+                distributed=self.distributed,
+                cache=Path(config.path_cache) if config.path_cache else None,
+            )
+        finally:
+            self.model.train(was_training)
 
     def _budget_spent(self) -> bool:
         """Whether the run's time (resumed runs count their earlier time) has reached the budget;
@@ -437,6 +468,7 @@ class _Run:
             architecture=architecture(model, config.n_outputs, config.fusion_width),
             world_size=self.world,
             resumed_from_epoch=resumed_from,
+            path=self.path.as_dict(),
         )
 
 

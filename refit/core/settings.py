@@ -339,6 +339,12 @@ class Settings(BaseSettings):
         description="Warm start: train on the rows new since the champion plus this share of older rows (unset: all).",
     )
     num_threads: int | None = Field(default=None, ge=1, description="CPU threads for training (unset: torch's).")
+    train_attention: Literal["auto", "encoder", "padded", "packed"] = Field(
+        default="auto", description="How BERT runs in training (models/paths.py); auto: timed on the run's own rows."
+    )
+    train_precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="Training precision; auto: bf16 autocast on a bf16 GPU or an AMX CPU (wide models)."
+    )
 
     # --- defences and compression (issue 10) ---------------------------------------------------
     augment_delete_rate: float = Field(default=0.0, ge=0, le=1, description="EDA: chance a training word is dropped.")

@@ -131,24 +131,58 @@ def test_text_only_head_is_the_default():
     assert logits.shape == (1, 3)
 
 
-def test_unpadded_bert_gives_the_padded_result_and_gradients():
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_packed_and_unpadded_forwards_give_the_padded_result_and_gradients(train_mode):
+    """A batch of mixed lengths (one with no padding, one a single token): the packed attention
+    (one block per sequence) and the unpadded one with padded attention give the plain Hugging
+    Face forward's output and gradients, in eval mode and in train mode with dropout off."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(1)
     config = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
-    model = SatisfactionModel(BertModel(config, add_pooling_layer=False), n_outputs=1).eval()
-    ids = torch.tensor([[2, 5, 7, 9, 3], [2, 8, 3, 0, 0], [2, 3, 0, 0, 0]])
+    model = SatisfactionModel(BertModel(config, add_pooling_layer=False), n_outputs=1, dropout=0.0)
+    model.train(train_mode)
+    ids = torch.tensor([[2, 5, 7, 9, 3, 4, 6], [2, 8, 3, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0, 0], [2, 9, 9, 8, 7, 3, 0]])
     mask = (ids != 0).long()
-    outputs, grads = [], []
-    for unpad in (False, True):
-        model.unpad = unpad
+    outputs, grads = {}, {}
+    for layout in ("encoder", "padded", "packed"):
+        model.attention = layout
         model.zero_grad()
         out = model(ids, mask)
-        out.sum().backward()
-        outputs.append(out.detach())
-        grads.append(model.encoder.encoder.layer[0].attention.self.query.weight.grad.clone())
-    assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
-    assert grads[1].abs().sum() > 0
+        (out * torch.arange(1, 5).unsqueeze(1)).sum().backward()
+        outputs[layout] = out.detach()
+        grads[layout] = torch.cat(
+            [
+                model.encoder.encoder.layer[0].attention.self.query.weight.grad.flatten(),
+                model.encoder.embeddings.word_embeddings.weight.grad.flatten(),
+            ]
+        )
+    for layout in ("padded", "packed"):
+        assert torch.allclose(outputs["encoder"], outputs[layout], atol=1e-6), layout
+        assert torch.allclose(grads["encoder"], grads[layout], atol=1e-6), layout
+    assert grads["packed"].abs().sum() > 0
+    assert not torch.allclose(outputs["packed"][0], outputs["packed"][1])
+
+
+def test_the_cpu_dropout_keeps_its_share_and_scales_what_it_keeps():
+    from refit.models.unpad import dropout
+
+    torch.manual_seed(3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.1, True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.004  # 6 sigma of 200,000 draws is 0.004
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient flows through the kept elements only
+    assert torch.equal(dropout(x, 0.1, False), x)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.1, True), y)  # the seed decides the mask

@@ -202,3 +202,42 @@ def test_settings_drive_the_trainer(monkeypatch, tmp_path):
     monkeypatch.setenv("REFIT_EARLY_STOPPING_METRIC", "macro_f1")
     with pytest.raises(ConfigError, match="REFIT_EARLY_STOPPING_METRIC=macro_f1 does not fit REFIT_TASK=regression"):
         load_settings()
+
+
+def test_the_same_seed_gives_the_same_metrics_with_the_path_the_trainer_measured_and_recorded(tiny_model, tmp_path):
+    import refit.models.paths as paths
+
+    data = review_data(520)  # 416 training rows: 26 steps an epoch, enough for the trainer to probe
+    config = tiny_config(tiny_model, epochs=2, patience=5, path_cache=str(tmp_path / "train_paths.json"))
+    runs = []
+    for _ in range(2):
+        paths._CHOSEN.clear()  # as a new process on this machine would
+        runs.append(train(config, data))
+    first, second = runs
+    assert first.path["chosen_by"] == "measured"
+    assert second.path["chosen_by"] == "measured earlier on this machine"
+    assert second.path["attention"] == first.path["attention"]
+    assert set(first.path["step_ms"]) == {"encoder", "padded", "packed"}
+    assert first.path["attention"] in first.path["step_ms"]
+    assert first.path["precision"] == "fp32"  # hidden 64: too narrow for bf16 to pay on a CPU
+    for a, b in zip(first.history, second.history, strict=True):
+        for key in ("train_loss", "dev_mse", "dev_spearman"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6)
+    folder = save_checkpoint(first, tmp_path / "ckpt", lineage={"version": "v1"})
+    recorded = json.loads((folder / "refit.json").read_text())["training"]["path"]
+    assert recorded == first.path
+    pinned = train(tiny_config(tiny_model, epochs=1, attention="packed", precision="fp32"), data)
+    assert (pinned.path["attention"], pinned.path["chosen_by"]) == ("packed", "setting")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        tiny_config(tiny_model, attention="flash")
+
+
+def test_precision_follows_the_hardware_and_the_model_width():
+    from refit.models.paths import cpu_has_fast_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, hidden_size=64) == "fp32"
+    assert resolve_precision("auto", cpu, hidden_size=384) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolve_precision("fp32", cpu, hidden_size=384) == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", cpu)

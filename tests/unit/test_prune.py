@@ -55,9 +55,10 @@ def test_head_pruning_removes_the_stated_heads_and_loads_alone(tiny_model, tmp_p
     assert loaded.model.encoder.encoder.layer[0].attention.self.query.out_features == 32
     expected = predict_texts(result.model, result.tokenizer, data.dev_texts, None, "regression", 64)
     assert np.allclose(loaded.predict(data.dev_texts), expected, atol=1e-6)
-    # The fast unpadded forward and the plain padded one agree on a pruned encoder.
-    loaded.model.unpad = False
-    assert np.allclose(loaded.predict(data.dev_texts), expected, atol=1e-5)
+    # The unpadded forwards (both attention layouts) and the plain padded one agree on a pruned encoder.
+    for layout in ("encoder", "packed"):
+        loaded.model.attention = layout
+        assert np.allclose(loaded.predict(data.dev_texts), expected, atol=1e-5), layout
 
 
 def test_importance_ranks_heads_by_what_removing_them_costs(tiny_model):
