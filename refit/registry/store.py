@@ -7,6 +7,8 @@ backends (an S3 PUT is atomic; a file write goes through a temporary name and ``
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -93,18 +95,25 @@ class ObjectStore(ABC):
         """Fail with a clear :class:`StoreError` when the store cannot be used (checked before a
         run spends time training)."""
 
-    def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> None:
-        """Upload a file; ``sha256`` is recorded with the object (and checked by stores that can)."""
+    def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> str | None:
+        """Upload a file; ``sha256`` is recorded with the object (and checked by stores that can).
+
+        Returns the ETag the store reports for these bytes when they arrive whole, computed while
+        they were sent (so checking the upload needs no second read of the file), or None when
+        this store has no such ETag.
+        """
         self.put(key, Path(path).read_bytes(), if_absent=if_absent)
+        return None
 
     def get_file(self, key: str, path: Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.get(key))
 
-    def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
+    def holds(self, key: str, path: Path, head: Head | None = None, sent_etag: str | None = None) -> bool:
         """Whether the stored bytes at ``key`` are the bytes of the local file ``path`` (the
-        recorded SHA-256 is what the uploader declared, not what arrived). Reads the object back."""
+        recorded SHA-256 is what the uploader declared, not what arrived); ``sent_etag`` is what
+        :meth:`put_file` returned for them. Reads the object back."""
         try:
             return hashlib.sha256(self.get(key)).hexdigest() == sha256_file(path)
         except StoreError:
@@ -184,7 +193,7 @@ class FileStore(ObjectStore):
                 raise Conflict(f"{self.uri(key)} changed since it was read; not overwritten")
             self.put(key, data)
 
-    def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
+    def holds(self, key: str, path: Path, head: Head | None = None, sent_etag: str | None = None) -> bool:
         head = head or self.head(key)  # a file's head hashes its bytes
         return head is not None and head.sha256 == sha256_file(path)
 
@@ -283,8 +292,15 @@ class S3Store(ObjectStore):
             max_concurrency=self.transfer.max_concurrency,
         )
 
-    def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> None:
-        """Upload a file, multipart above the threshold with parts in parallel.
+    def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> str:
+        """Upload a file: one PUT below the multipart threshold, else its parts in parallel.
+
+        Each part is read once: its MD5 (and its SHA-256, with ``send_checksums``) is computed as
+        it is sent, and goes with it as ``Content-MD5`` (and ``x-amz-checksum-sha256``), which S3
+        checks on arrival. Returns the ETag that the stored object has when every byte arrived as
+        sent (the MD5, or the MD5 of the parts' MD5s with ``-N``): comparing it with the object's
+        ETag verifies the upload without reading the file again. A failed multipart upload is
+        aborted, so no parts are left behind.
 
         Multipart uploads cannot all be conditional on S3-compatible stores, so ``if_absent``
         checks first; the manifest, written last with ``If-None-Match``, is what seals a version.
@@ -293,27 +309,70 @@ class S3Store(ObjectStore):
 
         if if_absent and self.exists(key):
             raise AlreadyExists(f"{self.uri(key)} already exists")
+        path = Path(path)
         extra = {"Metadata": {"sha256": sha256}} if sha256 else {}
-        if self.transfer.send_checksums:
-            extra["ChecksumAlgorithm"] = "SHA256"
         try:
-            self.client.upload_file(
-                str(path), self.bucket, self._key(key), ExtraArgs=extra, Config=self._transfer_config()
-            )
+            size = path.stat().st_size
+            if size < self.transfer.multipart_threshold:
+                data = path.read_bytes()
+                digests = self._digests(data)
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra, **digests)
+                return base64.b64decode(digests["ContentMD5"]).hex()
+            return self._put_parts(key, path, size, extra)
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "write", key) from None
-        except Exception as exc:  # boto3's S3UploadFailedError wraps the ClientError
-            if isinstance(exc.__cause__ or exc.__context__, ClientError):
-                raise self._fail(exc.__cause__ or exc.__context__, "write", key) from None
-            raise
 
-    def holds(self, key: str, path: Path, head: Head | None = None) -> bool:
-        """Compare the object's ETag with the file's MD5 (single PUT) or multipart ETag (this
-        store's part size); only when the ETag is neither (e.g. SSE-KMS) read the object back."""
+    def _digests(self, data: bytes) -> dict:
+        """The ``Content-MD5`` (and ``ChecksumSHA256``) arguments of one PUT of ``data``."""
+        out = {"ContentMD5": base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()}
+        if self.transfer.send_checksums:
+            out["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            out["ChecksumAlgorithm"] = "SHA256"  # some stores (moto) read the algorithm from its own header
+        return out
+
+    def _put_parts(self, key: str, path: Path, size: int, extra: dict) -> str:
+        """A multipart upload of ``path``, ``max_concurrency`` parts at a time; the expected ETag."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        part_size = self.transfer.part_size
+        count = max(1, -(-size // part_size))
+        target = {"Bucket": self.bucket, "Key": self._key(key)}
+        checksum = {"ChecksumAlgorithm": "SHA256"} if self.transfer.send_checksums else {}
+        upload = self.client.create_multipart_upload(**target, **extra, **checksum)["UploadId"]
+
+        def send(index: int) -> tuple[dict, bytes]:
+            with open(path, "rb") as handle:
+                data = os.pread(handle.fileno(), part_size, index * part_size)
+            digests = self._digests(data)
+            sent = self.client.upload_part(**target, UploadId=upload, PartNumber=index + 1, Body=data, **digests)
+            part = {"PartNumber": index + 1, "ETag": sent["ETag"]}
+            if "ChecksumSHA256" in digests:
+                part["ChecksumSHA256"] = sent.get("ChecksumSHA256") or digests["ChecksumSHA256"]
+            return part, base64.b64decode(digests["ContentMD5"])
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(count, self.transfer.max_concurrency)) as pool:
+                parts = list(pool.map(send, range(count)))
+            self.client.complete_multipart_upload(
+                **target, UploadId=upload, MultipartUpload={"Parts": [part for part, _ in parts]}
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):  # the upload's own error is the one to raise
+                self.client.abort_multipart_upload(**target, UploadId=upload)
+            raise
+        md5s = b"".join(md5 for _, md5 in parts)
+        return hashlib.md5(md5s, usedforsecurity=False).hexdigest() + f"-{count}"
+
+    def holds(self, key: str, path: Path, head: Head | None = None, sent_etag: str | None = None) -> bool:
+        """Compare the object's ETag with ``sent_etag`` (what :meth:`put_file` computed while
+        sending), else with the file's MD5 (single PUT) or multipart ETag (this store's part size);
+        only when the ETag is neither (e.g. SSE-KMS) read the object back."""
         head = head or self.head(key)
         if head is None:
             return False
         etag = head.etag.strip('"')
+        if sent_etag is not None and etag == sent_etag:
+            return True
         if etag in _s3_etags(Path(path), self.transfer):
             return True
         return super().holds(key, path)

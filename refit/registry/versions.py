@@ -59,6 +59,7 @@ def publish_checkpoint(store: ObjectStore, folder: Path, version: str, model_nam
         if existing.get("files") != manifest["files"]:
             raise AlreadyExists(f"model version {version} is already published at {store.uri(prefix)}")
         return Published(version, store.uri(prefix), manifest_digest(existing))
+    sent: dict[str, str | None] = {}  # the ETag each upload computed while sending
     for rel, entry in manifest["files"].items():
         key = f"{prefix}/{rel}"
         there = store.head(key)
@@ -68,12 +69,13 @@ def publish_checkpoint(store: ObjectStore, folder: Path, version: str, model_nam
             continue  # uploaded before an interruption
         # Absent, or declared as this file but damaged in transit: the version is not sealed yet,
         # so the file is uploaded (again).
-        store.put_file(key, folder / rel, sha256=entry["sha256"])
+        sent[rel] = store.put_file(key, folder / rel, sha256=entry["sha256"])
     for rel, entry in manifest["files"].items():  # every file there, whole, before the seal
         key = f"{prefix}/{rel}"
         there = store.head(key)
-        # The recorded SHA-256 is what was declared; the stored bytes are checked too (ETag or read-back).
-        if there is None or there.size != entry["bytes"] or not store.holds(key, folder / rel, there):
+        # The recorded SHA-256 is what was declared; the stored bytes are checked too: the ETag the
+        # upload computed as it sent them, or for a file sent before an interruption the file's own.
+        if there is None or there.size != entry["bytes"] or not store.holds(key, folder / rel, there, sent.get(rel)):
             raise CheckpointError(
                 f"{store.uri(key)} did not arrive intact; not publishing {version}", permanent=False
             )  # a retry uploads it again

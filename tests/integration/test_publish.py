@@ -34,7 +34,7 @@ class CrashingStore(S3Store):
         if len(self.uploads) + 1 == self.crash_on:
             raise ConnectionResetError("injected crash mid-upload")
         self.uploads.append(key)
-        super().put_file(key, path, **kwargs)
+        return super().put_file(key, path, **kwargs)
 
 
 class CountingStore(S3Store):
@@ -44,7 +44,7 @@ class CountingStore(S3Store):
 
     def put_file(self, key, path, **kwargs):
         self.uploads.append(key)
-        super().put_file(key, path, **kwargs)
+        return super().put_file(key, path, **kwargs)
 
 
 def big_checkpoint(tmp_path, name, megabytes: int):
@@ -112,12 +112,93 @@ def test_an_object_that_does_not_arrive_intact_is_not_sealed(s3_bucket, tmp_path
             if key.endswith("model.safetensors"):
                 self.put(key, b"truncated")  # the store got something else than what was sent
             else:
-                super().put_file(key, path, **kwargs)
+                return super().put_file(key, path, **kwargs)
 
     store = Truncating(s3_bucket, "refit")
     with pytest.raises(CheckpointError, match="did not arrive intact"):
         publish_checkpoint(store, checkpoint(tmp_path, "v1"), "v1")
     assert not store.exists(f"{model_prefix('v1')}/{MANIFEST}")
+
+
+def _parts_store(s3_bucket, on_part):
+    """The real S3 store with 5 MB parts, whose client passes every part through ``on_part``."""
+    store = CountingStore(s3_bucket, "refit", TransferOptions(multipart_threshold=5 * MB, part_size=5 * MB))
+    client, upload_part = store.client, store.client.upload_part
+
+    def intercepted(**kwargs):
+        return upload_part(**on_part(kwargs))
+
+    client.upload_part = intercepted
+    return store
+
+
+def test_a_crash_mid_multipart_upload_leaves_no_parts_and_republish_sends_only_what_is_missing(s3_bucket, tmp_path):
+    folder = big_checkpoint(tmp_path, "v1", 12)  # model.safetensors goes up in 3 parts
+
+    def crash_on_part_2(kwargs):
+        if kwargs["PartNumber"] == 2:
+            raise ConnectionResetError("injected crash mid-part")
+        return kwargs
+
+    crashing = _parts_store(s3_bucket, crash_on_part_2)
+    with pytest.raises(ConnectionResetError):
+        publish_checkpoint(crashing, folder, "v1")
+    prefix = model_prefix("v1")
+    weights = f"{prefix}/model.safetensors"
+    before = set(crashing.list(f"{prefix}/"))
+    assert weights not in before and f"{prefix}/{MANIFEST}" not in before
+    assert crashing.client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []  # aborted
+
+    store = CountingStore(s3_bucket, "refit", TransferOptions(multipart_threshold=5 * MB, part_size=5 * MB))
+    publish_checkpoint(store, folder, "v1")
+    files = {f"{prefix}/{f}" for f in os.listdir(folder)}
+    assert set(store.uploads) == files - before  # only what was missing went up
+    assert weights in store.uploads
+    assert (
+        fetch_checkpoint(store, "v1", tmp_path / "copy").joinpath("model.safetensors").read_bytes()
+        == (folder / "model.safetensors").read_bytes()
+    )
+
+
+def test_a_part_damaged_in_transit_is_refused_and_a_retry_seals_it_whole(s3_bucket, tmp_path, monkeypatch):
+    folder = big_checkpoint(tmp_path, "v1", 12)
+    damaged = []
+
+    def flip_a_byte_of_part_2(kwargs):
+        if kwargs["PartNumber"] == 2 and not damaged:
+            body = bytearray(kwargs["Body"])
+            body[100] ^= 0xFF
+            damaged.append(kwargs["PartNumber"])
+            kwargs = {**kwargs, "Body": bytes(body)}
+            kwargs.pop("ContentMD5")  # a store that checks Content-MD5 refuses the part itself
+        return kwargs
+
+    store = _parts_store(s3_bucket, flip_a_byte_of_part_2)
+    with pytest.raises(CheckpointError, match="did not arrive intact") as refused:
+        publish_checkpoint(store, folder, "v1")
+    assert damaged and not refused.value.permanent
+    assert not store.exists(f"{model_prefix('v1')}/{MANIFEST}")
+    # The retry finds the damaged object, sees it is not these bytes, and sends it again.
+    store.uploads.clear()
+    publish_checkpoint(store, folder, "v1")
+    assert store.uploads == [f"{model_prefix('v1')}/model.safetensors"]
+    copy = fetch_checkpoint(store, "v1", tmp_path / "copy")
+    assert (copy / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+
+
+def test_a_publish_checks_its_uploads_without_reading_the_files_again(s3_bucket, tmp_path, monkeypatch):
+    """The stored ETags are compared with the ones computed while the parts went up."""
+    import refit.registry.store as store_module
+
+    def second_read(*args):
+        raise AssertionError("a file was read again to check its upload")
+
+    monkeypatch.setattr(store_module, "_s3_etags", second_read)
+    store = S3Store(s3_bucket, "refit", transfer=TransferOptions(multipart_threshold=5 * MB, part_size=5 * MB))
+    folder = big_checkpoint(tmp_path, "v1", 12)
+    publish_checkpoint(store, folder, "v1")
+    assert store.head(f"{model_prefix('v1')}/model.safetensors").etag.strip('"').endswith("-3")
+    assert store.exists(f"{model_prefix('v1')}/{MANIFEST}")
 
 
 @pytest.mark.parametrize("kind", ["s3", "file"])
