@@ -3,6 +3,10 @@ and a MiniLM-sized encoder (random weights on the packaged vocabulary: no downlo
 
     python bench/train_gpu_bench.py [--steps 60] [--batch 32]
 
+The command for the device tool (one H200 lent for 15 minutes; about 3 of them to set up):
+``bash scripts/setup.sh && HF_HUB_OFFLINE=1 .venv/bin/python bench/train_gpu_bench.py --steps 60
+--batch 32``. It has not run yet: no session so far was lent a GPU.
+
 Runs unchanged on any CUDA machine; without CUDA it stops with a message (``--allow-cpu`` runs
 it anyway, as a smoke test). Each model trains two epochs over the same reviews (median ~110
 tokens, p90 ~180, truncated at 256); the second, warm epoch is timed. Utilisation is the model
@@ -88,7 +92,8 @@ def main() -> None:
             flops = training_flops(result.model.encoder, lengths) / warm["train_seconds"]
             print(
                 f"  {label:28s} {len(texts) / warm['train_seconds']:9.1f} samples/s"
-                f"  {flops / 1e12:6.1f} TFLOP/s = {flops / peak:.2f} of peak (goal >= 0.40 for BERT-base)"
+                f"  {flops / 1e12:6.1f} TFLOP/s = {flops / peak:.2f} of peak (goal >= 0.40 for BERT-base);"
+                f" path {result.path}"
             )
 
 
