@@ -280,7 +280,7 @@ def _find(data, word: str) -> dict:
     return found
 
 
-def refit_loop(task: str, train, test, model: str | None) -> dict:
+def refit_loop(task: str, train, test, model: str | None, extra: dict[str, str] | None = None) -> dict:
     """ingest, run, predict with the ``refit`` CLI against a fresh database and store; scored here."""
     from _common import scratch_database
 
@@ -306,6 +306,7 @@ def refit_loop(task: str, train, test, model: str | None) -> dict:
                 "REFIT_RATING_MIN": "1",
                 "REFIT_RATING_MAX": "5",
                 **({"REFIT_BASE_MODEL": model} if model else {}),
+                **(extra or {}),
             }
         )
         (folder / "cwd").mkdir()
@@ -516,7 +517,13 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a local BERT folder (default: the packaged MiniLM-L6)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the plain loop (default: 2)")
     parser.add_argument("--json", type=Path, default=None, help="write (merge) every figure into this file")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="REFIT_X=V", help="a setting for refit's run (repeatable)"
+    )
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.set)
+    if any(not key.startswith("REFIT_") for key in extra):
+        parser.error("--set takes REFIT_ settings, e.g. --set REFIT_TRAIN_PRECISION=fp32")
     if not args.data.is_file():
         sys.exit(
             f"quality_bench: {args.data} is missing; it is the real Yelp feedback of ../shared/data/README.md"
@@ -599,7 +606,7 @@ def main() -> None:
                     run = plain_finetune(task, model_path, train, test_rows, lr)
                     save({dataset: {size: {task: {"plain": {f"{lr:g}": run}}}}})
             if not args.skip_refit:
-                save({dataset: {size: {task: {"refit": refit_loop(task, train, test_rows, args.model)}}}})
+                save({dataset: {size: {task: {"refit": refit_loop(task, train, test_rows, args.model, extra)}}}})
     print("\n".join(table(results) + goals(results)))
     if args.json:
         print(f"\nfigures: {args.json}")

@@ -8,7 +8,9 @@ embedding lookup, as ModernBERT does). Only the attention needs the sequences ap
 - ``padded``: the packed queries, keys and values are scattered back into
   ``[batch, heads, length, dim]`` for one masked attention call, and the result gathered again;
 - ``packed``: each sequence attends over its own slice of the packed tensors (a block-diagonal
-  attention, one call per sequence): no padding anywhere, and no scatter or gather.
+  attention): no padding anywhere, and no scatter or gather. On a GPU the slices go to PyTorch's
+  variable-length (jagged nested tensor) attention in one call, flash attention where it applies;
+  on the CPU, one call per sequence.
 
 Which one is faster depends on the device, the model's size and how much padding the batch has;
 :mod:`models.paths` measures them and the trainer picks (``encoder``, the plain Hugging Face
@@ -106,8 +108,8 @@ def unpadded_mean_pool(
     x = dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
     if layout == "packed":
         # Rows of the packed matrix are in row-major order, so sequence i is one contiguous slice.
-        # The tensor of counts may not be a list on every backend; the split sizes must be ints.
         sizes = [int(c) for c in counts.tolist()]
+        offsets = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
     hidden = x.shape[-1]
     for layer in bert.encoder.layer:
         attn = layer.attention.self
@@ -115,7 +117,7 @@ def unpadded_mean_pool(
         p, training = attn.dropout.p, attn.training
         q, k, v = attn.query(x), attn.key(x), attn.value(x)
         if layout == "packed":
-            context = _packed_attention(q, k, v, sizes, heads, head_dim, p, training, attn.scaling)
+            context = packed_attention(q, k, v, sizes, offsets, heads, head_dim, p, training, attn.scaling)
         else:
             shape = (batch, length, heads, head_dim)
             context = attention(
@@ -138,9 +140,23 @@ def unpadded_mean_pool(
     return sums / counts.clamp(min=1).to(x.dtype).unsqueeze(1)
 
 
-def _packed_attention(q, k, v, sizes: list[int], heads: int, head_dim: int, p, training, scale) -> torch.Tensor:
+def packed_attention(
+    q, k, v, sizes: list[int], offsets, heads: int, head_dim: int, p, training, scale, jagged: bool | None = None
+) -> torch.Tensor:
     """Block-diagonal attention on packed ``[tokens, heads * dim]`` projections: each sequence
-    attends within its own slice; returns the packed ``[tokens, heads * dim]`` context."""
+    attends within its own slice; returns the packed ``[tokens, heads * dim]`` context.
+
+    ``jagged`` (default: on a GPU) runs it as one call on jagged nested tensors (``offsets``: where
+    each sequence starts, and the end); otherwise one call per sequence (``sizes``)."""
+    if q.is_cuda if jagged is None else jagged:
+
+        def nested(t):
+            return torch.nested.nested_tensor_from_jagged(t.view(-1, heads, head_dim), offsets).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(
+            nested(q), nested(k), nested(v), dropout_p=p if training else 0.0, scale=scale
+        )
+        return out.transpose(1, 2).values().reshape(-1, heads * head_dim)
     outs = []
     for qi, ki, vi in zip(q.split(sizes), k.split(sizes), v.split(sizes), strict=True):
         if qi.shape[0] == 0:

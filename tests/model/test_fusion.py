@@ -172,6 +172,30 @@ def test_packed_and_unpadded_forwards_give_the_padded_result_and_gradients(train
     assert not torch.allclose(outputs["packed"][0], outputs["packed"][1])
 
 
+def test_the_jagged_packed_attention_a_gpu_takes_equals_one_call_per_sequence():
+    from refit.models.unpad import packed_attention
+
+    torch.manual_seed(2)
+    heads, dim, sizes = 4, 8, [5, 3, 1, 7]
+    offsets = torch.tensor([0, 5, 8, 9, 16])
+    q, k, v = (torch.randn(sum(sizes), heads * dim, requires_grad=True) for _ in range(3))
+    grads = []
+    outs = []
+    for jagged in (False, True):
+        out = packed_attention(q, k, v, sizes, offsets, heads, dim, 0.0, False, dim**-0.5, jagged=jagged)
+        (out * torch.arange(out.shape[0]).unsqueeze(1)).sum().backward()
+        outs.append(out.detach())
+        grads.append(q.grad.clone())
+        q.grad = None
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    # and each sequence sees only itself: changing one sequence leaves the others' rows alone
+    k2 = k.detach().clone()
+    k2[:5] = torch.randn(5, heads * dim)  # (a constant added to every key would not show: softmax ignores it)
+    moved = packed_attention(q, k2, v, sizes, offsets, heads, dim, 0.0, False, dim**-0.5, jagged=True)
+    assert torch.allclose(moved[5:], outs[1][5:], atol=1e-6) and not torch.allclose(moved[:5], outs[1][:5])
+
+
 def test_the_cpu_dropout_keeps_its_share_and_scales_what_it_keeps():
     from refit.models.unpad import dropout
 
