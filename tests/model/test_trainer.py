@@ -228,6 +228,15 @@ def test_the_same_seed_gives_the_same_metrics_with_the_path_the_trainer_measured
     assert recorded == first.path
     pinned = train(tiny_config(tiny_model, epochs=1, attention="packed", precision="fp32"), data)
     assert (pinned.path["attention"], pinned.path["chosen_by"]) == ("packed", "setting")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 autocast is as reproducible on the CPU
+        fp32, *bf16 = (
+            train(tiny_config(tiny_model, epochs=1, attention="padded", precision=p), data)
+            for p in ("fp32", "bf16", "bf16")
+        )
+        assert bf16[0].path["precision"] == "bf16"
+        assert bf16[0].history[0]["train_loss"] == pytest.approx(bf16[1].history[0]["train_loss"], abs=1e-6)
+        assert bf16[0].history[0]["dev_mse"] == pytest.approx(bf16[1].history[0]["dev_mse"], abs=1e-6)
+        assert bf16[0].history[0]["train_loss"] != pytest.approx(fp32.history[0]["train_loss"], abs=1e-6)
     with pytest.raises(ValueError, match="attention must be one of"):
         tiny_config(tiny_model, attention="flash")
 
