@@ -25,6 +25,7 @@ classification.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -370,8 +371,38 @@ def cpu_step(args, texts, tokenizer, epoch_seconds: float) -> None:
             f"  1 thread: {len(texts) / one[0]:.2f} samples/s, {len(texts) / one[1]:.2f} per CPU second"
             f" (refit uses {args.threads}, torch's default for this machine)"
         )
+    precision_by_width(args)
     if args.compile:
         compiled_step(args, model)
+
+
+def _step(model, optimizer, ids, bf16: bool) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    out.float().pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def precision_by_width(args) -> None:
+    """One training step in fp32 and in bf16 autocast, for random encoders 64 to 384 wide: what the
+    precision rule in models/paths.py rests on."""
+    from transformers import BertConfig, BertModel
+
+    from refit.models.fusion import SatisfactionModel
+
+    line = []
+    for hidden, layers, heads in ((64, 2, 2), (128, 4, 4), (256, 4, 4), (384, 6, 12)):
+        torch.manual_seed(SEED)
+        config = BertConfig(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden
+        )
+        model = SatisfactionModel(BertModel(config, add_pooling_layer=False), 1).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)
+        ids = torch.randint(1000, 20000, (args.batch, 115))
+        ms = {bf16: _timed_ms(functools.partial(_step, model, optimizer, ids, bf16), reps=3) for bf16 in (False, True)}
+        line.append(f"{hidden} wide {ms[False]:.0f}/{ms[True]:.0f} ms ({ms[False] / ms[True]:.2f}x)")
+    print("  a step, fp32/bf16 autocast, by encoder width: " + "; ".join(line))
 
 
 def compiled_step(args, model) -> None:
