@@ -2,11 +2,12 @@
 trainer and recorded in the checkpoint.
 
 - **Precision.** ``bf16`` autocast (weights and optimizer stay fp32) on a CUDA GPU with bf16, and on
-  a CPU with AMX tiles, where bf16 matmuls run at a multiple of the fp32 rate: a training step on
-  two Sapphire Rapids cores ran 1.2x to 1.7x faster for encoders 64 to 384 wide
-  (``bench/train_bench.py`` prints it); ``fp32`` elsewhere (AVX-512 without AMX emulates bf16). A
-  rule from those measurements, not a timing in the run: the same seed on the same machine must
-  give the same weights.
+  a CPU with AMX tiles for encoders at least ``BF16_MIN_HIDDEN`` wide, where bf16 matmuls run at a
+  multiple of the fp32 rate: a training step on two Sapphire Rapids cores ran 1.2x to 1.7x faster
+  for encoders 128 to 384 wide in two runs (``bench/train_bench.py`` prints it), while at 64 wide
+  one run gained 1.38x and the other lost (0.77x); ``fp32`` elsewhere (AVX-512 without AMX
+  emulates bf16). A rule from those measurements, not a timing in the run: the same seed on the
+  same machine must give the same weights.
 - **Attention layout** (:mod:`models.unpad`): ``encoder`` (the plain Hugging Face forward),
   ``padded`` (unpadded dense layers, one masked attention call) or ``packed`` (no padding anywhere,
   one attention block per sequence). Which is fastest depends on the device, the model's size and
@@ -39,6 +40,7 @@ ATTENTIONS = ("auto", "encoder", "padded", "packed")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LAYOUT = "padded"
 MARGIN = 0.05  # another layout must be this much faster than the default to be chosen
+BF16_MIN_HIDDEN = 128
 PROBE_MIN_STEPS = 30  # a shorter run takes the default: the probe (six passes) would cost a fifth of it
 _CHOSEN: dict[tuple, tuple[str, dict[str, float]]] = {}
 log = logging.getLogger("refit.train")
@@ -63,8 +65,9 @@ def cpu_has_fast_bf16() -> bool:
     return bool(probe and probe())
 
 
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """``bf16`` or ``fp32`` for ``setting`` (auto | fp32 | bf16) on ``device``.
+def resolve_precision(setting: str, device: torch.device, hidden_size: int = BF16_MIN_HIDDEN) -> str:
+    """``bf16`` or ``fp32`` for ``setting`` (auto | fp32 | bf16) on ``device``, for an encoder
+    ``hidden_size`` wide.
 
     Raises:
         ValueError: bf16 was asked for where it cannot run.
@@ -81,7 +84,8 @@ def resolve_precision(setting: str, device: torch.device) -> str:
         return setting
     if device.type == "cuda":
         return "bf16" if supported else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    fast = device.type == "cpu" and cpu_has_fast_bf16() and hidden_size >= BF16_MIN_HIDDEN
+    return "bf16" if fast else "fp32"
 
 
 def choose_attention(

@@ -184,7 +184,7 @@ class _Run:
                 self.state_path, self.fingerprint, self.model, self.optimizer, self.scheduler, self.rng
             )
             log.info("resuming after epoch %d from %s", self.progress.epoch, self.state_path)
-        self.precision = resolve_precision(config.precision, self.device)
+        self.precision = resolve_precision(config.precision, self.device, self.model.encoder.config.hidden_size)
         self.autocast = self.precision == "bf16"
         self.show_progress = self.rank == 0 and sys.stderr.isatty()
 

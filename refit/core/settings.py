@@ -343,7 +343,8 @@ class Settings(BaseSettings):
         default="auto", description="How BERT runs in training (models/paths.py); auto: timed on the run's own rows."
     )
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="Training precision; auto: bf16 autocast on a bf16 GPU or an AMX CPU."
+        default="auto",
+        description="Training precision; auto: bf16 autocast on a bf16 GPU, or an AMX CPU (encoders 128+ wide).",
     )
 
     # --- defences and compression (issue 10) ---------------------------------------------------

@@ -241,11 +241,12 @@ def test_the_same_seed_gives_the_same_metrics_with_the_path_the_trainer_measured
         tiny_config(tiny_model, attention="flash")
 
 
-def test_precision_follows_the_hardware():
+def test_precision_follows_the_hardware_and_the_width():
     from refit.models.paths import cpu_has_fast_bf16, resolve_precision
 
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
-    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", cpu, hidden_size=384) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolve_precision("auto", cpu, hidden_size=64) == "fp32"  # not measured to pay
+    assert resolve_precision("fp32", cpu, hidden_size=384) == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", cpu)
