@@ -412,19 +412,12 @@ def compiled_step(args, model) -> None:
     model.attention = "encoder"
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)
     ids = torch.randint(1000, 20000, (args.batch, 115))
-    mask = torch.ones_like(ids)
-
-    def step(module) -> None:
-        module(input_ids=ids, attention_mask=mask).pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    eager = _timed_ms(lambda: step(model), reps=3)
+    eager = _timed_ms(functools.partial(_step, model, optimizer, ids, False), reps=3)
     compiled = torch.compile(model)
     started = time.perf_counter()
-    step(compiled)
+    _step(compiled, optimizer, ids, False)
     compile_seconds = time.perf_counter() - started
-    fast = _timed_ms(lambda: step(compiled), reps=3)
+    fast = _timed_ms(functools.partial(_step, compiled, optimizer, ids, False), reps=3)
     print(
         f"  torch.compile (fp32, encoder, one shape): {compile_seconds:.0f} s to compile, then {fast:.0f} ms"
         f" a step against {eager:.0f} ms eager; a new batch length recompiles"

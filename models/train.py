@@ -255,9 +255,7 @@ class _Run:
         batches = length_bucketed_batches(lengths, config.batch_size, np.random.default_rng(config.seed))
         cells = [len(b) * max(lengths[i] for i in b) for b in batches]
         idx = batches[int(np.argsort(cells, kind="stable")[len(cells) // 2])]
-        batch = {k: v.to(self.device) for k, v in collate([self.train_ids[i] for i in idx], self.pad_id).items()}
-        feats = take(self.train_features, idx, self.device) if self.train_features else None
-        targets = self.targets[idx].to(self.device)
+        batch, feats, targets = self._rows_on_device(self.train_ids, idx)
         was_training = self.model.training
         self.model.train()
         try:
@@ -380,21 +378,26 @@ class _Run:
     def _backward(self, train_ids: list[list[int]], batch_idx: np.ndarray, group_rows: int, last: bool) -> float:
         """Forward and backward this rank's share of one batch (and its adversarial loss); returns
         the summed loss of its rows. Gradients are synchronized on the group's last batch only."""
-        device = self.device
         local = batch_idx[self.rank :: self.world]
         weight = self.world / group_rows  # DDP averages over ranks: this makes it the group's mean
         if len(local) == 0:  # a batch smaller than the world: this rank joins with a zero loss
             local, weight = batch_idx[:1], 0.0
-        batch = {k: v.to(device) for k, v in collate([train_ids[i] for i in local], self.pad_id).items()}
-        feats = take(self.train_features, local, device) if self.train_features else None
+        batch, feats, targets = self._rows_on_device(train_ids, local)
         sync = self.runner.no_sync() if self.distributed and not last else nullcontext()
         with sync:
-            targets = self.targets[local].to(device)
             losses = self._losses(batch, feats, targets)
             (losses.sum() * weight).backward()
             if self.attack is not None and weight:
                 self.attack.backward_adversarial(lambda: self._losses(batch, feats, targets).sum() * weight)
         return float(losses.detach().sum()) if weight else 0.0
+
+    def _rows_on_device(
+        self, train_ids: list[list[int]], rows
+    ) -> tuple[dict[str, torch.Tensor], dict | None, torch.Tensor]:
+        """The collated token ids, the features and the targets of training ``rows``, on the device."""
+        batch = {k: v.to(self.device) for k, v in collate([train_ids[i] for i in rows], self.pad_id).items()}
+        feats = take(self.train_features, rows, self.device) if self.train_features else None
+        return batch, feats, self.targets[rows].to(self.device)
 
     def _losses(self, batch: dict[str, torch.Tensor], feats, targets: torch.Tensor) -> torch.Tensor:
         """The per-row loss of one batch, the forward pass in bf16 where the GPU has it."""

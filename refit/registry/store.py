@@ -360,8 +360,7 @@ class S3Store(ObjectStore):
             with contextlib.suppress(Exception):  # the upload's own error is the one to raise
                 self.client.abort_multipart_upload(**target, UploadId=upload)
             raise
-        md5s = b"".join(md5 for _, md5 in parts)
-        return hashlib.md5(md5s, usedforsecurity=False).hexdigest() + f"-{count}"
+        return _multipart_etag([md5 for _, md5 in parts])
 
     def holds(self, key: str, path: Path, head: Head | None = None, sent_etag: str | None = None) -> bool:
         """Compare the object's ETag with ``sent_etag`` (what :meth:`put_file` computed while
@@ -469,8 +468,12 @@ def _s3_etags(path: Path, transfer: TransferOptions) -> set[str]:
         while block := handle.read(transfer.part_size):
             whole.update(block)
             parts.append(hashlib.md5(block, usedforsecurity=False).digest())
-    multipart = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest() + f"-{len(parts)}"
-    return {whole.hexdigest(), multipart}
+    return {whole.hexdigest(), _multipart_etag(parts)}
+
+
+def _multipart_etag(part_md5s: list[bytes]) -> str:
+    """S3's ETag of a multipart object: the MD5 of its parts' MD5 digests, then ``-<parts>``."""
+    return hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest() + f"-{len(part_md5s)}"
 
 
 def open_store(url: str, transfer: TransferOptions | None = None) -> ObjectStore:
