@@ -226,6 +226,10 @@ def test_the_same_seed_gives_the_same_metrics_with_the_path_the_trainer_measured
     folder = save_checkpoint(first, tmp_path / "ckpt", lineage={"version": "v1"})
     recorded = json.loads((folder / "refit.json").read_text())["training"]["path"]
     assert recorded == first.path
+    (tmp_path / "train_paths.json").write_text("{not json")  # a damaged file is measured again, and replaced
+    paths._CHOSEN.clear()
+    assert train(config, data).path["chosen_by"] == "measured"
+    assert json.loads((tmp_path / "train_paths.json").read_text())
     pinned = train(tiny_config(tiny_model, epochs=1, attention="packed", precision="fp32"), data)
     assert (pinned.path["attention"], pinned.path["chosen_by"]) == ("packed", "setting")
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 autocast is as reproducible on the CPU
