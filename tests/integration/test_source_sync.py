@@ -184,30 +184,27 @@ def test_a_cursor_value_drawn_before_the_snapshot_and_written_after_it_is_taken(
         early = conn.execute(text("SELECT nextval('app_reviews_id_seq')")).scalar()  # drawn, not yet written
         conn.commit()
     _insert(source["owner"], [{"text": "drawn later, written first"}])
-    reader = make_url(source["url"]).username
+    describe, written = source_module._describe, []
 
-    def write_once_the_snapshot_is_taken() -> None:
-        deadline = time.monotonic() + 10
-        with source["owner"].connect() as conn:
-            while time.monotonic() < deadline:
-                taken = conn.execute(
-                    text("SELECT count(*) FROM pg_stat_activity WHERE usename = :u AND backend_xmin IS NOT NULL"),
-                    {"u": reader},
-                ).scalar()
+    def write_once_the_snapshot_is_taken(cur, spec):
+        # _describe runs on the sync's transaction right after its snapshot: the write lands
+        # after the snapshot, exactly (polling pg_stat_activity also caught the connection's
+        # set-up queries, and wrote before it).
+        if not written:
+            with source["owner"].connect() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO app_reviews (id, review_body, stars, user_ref) VALUES (:i, 'drawn early', 4, 'u')"
+                    ),
+                    {"i": early},
+                )
                 conn.commit()
-                if taken:
-                    break
-                time.sleep(0.005)
-            conn.execute(
-                text("INSERT INTO app_reviews (id, review_body, stars, user_ref) VALUES (:i, 'drawn early', 4, 'u')"),
-                {"i": early},
-            )
-            conn.commit()
+            written.append(early)
+        return describe(cur, spec)
 
-    writer = threading.Thread(target=write_once_the_snapshot_is_taken)
-    writer.start()
+    monkeypatch.setattr(source_module, "_describe", write_once_the_snapshot_is_taken)
     first = sync_source(engine, _spec(source), RULES)
-    writer.join()
+    assert written == [early]
     assert str(early) not in _stored(engine) and first.rows_read == 3  # the snapshot could not see it
     sync_source(engine, _spec(source), RULES)
     assert set(_stored(engine)) == {"1", "2", "3", "4"}
