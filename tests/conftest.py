@@ -39,6 +39,12 @@ TINY_TRAINING = {
     # --- training paths (issue 19): fp32, as the tests' thresholds were calibrated; bf16 autocast
     # (the default on an AMX CPU) is tested on purpose in tests/model/test_trainer.py.
     "REFIT_TRAIN_PRECISION": "fp32",
+    # The layout too: `auto` times the layouts and keeps the fastest, and the layouts draw their
+    # dropout masks over different token arrangements, so a loop test's metrics would follow the
+    # machine's load. Two retrains compared in one test (tests/e2e/test_ddp_flow.py) then took
+    # different layouts: CI saw dev MAE 0.170 against 0.159. The probe is tested on purpose in
+    # tests/model/test_trainer.py.
+    "REFIT_TRAIN_ATTENTION": "padded",
 }
 
 

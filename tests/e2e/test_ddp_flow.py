@@ -45,6 +45,9 @@ def test_retrain_trains_data_parallel_with_two_processes_like_one(prefect_api, r
     ddp_meta, single_meta = (json.loads(store.get(f"{model_prefix(r['version'])}/refit.json")) for r in (ddp, single))
     assert ddp_meta["training"]["world_size"] == 2
     assert single_meta["training"]["world_size"] == 1
+    # the same layout and precision in both: the comparison is of the data parallelism alone
+    assert ddp_meta["training"]["path"]["attention"] == single_meta["training"]["path"]["attention"] == "padded"
+    assert ddp_meta["training"]["path"]["precision"] == single_meta["training"]["path"]["precision"] == "fp32"
     # The model's own dev metrics, epoch by epoch (the summary's may be a blend with TF-IDF). Each
     # rank draws its own dropout masks, so the two runs are close, not equal: here they differed by
     # at most 0.0025 in loss and 0.0014 in MSE; exact equality without dropout is tests/model/test_ddp.py's.
