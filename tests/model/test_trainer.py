@@ -240,9 +240,17 @@ def test_the_same_seed_gives_the_same_metrics_with_the_path_the_trainer_measured
         assert bf16[0].path["precision"] == "bf16"
         assert bf16[0].history[0]["train_loss"] == pytest.approx(bf16[1].history[0]["train_loss"], abs=1e-6)
         assert bf16[0].history[0]["dev_mse"] == pytest.approx(bf16[1].history[0]["dev_mse"], abs=1e-6)
-        assert bf16[0].history[0]["train_loss"] != pytest.approx(fp32.history[0]["train_loss"], abs=1e-6)
+        # and it does run in bf16: the weights move apart from fp32's (by 2.5e-3 here). The epoch's
+        # mean loss is no witness: on an AMD EPYC it agreed with fp32's to 1.4e-8.
+        assert _largest_weight_difference(bf16[0], bf16[1]) == 0
+        assert _largest_weight_difference(bf16[0], fp32) > 1e-4
     with pytest.raises(ValueError, match="attention must be one of"):
         tiny_config(tiny_model, attention="flash")
+
+
+def _largest_weight_difference(a, b) -> float:
+    pairs = zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    return max((x - y).abs().max().item() for x, y in pairs if x.is_floating_point())
 
 
 def test_precision_follows_the_hardware_and_the_width():
