@@ -227,11 +227,12 @@ def throughput(args) -> None:
     n = args.steps * args.batch
     texts, scores = realistic_reviews(tokenizer, n)
     lengths = np.array([min(MAX_LEN, len(tokenizer(t)["input_ids"])) for t in texts])
-    amx = paths.cpu_has_fast_bf16()
+    fast_bf16 = paths.cpu_has_fast_bf16()
+    kind = "AMX" if torch.cpu._is_amx_tile_supported() else "AVX512-BF16" if fast_bf16 else "none, emulated"
     print(
         f"{n} reviews ({args.steps} steps of {args.batch}); tokens: median {np.median(lengths):.0f},"
         f" p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}; {args.threads} thread(s); cpu"
-        f" ({torch.backends.cpu.get_cpu_capability()}, AMX bf16: {'yes' if amx else 'no'})"
+        f" ({torch.backends.cpu.get_cpu_capability()}, bf16 matrix instructions: {kind})"
     )
     peaks = {dtype: matmul_peak(args.threads, dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
     for dtype, (wall, cpu) in peaks.items():

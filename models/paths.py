@@ -2,12 +2,14 @@
 trainer and recorded in the checkpoint.
 
 - **Precision.** ``bf16`` autocast (weights and optimizer stay fp32) on a CUDA GPU with bf16, and on
-  a CPU with AMX tiles for encoders at least ``BF16_MIN_HIDDEN`` wide, where bf16 matmuls run at a
-  multiple of the fp32 rate: a training step on two Sapphire Rapids cores ran 1.2x to 1.7x faster
-  for encoders 128 to 384 wide in two runs (``bench/train_bench.py`` prints it), while at 64 wide
-  one run gained 1.38x and the other lost (0.77x); ``fp32`` elsewhere (AVX-512 without AMX
-  emulates bf16). A rule from those measurements, not a timing in the run: the same seed on the
-  same machine must give the same weights.
+  a CPU with bf16 matrix instructions (AMX tiles, or AVX512-BF16) for encoders at least
+  ``BF16_MIN_HIDDEN`` wide, where bf16 matmuls run at a multiple of the fp32 rate. A training step
+  on two cores (``bench/train_bench.py`` prints it), for encoders 128 to 384 wide: 1.2x to 1.7x
+  faster on a Sapphire Rapids (AMX; two runs), 1.8x to 2.6x on an AMD EPYC (AVX512-BF16, no AMX;
+  its bf16 ``torch.mm`` peak was 4.4x fp32's). At 64 wide one Sapphire Rapids run gained 1.38x and
+  the other lost (0.77x). ``fp32`` elsewhere (AVX-512 or AVX2 without BF16 emulates it). A rule
+  from those measurements, not a timing in the run: the same seed on the same machine must give
+  the same weights.
 - **Attention layout** (:mod:`models.unpad`): ``encoder`` (the plain Hugging Face forward),
   ``padded`` (unpadded dense layers, one masked attention call) or ``packed`` (no padding anywhere,
   one attention block per sequence). Which is fastest depends on the device, the model's size and
@@ -60,9 +62,10 @@ class TrainPath:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
+    """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles, or AVX512-BF16's dot
+    products (``vdpbf16ps``)."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(bool(probe and probe()) for probe in probes)
 
 
 def resolve_precision(setting: str, device: torch.device, hidden_size: int = BF16_MIN_HIDDEN) -> str:

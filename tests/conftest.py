@@ -37,7 +37,7 @@ TINY_TRAINING = {
     # the loop tests publish the float weights only.
     "REFIT_PUBLISH_INT8": "false",
     # --- training paths (issue 19): fp32, as the tests' thresholds were calibrated; bf16 autocast
-    # (the default on an AMX CPU) is tested on purpose in tests/model/test_trainer.py.
+    # (the default on a CPU with AMX or AVX512-BF16) is tested on purpose in tests/model/test_trainer.py.
     "REFIT_TRAIN_PRECISION": "fp32",
     # The layout too: `auto` times the layouts and keeps the fastest, and the layouts draw their
     # dropout masks over different token arrangements, so a loop test's metrics would follow the

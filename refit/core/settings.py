@@ -344,7 +344,8 @@ class Settings(BaseSettings):
     )
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto",
-        description="Training precision; auto: bf16 autocast on a bf16 GPU, or an AMX CPU (encoders 128+ wide).",
+        description="Training precision; auto: bf16 autocast on a bf16 GPU, or a CPU with AMX or AVX512-BF16"
+        " (encoders 128+ wide).",
     )
 
     # --- defences and compression (issue 10) ---------------------------------------------------
