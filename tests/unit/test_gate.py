@@ -203,8 +203,43 @@ def test_a_first_model_needs_the_first_level_against_the_mean_and_says_what_to_d
     assert MSE.first_confidence == 0.8
     passed = first(0.2, MSE)
     assert passed.promote and passed.confidence == 0.8 and passed.fallback == "bert", passed.reasons
+    assert "trivial, ranks (fallback)" not in passed.comparisons  # the error showed it
+    # At 95% the error cannot show it; the ranking can (Spearman's interval above 0 at 95%).
     strict = first(0.2, replace(MSE, first_confidence=0.95))
-    assert not strict.promote and strict.improvement > 0
-    assert "40 dev rows are too few" in strict.reason and "REFIT_DEV_FRACTION" in strict.reason
+    assert strict.promote and "spearman vs trivial" in strict.reason, strict.reasons
+    assert strict.comparisons["trivial, ranks (fallback)"]["low"] > 0
+    assert not strict.comparisons["trivial (fallback)"]["passed"]
+    weak = first(0.1, MSE)  # ahead of the mean, but neither its error nor its ranking shows it
+    assert not weak.promote and weak.improvement > 0
+    assert "40 dev rows are too few" in weak.reason and "REFIT_DEV_FRACTION" in weak.reason
     worse = first(0.05, MSE)
     assert not worse.promote and "too few" not in worse.reason
+
+
+def test_the_ranking_rule_promotes_no_more_models_without_information_and_none_worse_than_the_mean():
+    """Noise around the mean (no information): the first-model rule with the ranking promotes as
+    often as the error rule alone over 200 dev sets (both at their nominal false-positive rate),
+    and a model that ranks every row right but errs more than the mean is never promoted."""
+    from dataclasses import replace
+
+    from refit.gate.fallback import first_model_decision
+
+    both = error_only = 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        y = rng.random(40)
+        trivial = np.full(len(y), y.mean())
+        model = np.clip(trivial + rng.normal(0, 0.02, len(y)), 0, 1)
+        refs = {"trivial": trivial, "tfidf": trivial.copy()}
+        both += first_model_decision(MSE, "regression", y, model, refs, 0, None, "bert")[0].promote
+        error_only += gate(
+            replace(MSE, confidence=MSE.first_confidence), "regression", y, model, {"trivial": trivial}
+        ).promote
+    assert both <= error_only + 4 and both / 200 <= 0.15, (both, error_only)
+    y = np.random.default_rng(1).random(40)
+    trivial = np.full(len(y), y.mean())
+    overshoot = 0.9 + 0.1 * y  # the right order, the wrong scale
+    decision = first_model_decision(
+        MSE, "regression", y, overshoot, {"trivial": trivial, "tfidf": trivial}, 0, None, "bert"
+    )[0]
+    assert decision.improvement < 0 and not decision.promote, decision.reasons
