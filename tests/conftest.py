@@ -287,6 +287,7 @@ def refit_env(monkeypatch, tmp_path, db_url, s3_bucket, slack, tiny_model):
         "REFIT_SLACK_WEBHOOK_URL": slack.url,
         "REFIT_BASE_MODEL": str(tiny_model),
         "REFIT_WORK_DIR": str(tmp_path / "work"),
+        "REFIT_TRAIN_PATH_CACHE": str(tmp_path / "train_paths.json"),  # not the machine's, in ~/.cache
         **TINY_TRAINING,
     }
     for key, value in values.items():

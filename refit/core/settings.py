@@ -342,6 +342,10 @@ class Settings(BaseSettings):
     train_attention: Literal["auto", "encoder", "padded", "packed"] = Field(
         default="auto", description="How BERT runs in training (models/paths.py); auto: timed on the run's own rows."
     )
+    train_path_cache: Path | None = Field(
+        default=None,
+        description="The machine's file of measured attention layouts (unset: ~/.cache/refit/train_paths.json).",
+    )
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto",
         description="Training precision; auto: bf16 autocast on a bf16 GPU, or a CPU with AMX or AVX512-BF16"

@@ -32,6 +32,8 @@ def train_config(
     """The trainer's config from the settings; ``init_from`` is the champion's folder for a warm
     start; ``recipe`` is what the auto recipe decided for the data (default: its choices for an
     unknown size, i.e. the pinned settings or the minimum epochs)."""
+    from refit.models.paths import machine_cache  # torch, only when training is configured
+
     recipe = recipe or decide(settings, n_train=0)
     return TrainConfig(
         task=settings.task,
@@ -62,7 +64,7 @@ def train_config(
         num_threads=settings.num_threads,
         attention=settings.train_attention,
         precision=settings.train_precision,
-        path_cache=str(Path(settings.work_dir) / "train_paths.json"),
+        path_cache=str(settings.train_path_cache or machine_cache()),
         budget_seconds=recipe.budget_seconds,
         head_lr_factor=recipe.head_lr_factor,
         recipe=recipe.as_dict(),

@@ -197,6 +197,14 @@ def test_settings_drive_the_trainer(monkeypatch, tmp_path):
     assert (config.strategy, config.lora_r, config.grad_accum_steps, config.num_threads) == ("lora", 4, 2, 1)
     assert config.feature_types == {"device": "categorical", "sessions_7d": "numeric"}
     assert config.loss == "bce" and config.init_from == str(tmp_path / "champion")
+    # the measured layouts are the machine's, whatever the work dir; a setting can move them
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert config.path_cache is not None
+    assert train_config(load_settings()).path_cache == str(tmp_path / "cache" / "refit" / "train_paths.json")
+    monkeypatch.setenv("REFIT_WORK_DIR", str(tmp_path / "elsewhere"))
+    assert train_config(load_settings()).path_cache == str(tmp_path / "cache" / "refit" / "train_paths.json")
+    monkeypatch.setenv("REFIT_TRAIN_PATH_CACHE", str(tmp_path / "volume" / "paths.json"))
+    assert train_config(load_settings()).path_cache == str(tmp_path / "volume" / "paths.json")
     monkeypatch.setenv("REFIT_WARM_START", "false")
     assert train_config(load_settings(), init_from=tmp_path / "champion").init_from is None
     monkeypatch.setenv("REFIT_EARLY_STOPPING_METRIC", "macro_f1")
