@@ -8,6 +8,7 @@ standard credential chain), so that every S3-compatible store works the way its 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -59,8 +60,10 @@ class Settings(BaseSettings):
     store_multipart_mb: int = Field(default=8, ge=5, description="Files above this many MB move in parts.")
     store_part_mb: int = Field(default=8, ge=5, description="Part size of multipart transfers, in MB.")
     store_max_concurrency: int = Field(default=10, ge=1, le=64, description="Parts moved in parallel.")
-    store_send_checksums: bool = Field(
-        default=False, description="Send each file's SHA-256 as the S3 checksum (AWS; many S3-compatibles refuse)."
+    store_checksum: Literal["crc32", "sha256", "md5"] = Field(
+        default="crc32",
+        description="How the store checks each part on arrival, and publishing checks what it keeps: an S3 "
+        "checksum (crc32, or sha256: slower), or md5 (Content-MD5 and the ETag) for a store that refuses S3 checksums.",
     )
     store_addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto", description="S3 addressing; 'path' for MinIO, Ceph and most self-hosted stores."
@@ -622,6 +625,11 @@ def load_settings(**overrides: object) -> Settings:
     current = _CURRENT.get()
     if current is not None:
         return current.with_overrides(**overrides) if overrides else current
+    if "REFIT_STORE_SEND_CHECKSUMS" in os.environ:
+        raise ConfigError(
+            "REFIT_STORE_SEND_CHECKSUMS was replaced by REFIT_STORE_CHECKSUM (crc32, the default; sha256; or md5 "
+            "for a store that refuses S3 checksums): set that instead"
+        )
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class Head:
     size: int
     etag: str
     sha256: str | None  # the SHA-256 refit recorded when it wrote the object, if any
+    checksum: str | None = None  # the store's own checksum of what it holds, "crc32:<base64>", if it keeps one
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class TransferOptions:
     multipart_threshold: int = 8 * 1024 * 1024
     part_size: int = 8 * 1024 * 1024
     max_concurrency: int = 10
-    send_checksums: bool = False  # send SHA-256 as the S3 checksum (AWS; many S3-compatibles refuse)
+    # How each object or part is checked on arrival: an S3 checksum ("crc32", "sha256"), which the
+    # store keeps and reports, or "md5" (Content-MD5 and the ETag) for stores that refuse S3 checksums.
+    checksum: str = "crc32"
     addressing_style: str = "auto"  # "path" for MinIO, Ceph and most self-hosted stores
 
 
@@ -295,12 +299,14 @@ class S3Store(ObjectStore):
     def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> str:
         """Upload a file: one PUT below the multipart threshold, else its parts in parallel.
 
-        Each part is read once: its MD5 (and its SHA-256, with ``send_checksums``) is computed as
-        it is sent, and goes with it as ``Content-MD5`` (and ``x-amz-checksum-sha256``), which S3
-        checks on arrival. Returns the ETag that the stored object has when every byte arrived as
-        sent (the MD5, or the MD5 of the parts' MD5s with ``-N``): comparing it with the object's
-        ETag verifies the upload without reading the file again. A failed multipart upload is
-        aborted, so no parts are left behind.
+        Each part is read once and hashed as it is sent, with the transfer's ``checksum``: an S3
+        checksum (``x-amz-checksum-crc32`` by default) or ``Content-MD5``, which the store checks on
+        arrival. A single PUT (a file below the multipart threshold, so a small one) carries its
+        ``Content-MD5`` as well, whatever the checksum. Returns what the store reports for the
+        object when every byte arrived as sent: a part's object its checksum, the parts' combined as
+        S3 combines them (for ``md5`` its ETag), and a single PUT's its ETag, the MD5 the store
+        computes of what it got. Comparing it with :meth:`head` verifies the upload without reading
+        the file again. A failed multipart upload is aborted, so no parts are left behind.
 
         Multipart uploads cannot all be conditional on S3-compatible stores, so ``if_absent``
         checks first; the manifest, written last with ``If-None-Match``, is what seals a version.
@@ -315,40 +321,48 @@ class S3Store(ObjectStore):
             size = path.stat().st_size
             if size < self.transfer.multipart_threshold:
                 data = path.read_bytes()
-                digests = self._digests(data)
-                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra, **digests)
-                return base64.b64decode(digests["ContentMD5"]).hex()
+                md5 = _digest("md5", data)
+                arguments = self._digests(data)[0] if self.transfer.checksum != "md5" else {}
+                arguments["ContentMD5"] = base64.b64encode(md5).decode()
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra, **arguments)
+                return md5.hex()
             return self._put_parts(key, path, size, extra)
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "write", key) from None
 
-    def _digests(self, data: bytes) -> dict:
-        """The ``Content-MD5`` (and ``ChecksumSHA256``) arguments of one PUT of ``data``."""
-        out = {"ContentMD5": base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()}
-        if self.transfer.send_checksums:
-            out["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
-            out["ChecksumAlgorithm"] = "SHA256"  # some stores (moto) read the algorithm from its own header
-        return out
+    def _digests(self, data: bytes) -> tuple[dict, bytes]:
+        """The checksum arguments of one PUT of ``data`` (``Content-MD5``, or the S3 checksum and
+        its algorithm), and the digest they carry."""
+        algorithm = self.transfer.checksum
+        digest = _digest(algorithm, data)
+        encoded = base64.b64encode(digest).decode()
+        if algorithm == "md5":
+            return {"ContentMD5": encoded}, digest
+        name = algorithm.upper()  # some stores (moto) read the algorithm from its own header too
+        return {f"Checksum{name}": encoded, "ChecksumAlgorithm": name}, digest
 
     def _put_parts(self, key: str, path: Path, size: int, extra: dict) -> str:
-        """A multipart upload of ``path``, ``max_concurrency`` parts at a time; the expected ETag."""
+        """A multipart upload of ``path``, ``max_concurrency`` parts at a time; what the store will report
+        for it (see :func:`_parts_fingerprint`)."""
         from concurrent.futures import ThreadPoolExecutor
 
         part_size = self.transfer.part_size
         count = max(1, -(-size // part_size))
         target = {"Bucket": self.bucket, "Key": self._key(key)}
-        checksum = {"ChecksumAlgorithm": "SHA256"} if self.transfer.send_checksums else {}
+        algorithm = self.transfer.checksum
+        checksum = {} if algorithm == "md5" else {"ChecksumAlgorithm": algorithm.upper()}
         upload = self.client.create_multipart_upload(**target, **extra, **checksum)["UploadId"]
 
         def send(index: int) -> tuple[dict, bytes]:
             with open(path, "rb") as handle:
                 data = os.pread(handle.fileno(), part_size, index * part_size)
-            digests = self._digests(data)
-            sent = self.client.upload_part(**target, UploadId=upload, PartNumber=index + 1, Body=data, **digests)
+            arguments, digest = self._digests(data)
+            sent = self.client.upload_part(**target, UploadId=upload, PartNumber=index + 1, Body=data, **arguments)
             part = {"PartNumber": index + 1, "ETag": sent["ETag"]}
-            if "ChecksumSHA256" in digests:
-                part["ChecksumSHA256"] = sent.get("ChecksumSHA256") or digests["ChecksumSHA256"]
-            return part, base64.b64decode(digests["ContentMD5"])
+            if checksum:  # the part's checksum as the store recorded it
+                field = f"Checksum{algorithm.upper()}"
+                part[field] = sent.get(field) or arguments[field]
+            return part, digest
 
         try:
             with ThreadPoolExecutor(max_workers=min(count, self.transfer.max_concurrency)) as pool:
@@ -360,19 +374,28 @@ class S3Store(ObjectStore):
             with contextlib.suppress(Exception):  # the upload's own error is the one to raise
                 self.client.abort_multipart_upload(**target, UploadId=upload)
             raise
-        return _multipart_etag([md5 for _, md5 in parts])
+        return _parts_fingerprint(algorithm, [digest for _, digest in parts])
 
     def holds(self, key: str, path: Path, head: Head | None = None, sent_etag: str | None = None) -> bool:
-        """Compare the object's ETag with ``sent_etag`` (what :meth:`put_file` computed while
-        sending), else with the file's MD5 (single PUT) or multipart ETag (this store's part size);
-        only when the ETag is neither (e.g. SSE-KMS) read the object back."""
+        """Compare what the store computed of the bytes it holds with ``sent_etag`` (what
+        :meth:`put_file` computed while sending), else with the file hashed the same way: a
+        multipart object's checksum (the parts' combined) or ETag (the parts' MD5s combined), for
+        this store's part size; a single PUT's ETag (its MD5). Only when none matches (e.g. an
+        SSE-KMS ETag) read the object back.
+
+        A single PUT's stored S3 checksum is not compared: some stores (moto) keep the value sent
+        without checking it, while every store computes the ETag; a multipart object's checksum is
+        built from its parts as they arrived (AWS checks each against the one sent)."""
         head = head or self.head(key)
         if head is None:
             return False
         etag = head.etag.strip('"')
-        if sent_etag is not None and etag == sent_etag:
+        multipart = "-" in etag
+        reported = {etag, head.checksum} - {None} if multipart else {etag}
+        if sent_etag is not None and sent_etag in reported:
             return True
-        if etag in _s3_etags(Path(path), self.transfer):
+        algorithm = (head.checksum or "md5").split(":")[0] if multipart else "md5"
+        if reported & {_local_fingerprint(Path(path), self.transfer, algorithm, multipart=multipart)}:
             return True
         return super().holds(key, path)
 
@@ -389,15 +412,19 @@ class S3Store(ObjectStore):
     def head(self, key: str) -> Head | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        mode = {} if self.transfer.checksum == "md5" else {"ChecksumMode": "ENABLED"}
         try:
-            meta = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            meta = self.client.head_object(Bucket=self.bucket, Key=self._key(key), **mode)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._fail(exc, "check", key) from None
         except BotoCoreError as exc:
             raise self._fail(exc, "check", key) from None
-        return Head(meta["ContentLength"], meta["ETag"], meta.get("Metadata", {}).get("sha256"))
+        # A multipart object's checksum is its parts' combined; AWS adds "-<parts>".
+        kept = [(name.lower(), meta[f"Checksum{name}"]) for name in ("CRC32", "SHA256") if meta.get(f"Checksum{name}")]
+        checksum = f"{kept[0][0]}:{kept[0][1].split('-')[0]}" if kept else None
+        return Head(meta["ContentLength"], meta["ETag"], meta.get("Metadata", {}).get("sha256"), checksum)
 
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -460,20 +487,36 @@ class S3Store(ObjectStore):
             raise self._fail(exc, "use", "") from None
 
 
-def _s3_etags(path: Path, transfer: TransferOptions) -> set[str]:
-    """The ETags S3 gives the file's bytes: the MD5 of a single PUT, and the multipart form (MD5
-    of the parts' MD5s, ``-N``) for this store's part size."""
+def _digest(algorithm: str, data: bytes) -> bytes:
+    """The ``md5``, ``sha256`` or ``crc32`` (4 bytes, big-endian, as S3 encodes it) of ``data``."""
+    if algorithm == "crc32":
+        return zlib.crc32(data).to_bytes(4, "big")
+    if algorithm == "md5":
+        return hashlib.md5(data, usedforsecurity=False).digest()
+    return hashlib.sha256(data).digest()
+
+
+def _parts_fingerprint(algorithm: str, digests: list[bytes]) -> str:
+    """What the store reports for an object sent as parts with these digests: for ``md5`` its
+    ETag (the MD5 of the parts' MD5s, then ``-<parts>``), else ``<algorithm>:<base64>`` of its
+    checksum (the checksum of the parts' checksums, S3's composite form)."""
+    combined = _digest(algorithm, b"".join(digests))
+    if algorithm == "md5":
+        return combined.hex() + f"-{len(digests)}"
+    return f"{algorithm}:{base64.b64encode(combined).decode()}"
+
+
+def _local_fingerprint(path: Path, transfer: TransferOptions, algorithm: str, *, multipart: bool) -> str:
+    """The file's bytes as the store reports them when sent whole, or in this store's parts,
+    hashed with ``algorithm`` (see :func:`_parts_fingerprint`); sent whole, its MD5."""
     whole, parts = hashlib.md5(usedforsecurity=False), []
     with open(path, "rb") as handle:
         while block := handle.read(transfer.part_size):
-            whole.update(block)
-            parts.append(hashlib.md5(block, usedforsecurity=False).digest())
-    return {whole.hexdigest(), _multipart_etag(parts)}
-
-
-def _multipart_etag(part_md5s: list[bytes]) -> str:
-    """S3's ETag of a multipart object: the MD5 of its parts' MD5 digests, then ``-<parts>``."""
-    return hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest() + f"-{len(part_md5s)}"
+            if multipart:
+                parts.append(_digest(algorithm, block))
+            else:
+                whole.update(block)
+    return _parts_fingerprint(algorithm, parts) if multipart else whole.hexdigest()
 
 
 def open_store(url: str, transfer: TransferOptions | None = None) -> ObjectStore:
@@ -496,7 +539,7 @@ def store_for(settings) -> ObjectStore:
             multipart_threshold=settings.store_multipart_mb * 1024 * 1024,
             part_size=settings.store_part_mb * 1024 * 1024,
             max_concurrency=settings.store_max_concurrency,
-            send_checksums=settings.store_send_checksums,
+            checksum=settings.store_checksum,
             addressing_style=settings.store_addressing_style,
         ),
     )

@@ -120,9 +120,10 @@ def test_an_object_that_does_not_arrive_intact_is_not_sealed(s3_bucket, tmp_path
     assert not store.exists(f"{model_prefix('v1')}/{MANIFEST}")
 
 
-def _parts_store(s3_bucket, on_part):
+def _parts_store(s3_bucket, on_part, checksum="crc32"):
     """The real S3 store with 5 MB parts, whose client passes every part through ``on_part``."""
-    store = CountingStore(s3_bucket, "refit", TransferOptions(multipart_threshold=5 * MB, part_size=5 * MB))
+    transfer = TransferOptions(multipart_threshold=5 * MB, part_size=5 * MB, checksum=checksum)
+    store = CountingStore(s3_bucket, "refit", transfer)
     client, upload_part = store.client, store.client.upload_part
 
     def intercepted(**kwargs):
@@ -160,7 +161,10 @@ def test_a_crash_mid_multipart_upload_leaves_no_parts_and_republish_sends_only_w
     )
 
 
-def test_a_part_damaged_in_transit_is_refused_and_a_retry_seals_it_whole(s3_bucket, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("checksum", "store_computes"), [("crc32", True), ("crc32", False), ("sha256", True), ("md5", True)]
+)
+def test_a_part_damaged_in_transit_is_refused_and_a_retry_seals_it_whole(checksum, store_computes, s3_bucket, tmp_path):
     folder = big_checkpoint(tmp_path, "v1", 12)
     damaged = []
 
@@ -170,10 +174,15 @@ def test_a_part_damaged_in_transit_is_refused_and_a_retry_seals_it_whole(s3_buck
             body[100] ^= 0xFF
             damaged.append(kwargs["PartNumber"])
             kwargs = {**kwargs, "Body": bytes(body)}
-            kwargs.pop("ContentMD5")  # a store that checks Content-MD5 refuses the part itself
+            # Refit hashed the part before the damage. A store that checks the digest sent with it
+            # refuses the part itself. Here the store keeps what arrived: its checksum computed
+            # of these bytes (by botocore, as such a store would), or the one sent, unchecked
+            # (what moto does; it combines the parts' checksums from the bytes it got).
+            if store_computes:
+                kwargs.pop({"md5": "ContentMD5"}.get(checksum, f"Checksum{checksum.upper()}"))
         return kwargs
 
-    store = _parts_store(s3_bucket, flip_a_byte_of_part_2)
+    store = _parts_store(s3_bucket, flip_a_byte_of_part_2, checksum)
     with pytest.raises(CheckpointError, match="did not arrive intact") as refused:
         publish_checkpoint(store, folder, "v1")
     assert damaged and not refused.value.permanent
@@ -186,18 +195,46 @@ def test_a_part_damaged_in_transit_is_refused_and_a_retry_seals_it_whole(s3_buck
     assert (copy / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
 
 
-def test_a_publish_checks_its_uploads_without_reading_the_files_again(s3_bucket, tmp_path, monkeypatch):
-    """The stored ETags are compared with the ones computed while the parts went up."""
+def test_a_single_put_damaged_in_transit_is_refused_though_the_store_kept_the_checksum_sent(s3_bucket, tmp_path):
+    """moto keeps a PUT's S3 checksum as sent, unchecked: the ETag, the MD5 of what it got, is
+    what shows the damage."""
+    store = CountingStore(s3_bucket, "refit")
+    put_object = store.client.put_object
+
+    def damaging(**kwargs):
+        if kwargs["Key"].endswith("model.safetensors"):
+            body = bytearray(kwargs["Body"])
+            body[0] ^= 0xFF
+            kwargs = {**kwargs, "Body": bytes(body)}
+            kwargs.pop("ContentMD5")  # a store that checks it refuses the PUT itself
+        return put_object(**kwargs)
+
+    store.client.put_object = damaging
+    folder = checkpoint(tmp_path, "v1")
+    with pytest.raises(CheckpointError, match="did not arrive intact"):
+        publish_checkpoint(store, folder, "v1")
+    head = store.head(f"{model_prefix('v1')}/model.safetensors")
+    assert head.checksum is not None and head.checksum.startswith("crc32:")  # the checksum sent is there
+    assert not store.exists(f"{model_prefix('v1')}/{MANIFEST}")
+
+
+@pytest.mark.parametrize("checksum", ["crc32", "sha256", "md5"])
+def test_a_publish_checks_its_uploads_without_reading_the_files_again(checksum, s3_bucket, tmp_path, monkeypatch):
+    """What the store reports (its checksum; for md5 its ETag) is compared with what was computed
+    while the parts went up."""
     import refit.registry.store as store_module
 
     def second_read(*args):
         raise AssertionError("a file was read again to check its upload")
 
-    monkeypatch.setattr(store_module, "_s3_etags", second_read)
-    store = S3Store(s3_bucket, "refit", transfer=TransferOptions(multipart_threshold=5 * MB, part_size=5 * MB))
+    monkeypatch.setattr(store_module, "_local_fingerprint", second_read)
+    transfer = TransferOptions(multipart_threshold=5 * MB, part_size=5 * MB, checksum=checksum)
+    store = S3Store(s3_bucket, "refit", transfer=transfer)
     folder = big_checkpoint(tmp_path, "v1", 12)
     publish_checkpoint(store, folder, "v1")
-    assert store.head(f"{model_prefix('v1')}/model.safetensors").etag.strip('"').endswith("-3")
+    head = store.head(f"{model_prefix('v1')}/model.safetensors")
+    assert head.etag.strip('"').endswith("-3")
+    assert (head.checksum or "md5").startswith(checksum)  # the store kept the parts' checksums
     assert store.exists(f"{model_prefix('v1')}/{MANIFEST}")
 
 
@@ -308,7 +345,7 @@ def test_gc_keeps_the_newest_and_every_champion(db_url, s3_bucket, tmp_path):
 def test_stores_that_take_checksums_get_each_files_sha256(s3_bucket, tmp_path):
     import base64
 
-    store = S3Store(s3_bucket, "refit", transfer=TransferOptions(send_checksums=True))
+    store = S3Store(s3_bucket, "refit", transfer=TransferOptions(checksum="sha256"))
     folder = checkpoint(tmp_path, "v1")
     publish_checkpoint(store, folder, "v1")
     manifest = json.loads(store.get(f"{model_prefix('v1')}/{MANIFEST}"))

@@ -43,6 +43,8 @@ def test_reads_dotenv_file(tmp_path):
         ("REFIT_LABELS", "one", "REFIT_LABELS"),
         ("REFIT_LABELS", "a,a", "REFIT_LABELS"),
         ("REFIT_DEV_FRACTION", "0.9", "REFIT_DEV_FRACTION"),
+        ("REFIT_STORE_CHECKSUM", "crc64", "REFIT_STORE_CHECKSUM"),
+        ("REFIT_STORE_SEND_CHECKSUMS", "true", "replaced by REFIT_STORE_CHECKSUM"),  # the old name, not ignored
         ("REFIT_SLACK_WEBHOOK_URL", "", None),
     ],
 )
