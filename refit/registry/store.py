@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import threading
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -225,6 +226,8 @@ class S3Store(ObjectStore):
         self.prefix = prefix.strip("/")
         self._client = client
         self.transfer = transfer or TransferOptions()
+        # Parts in flight across every upload of this store (files may go up side by side).
+        self._parts_in_flight = threading.BoundedSemaphore(self.transfer.max_concurrency)
 
     @property
     def client(self):
@@ -245,7 +248,8 @@ class S3Store(ObjectStore):
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                     s3={"addressing_style": self.transfer.addressing_style},
-                    max_pool_connections=max(10, self.transfer.max_concurrency + 2),
+                    # the parts in flight, and beside them a few small files' PUTs and HEADs
+                    max_pool_connections=max(10, self.transfer.max_concurrency + 8),
                 ),
             )
         return self._client
@@ -354,10 +358,11 @@ class S3Store(ObjectStore):
         upload = self.client.create_multipart_upload(**target, **extra, **checksum)["UploadId"]
 
         def send(index: int) -> tuple[dict, bytes]:
-            with open(path, "rb") as handle:
-                data = os.pread(handle.fileno(), part_size, index * part_size)
-            arguments, digest = self._digests(data)
-            sent = self.client.upload_part(**target, UploadId=upload, PartNumber=index + 1, Body=data, **arguments)
+            with self._parts_in_flight:
+                with open(path, "rb") as handle:
+                    data = os.pread(handle.fileno(), part_size, index * part_size)
+                arguments, digest = self._digests(data)
+                sent = self.client.upload_part(**target, UploadId=upload, PartNumber=index + 1, Body=data, **arguments)
             part = {"PartNumber": index + 1, "ETag": sent["ETag"]}
             if checksum:  # the part's checksum as the store recorded it
                 field = f"Checksum{algorithm.upper()}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,8 @@ from refit.core.errors import CheckpointError
 from refit.models.checkpoint import MANIFEST, build_manifest, manifest_digest, read_metadata, verify_folder
 from refit.registry.layout import DEFAULT_MODEL, model_prefix
 from refit.registry.store import AlreadyExists, ObjectStore, store_for
+
+FILES_IN_FLIGHT = 4  # files uploaded or checked at once
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -59,25 +62,36 @@ def publish_checkpoint(store: ObjectStore, folder: Path, version: str, model_nam
         if existing.get("files") != manifest["files"]:
             raise AlreadyExists(f"model version {version} is already published at {store.uri(prefix)}")
         return Published(version, store.uri(prefix), manifest_digest(existing))
-    sent: dict[str, str | None] = {}  # the ETag each upload computed while sending
-    for rel, entry in manifest["files"].items():
-        key = f"{prefix}/{rel}"
-        there = store.head(key)
-        if there is not None and there.sha256 != entry["sha256"]:
-            raise AlreadyExists(f"{store.uri(key)} exists with other content; version {version} is not replaced")
-        if there is not None and there.size == entry["bytes"] and store.holds(key, folder / rel, there):
-            continue  # uploaded before an interruption
-        # Absent, or declared as this file but damaged in transit: the version is not sealed yet,
-        # so the file is uploaded (again).
-        sent[rel] = store.put_file(key, folder / rel, sha256=entry["sha256"])
+    keys = {rel: f"{prefix}/{rel}" for rel in manifest["files"]}
+    # The files go up side by side (a large one in parallel parts of its own), and the checks before
+    # and after are one HEAD per file, sent together: each is a round trip to the store.
+    with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
+        before = dict(zip(keys, pool.map(store.head, keys.values()), strict=True))
+        for rel, there in before.items():
+            if there is not None and there.sha256 != manifest["files"][rel]["sha256"]:
+                raise AlreadyExists(
+                    f"{store.uri(keys[rel])} exists with other content; version {version} is not replaced"
+                )
+
+        def upload(rel: str) -> str | None:
+            """The file sent (its expected checksum or ETag, computed while sending), unless it
+            is there whole from before an interruption."""
+            there, path, entry = before[rel], folder / rel, manifest["files"][rel]
+            if there is not None and there.size == entry["bytes"] and store.holds(keys[rel], path, there):
+                return None  # uploaded before an interruption
+            # Absent, or declared as this file but damaged in transit: the version is not sealed
+            # yet, so the file is uploaded (again).
+            return store.put_file(keys[rel], path, sha256=entry["sha256"])
+
+        sent = dict(zip(keys, pool.map(upload, keys), strict=True))
+        after = dict(zip(keys, pool.map(store.head, keys.values()), strict=True))
     for rel, entry in manifest["files"].items():  # every file there, whole, before the seal
-        key = f"{prefix}/{rel}"
-        there = store.head(key)
-        # The recorded SHA-256 is what was declared; the stored bytes are checked too: the ETag the
-        # upload computed as it sent them, or for a file sent before an interruption the file's own.
-        if there is None or there.size != entry["bytes"] or not store.holds(key, folder / rel, there, sent.get(rel)):
+        there = after[rel]
+        # The recorded SHA-256 is what was declared; the stored bytes are checked too: against what
+        # the upload computed as it sent them, or for a file sent before an interruption the file's own.
+        if there is None or there.size != entry["bytes"] or not store.holds(keys[rel], folder / rel, there, sent[rel]):
             raise CheckpointError(
-                f"{store.uri(key)} did not arrive intact; not publishing {version}", permanent=False
+                f"{store.uri(keys[rel])} did not arrive intact; not publishing {version}", permanent=False
             )  # a retry uploads it again
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     store.put(f"{prefix}/{MANIFEST}", body, if_absent=True)
