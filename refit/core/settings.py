@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     )
     store_multipart_mb: int = Field(default=8, ge=5, description="Files above this many MB move in parts.")
     store_part_mb: int = Field(default=8, ge=5, description="Part size of multipart transfers, in MB.")
-    store_max_concurrency: int = Field(default=10, ge=1, le=64, description="Parts moved in parallel.")
+    store_max_concurrency: int = Field(
+        default=10, ge=1, le=64, description="Parts in flight at once, across a publish's files."
+    )
     store_checksum: Literal["crc32", "sha256", "md5"] = Field(
         default="crc32",
         description="How the store checks each part on arrival, and publishing checks what it keeps: an S3 "
