@@ -32,6 +32,7 @@ class PredictionLog:
         self.rows: list[dict] = []
         self.written = self.dropped = 0
         self._lock, self._wake, self._stop = threading.Lock(), threading.Event(), threading.Event()
+        self._writing = threading.Lock()  # one flush at a time: a flush waits for the one in progress
         self._thread = threading.Thread(target=self._run, name="refit-prediction-log", daemon=True)
 
     def start(self) -> None:
@@ -109,11 +110,17 @@ class PredictionLog:
                 self._wake.set()
 
     def flush(self) -> int:
-        """Write the queued rows now; when the database is away they stay queued.
+        """Write the queued rows now; when the database is away they stay queued. A write in
+        progress (the writer thread's) is waited for, so every row queued before the call is
+        committed, or queued again, when it returns.
 
         Returns:
             How many rows were written.
         """
+        with self._writing:
+            return self._write()
+
+    def _write(self) -> int:
         with self._lock:
             rows, self.rows = self.rows, []
         if not rows:

@@ -208,14 +208,15 @@ class ShadowScorer:
             except Exception as exc:  # the shadow model failing never touches a live answer
                 records, error = None, exc
             seconds = time.perf_counter() - started
-            if error is None:
-                self.scored += len(batch)
-            else:
-                self.errors += len(batch)
             try:
                 self.report(batch, records, seconds, error)
             except Exception:  # a bug in reporting must not stop the worker
                 log.exception("shadow results not reported")
+            # Counted once reported: an item counted as scored has its rows in the prediction log.
+            if error is None:
+                self.scored += len(batch)
+            else:
+                self.errors += len(batch)
             if not self.queue:
                 self._ready.clear()
 

@@ -239,6 +239,36 @@ def test_prediction_logging_keeps_rows_while_the_database_is_away():
     assert len(away.rows) == 1 and away.written == 0
 
 
+def test_a_flush_waits_for_the_write_in_progress(db_url):
+    """A flush returns once every row queued before it is committed, also the rows the writer
+    thread took a moment earlier and is still writing (what a reader of the log relies on)."""
+    from sqlalchemy import create_engine, text
+
+    from refit.serving.predlog import PredictionLog
+
+    engine = create_engine(db_url)
+    log = PredictionLog(engine, flush_s=60)
+    log.add("v1", ["first", "second"], [{"prediction": 0.2}, {"prediction": 0.8}])
+    blocker = engine.connect()
+    blocker.execute(text("LOCK TABLE prediction_log IN EXCLUSIVE MODE"))  # reads pass, writes wait
+    writer = threading.Thread(target=log.flush)  # as the writer thread would, with the rows taken
+    writer.start()
+    deadline = time.monotonic() + 20
+    while log.rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not log.rows  # the writer holds them, blocked by the lock
+    release = threading.Timer(0.5, blocker.rollback)
+    release.start()
+    log.flush()
+    with engine.connect() as conn:
+        written = conn.execute(text("SELECT count(*) FROM prediction_log")).scalar()
+    release.join()
+    writer.join(timeout=20)
+    blocker.close()
+    engine.dispose()
+    assert written == 2
+
+
 def test_explain_returns_token_and_feature_attributions(server):
     url, *_ = server
     response = httpx.post(
