@@ -10,11 +10,16 @@ decay 0.01, 10% warm-up then linear decay, clipping at 1.0), review lengths draw
 - the same loop padded per batch to its longest row, random order (what dynamic padding buys);
 - Hugging Face ``Trainer`` with ``DataCollatorWithPadding``, then also with
   ``train_sampling_strategy="group_by_length"``;
-- refit's ``train()`` (length-bucketed batches padded per batch, mean-pooled head).
+- refit's ``train()`` (length-bucketed batches padded per batch, mean-pooled head): in each
+  attention layout in fp32, as it runs (the layout and precision it picks), and as it runs but with
+  glibc's defaults for freed memory (models/host_memory.py).
 
 It prints the ratios against the fixed-padding loop and against ``Trainer``'s best, and the model
 FLOP efficiency of refit's run: the model FLOPs of the real (non-padding) tokens per second,
-divided by this machine's fp32 matmul peak measured with ``torch.mm`` in the same run.
+divided by this machine's matmul peak (fp32 and bf16) measured with ``torch.mm`` in the same run.
+The part-by-part table then says why the efficiency is where it is: the optimizer and dropout
+variants, tokenizing, one thread, bf16 by encoder width, the matmul rate at the encoder's own
+shapes, and a profiled step split by what its ops do.
 
 ``--quality`` adds the quality table on the demo data (the demo's 1,200 + 1,200 shifted reviews,
 refit's stable train/dev/test split): the default model fine-tuned by refit vs TF-IDF with a
@@ -180,12 +185,26 @@ def hf_trainer(
     return time.perf_counter() - wall, time.process_time() - cpu, len(rows)
 
 
-def refit_trainer(base: str, texts, scores, batch: int, threads: int, attention: str = "auto", precision: str = "auto"):
+def refit_trainer(
+    base: str,
+    texts,
+    scores,
+    batch: int,
+    threads: int,
+    attention: str = "auto",
+    precision: str = "auto",
+    keep_memory: bool = True,
+):
     """refit's ``train()``: one epoch, timed by the trainer over its training pass only; returns
-    the timings, the real-token FLOPs and the path the trainer took (models/paths.py)."""
+    the timings, the real-token FLOPs and the path the trainer took (models/paths.py).
+    ``keep_memory=False`` runs it with glibc's defaults (models/host_memory.py)."""
+    import refit.models.train as training
     from refit.models.config import TrainConfig, TrainData
+    from refit.models.host_memory import kept_host_memory
     from refit.models.inference import encode
     from refit.models.train import train
+
+    training.kept_host_memory = kept_host_memory if keep_memory else lambda enabled: kept_host_memory(False)
 
     config = TrainConfig(
         base_model=base,
@@ -202,7 +221,10 @@ def refit_trainer(base: str, texts, scores, batch: int, threads: int, attention:
         precision=precision,
     )
     data = TrainData(list(texts), scores, list(texts[:batch]), scores[:batch])
-    result = train(config, data)
+    try:
+        result = train(config, data)
+    finally:
+        training.kept_host_memory = kept_host_memory
     lengths = [len(ids) for ids in encode(result.tokenizer, list(texts), MAX_LEN)]
     epoch = result.history[0]
     return (
@@ -243,6 +265,7 @@ def throughput(args) -> None:
     print(f"  {'':58s} {'samples/s':>10s} {'samples/CPU-s':>14s}")
     results, flops, chosen = {}, {}, {}
     refit_auto = "refit train(), as it runs (the path it picks)"
+    refit_system = "refit train(), its path, freed memory back to the system"
     paths.PROBE_MIN_STEPS = 0  # the bench's one short epoch gets the probe a real run gets
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
@@ -261,6 +284,8 @@ def throughput(args) -> None:
             "HF Trainer + collator + group_by_length + bf16=True": lambda: hf_trainer(
                 args.model, texts, scores, args.batch, True, Path(tmp), bf16=True
             ),
+            # first of refit's runs: glibc as a fresh process has it, before any hold has set it
+            refit_system: lambda: refit_trainer(args.model, texts, scores, args.batch, args.threads, keep_memory=False),
             "refit train(), fp32, encoder (length buckets only)": lambda: refit_trainer(
                 args.model, texts, scores, args.batch, args.threads, "encoder", "fp32"
             ),
@@ -282,7 +307,9 @@ def throughput(args) -> None:
     path = chosen[refit_auto]
     print(
         f"refit picked: attention {path['attention']}, precision {path['precision']} ({path['chosen_by']});"
-        f" probe, ms per forward+backward: {path['step_ms']} (once per run, outside the timed epoch)"
+        f" probe, ms per forward+backward: {path['step_ms']} (once per run, outside the timed epoch);"
+        f" host memory {path['host_memory']}: {results[refit_auto][0] / results[refit_system][0]:.2f}x a run"
+        " whose freed memory goes back to the system (glibc's defaults)"
     )
     fp32_trainers = ("HF Trainer + DataCollatorWithPadding", "HF Trainer + collator + group_by_length")
     bf16_trainer = "HF Trainer + collator + group_by_length + bf16=True"
@@ -373,6 +400,7 @@ def cpu_step(args, texts, tokenizer, epoch_seconds: float) -> None:
             f" (refit uses {args.threads}, torch's default for this machine)"
         )
     precision_by_width(args)
+    where_a_step_goes(args, texts, tokenizer)
     if args.compile:
         compiled_step(args, model)
 
@@ -404,6 +432,103 @@ def precision_by_width(args) -> None:
         ms = {bf16: _timed_ms(functools.partial(_step, model, optimizer, ids, bf16), reps=3) for bf16 in (False, True)}
         line.append(f"{hidden} wide {ms[False]:.0f}/{ms[True]:.0f} ms ({ms[False] / ms[True]:.2f}x)")
     print("  a step, fp32/bf16 autocast, by encoder width: " + "; ".join(line))
+
+
+STEP_PARTS = {  # profiler op names, by what they do in a BERT training step
+    "matmuls": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::_scaled_mm"),
+    "casts (autocast and back)": ("aten::copy_", "aten::_to_copy"),
+    "dropout masks and scaling": ("aten::random_", "aten::where", "aten::ge", "aten::bernoulli_"),
+    "softmax and its backward": ("aten::_softmax", "aten::_softmax_backward_data", "aten::masked_fill_"),
+    "layer norms, GELU, adds": (
+        "aten::native_layer_norm",
+        "aten::native_layer_norm_backward",
+        "aten::gelu",
+        "aten::gelu_backward",
+        "aten::add",
+        "aten::add_",
+        "aten::mul",
+    ),
+    "zero-filling (gradients, padding)": ("aten::fill_", "aten::zero_"),
+    "gathers and scatters": ("aten::index_select", "aten::index_copy", "aten::index_add_", "aten::scatter_add_"),
+    "AdamW": ("aten::_fused_adamw_",),
+}
+
+
+def _matmul_flops_per_second(rows: int, hidden: int, inner: int, dtype: torch.dtype, seconds: float = 1.5) -> float:
+    """FLOP/s of the encoder's own dense layers' matmuls (``rows`` tokens; hidden -> hidden,
+    hidden -> inner, inner -> hidden) in ``dtype``: the peak this model's shapes can reach."""
+    flops = elapsed = 0.0
+    for k, n in ((hidden, hidden), (hidden, inner), (inner, hidden)):
+        x, w = torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        torch.nn.functional.linear(x, w)
+        reps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 3:
+            torch.nn.functional.linear(x, w)
+            reps += 1
+        elapsed += (time.perf_counter() - started) / reps
+        flops += 2 * rows * k * n
+    return flops / elapsed
+
+
+def where_a_step_goes(args, texts, tokenizer) -> None:
+    """Why the model FLOP utilisation stays where it is: the matmul peak at the encoder's own shapes,
+    and a profile of refit's training step (the padded layout, bf16 autocast where the CPU has fast
+    bf16) split by what each op does."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import refit.models.paths as paths
+    from refit.models.fusion import FeatureSchema, build_model
+    from refit.models.host_memory import kept_host_memory
+    from refit.models.inference import collate, encode
+
+    bf16 = paths.cpu_has_fast_bf16()
+    model, _ = build_model(args.model, 1, FeatureSchema())
+    model.train()
+    model.attention = "padded"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)
+    ids = encode(tokenizer, list(texts), MAX_LEN)
+    order = np.argsort([len(s) for s in ids])
+    middle = order[len(order) // 2 - args.batch // 2 :][: args.batch]  # a median-length bucket
+    batch = collate([ids[i] for i in middle], 0)
+    tokens = int(batch["attention_mask"].sum())
+    cfg = model.encoder.config
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    shape_peak = _matmul_flops_per_second(tokens, cfg.hidden_size, cfg.intermediate_size, dtype)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out.float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with kept_host_memory():  # as train() runs it
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                step()
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(self_us.values())
+    shares = {part: sum(self_us.get(op, 0) for op in ops) / total for part, ops in STEP_PARTS.items()}
+    shares["the rest"] = 1 - sum(shares.values())
+    step_s = total / 2 / 1e6
+    matmul_flops = training_flops(model.encoder, [int(n) for n in batch["attention_mask"].sum(1)])
+    name = "bf16" if bf16 else "fp32"
+    print(
+        f"  {name} matmuls at the encoder's own shapes ({tokens} tokens x {cfg.hidden_size}/{cfg.intermediate_size}):"
+        f" {shape_peak / 1e9:.0f} GFLOP/s, so small shapes are not what holds the step back"
+    )
+    print(
+        f"  where a {name} step goes (profiled, {step_s * 1000:.0f} ms, {tokens} tokens): "
+        + "; ".join(f"{part} {100 * share:.0f}%" for part, share in shares.items())
+    )
+    peak = matmul_peak(args.threads, seconds=1.5, dtype=dtype)[0]
+    while_running = matmul_flops / (shares["matmuls"] * step_s)
+    print(
+        f"  the matmuls run at {while_running / 1e9:.0f} GFLOP/s while they run ({while_running / peak:.2f} of the"
+        f" {name} peak), but they are {100 * shares['matmuls']:.0f}% of the step: the step as a whole gets"
+        f" {matmul_flops / step_s / 1e9:.0f} GFLOP/s ({matmul_flops / step_s / peak:.2f} of the peak; profiled)"
+    )
 
 
 def compiled_step(args, model) -> None:
