@@ -11,15 +11,14 @@ decay 0.01, 10% warm-up then linear decay, clipping at 1.0), review lengths draw
 - Hugging Face ``Trainer`` with ``DataCollatorWithPadding``, then also with
   ``train_sampling_strategy="group_by_length"``;
 - refit's ``train()`` (length-bucketed batches padded per batch, mean-pooled head): in each
-  attention layout in fp32, as it runs (the layout and precision it picks), and as it runs but with
-  glibc's defaults for freed memory (models/host_memory.py).
+  attention layout in fp32, and as it runs (the layout and precision it picks).
 
 It prints the ratios against the fixed-padding loop and against ``Trainer``'s best, and the model
 FLOP efficiency of refit's run: the model FLOPs of the real (non-padding) tokens per second,
 divided by this machine's matmul peak (fp32 and bf16) measured with ``torch.mm`` in the same run.
 The part-by-part table then says why the efficiency is where it is: the optimizer and dropout
-variants, tokenizing, one thread, bf16 by encoder width, the matmul rate at the encoder's own
-shapes, and a profiled step split by what its ops do.
+variants, the attention softmax in bf16 or through fp32, tokenizing, one thread, bf16 by encoder
+width, the matmul rate at the encoder's own shapes, and a profiled step split by what its ops do.
 
 ``--quality`` adds the quality table on the demo data (the demo's 1,200 + 1,200 shifted reviews,
 refit's stable train/dev/test split): the default model fine-tuned by refit vs TF-IDF with a
@@ -185,26 +184,12 @@ def hf_trainer(
     return time.perf_counter() - wall, time.process_time() - cpu, len(rows)
 
 
-def refit_trainer(
-    base: str,
-    texts,
-    scores,
-    batch: int,
-    threads: int,
-    attention: str = "auto",
-    precision: str = "auto",
-    keep_memory: bool = True,
-):
+def refit_trainer(base: str, texts, scores, batch: int, threads: int, attention: str = "auto", precision: str = "auto"):
     """refit's ``train()``: one epoch, timed by the trainer over its training pass only; returns
-    the timings, the real-token FLOPs and the path the trainer took (models/paths.py).
-    ``keep_memory=False`` runs it with glibc's defaults (models/host_memory.py)."""
-    import refit.models.train as training
+    the timings, the real-token FLOPs and the path the trainer took (models/paths.py)."""
     from refit.models.config import TrainConfig, TrainData
-    from refit.models.host_memory import kept_host_memory
     from refit.models.inference import encode
     from refit.models.train import train
-
-    training.kept_host_memory = kept_host_memory if keep_memory else lambda enabled: kept_host_memory(False)
 
     config = TrainConfig(
         base_model=base,
@@ -221,10 +206,7 @@ def refit_trainer(
         precision=precision,
     )
     data = TrainData(list(texts), scores, list(texts[:batch]), scores[:batch])
-    try:
-        result = train(config, data)
-    finally:
-        training.kept_host_memory = kept_host_memory
+    result = train(config, data)
     lengths = [len(ids) for ids in encode(result.tokenizer, list(texts), MAX_LEN)]
     epoch = result.history[0]
     return (
@@ -265,7 +247,6 @@ def throughput(args) -> None:
     print(f"  {'':58s} {'samples/s':>10s} {'samples/CPU-s':>14s}")
     results, flops, chosen = {}, {}, {}
     refit_auto = "refit train(), as it runs (the path it picks)"
-    refit_system = "refit train(), its path, freed memory back to the system"
     paths.PROBE_MIN_STEPS = 0  # the bench's one short epoch gets the probe a real run gets
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
@@ -284,8 +265,6 @@ def throughput(args) -> None:
             "HF Trainer + collator + group_by_length + bf16=True": lambda: hf_trainer(
                 args.model, texts, scores, args.batch, True, Path(tmp), bf16=True
             ),
-            # first of refit's runs: glibc as a fresh process has it, before any hold has set it
-            refit_system: lambda: refit_trainer(args.model, texts, scores, args.batch, args.threads, keep_memory=False),
             "refit train(), fp32, encoder (length buckets only)": lambda: refit_trainer(
                 args.model, texts, scores, args.batch, args.threads, "encoder", "fp32"
             ),
@@ -307,9 +286,7 @@ def throughput(args) -> None:
     path = chosen[refit_auto]
     print(
         f"refit picked: attention {path['attention']}, precision {path['precision']} ({path['chosen_by']});"
-        f" probe, ms per forward+backward: {path['step_ms']} (once per run, outside the timed epoch);"
-        f" host memory {path['host_memory']}: {results[refit_auto][0] / results[refit_system][0]:.2f}x a run"
-        " whose freed memory goes back to the system (glibc's defaults)"
+        f" probe, ms per forward+backward: {path['step_ms']} (once per run, outside the timed epoch)"
     )
     fp32_trainers = ("HF Trainer + DataCollatorWithPadding", "HF Trainer + collator + group_by_length")
     bf16_trainer = "HF Trainer + collator + group_by_length + bf16=True"
@@ -350,6 +327,13 @@ def verdict(value: float, goal: float) -> str:
     return f"goal >= {goal:g}: MISSED by {goal - value:.2f}"
 
 
+def _softmax_pass(scores: torch.Tensor, through_fp32: bool) -> None:
+    """One attention softmax, forward and backward, on bf16 ``scores``."""
+    x = scores.bfloat16().requires_grad_()
+    probs = torch.softmax(x, -1, dtype=torch.float32).bfloat16() if through_fp32 else torch.softmax(x, -1)
+    probs.backward(torch.ones_like(probs))
+
+
 def _timed_ms(fn, reps: int = 5) -> float:
     fn()
     started = time.perf_counter()
@@ -380,6 +364,13 @@ def cpu_step(args, texts, tokenizer, epoch_seconds: float) -> None:
     print(
         f"  dropout of one layer's attention probabilities [{args.batch}, 12, 115, 115]: bernoulli_ {native:.1f} ms,"
         f" refit's 16-bit mask {ours:.1f} ms ({native / ours:.1f}x)"
+    )
+    through_fp32 = _timed_ms(functools.partial(_softmax_pass, scores, True))
+    in_bf16 = _timed_ms(functools.partial(_softmax_pass, scores, False))
+    print(
+        f"  softmax of those scores in bf16, forward and backward: through fp32 and back (Hugging Face's BERT)"
+        f" {through_fp32:.1f} ms, in bf16 with fp32 accumulation {in_bf16:.1f} ms ({through_fp32 / in_bf16:.1f}x;"
+        " refit's, in bf16 runs)"
     )
     started = time.perf_counter()
     ids = encode(tokenizer, list(texts), MAX_LEN)
@@ -478,7 +469,6 @@ def where_a_step_goes(args, texts, tokenizer) -> None:
 
     import refit.models.paths as paths
     from refit.models.fusion import FeatureSchema, build_model
-    from refit.models.host_memory import kept_host_memory
     from refit.models.inference import collate, encode
 
     bf16 = paths.cpu_has_fast_bf16()
@@ -502,11 +492,10 @@ def where_a_step_goes(args, texts, tokenizer) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    with kept_host_memory():  # as train() runs it
-        step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(2):
-                step()
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
     self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(self_us.values())
     shares = {part: sum(self_us.get(op, 0) for op in ops) / total for part, ops in STEP_PARTS.items()}

@@ -59,7 +59,6 @@ class TrainPath:
     precision: str
     chosen_by: str  # "setting", "measured", "measured earlier in this process", "only choice"
     step_ms: dict[str, float] = field(default_factory=dict)  # forward + backward of the probe batch
-    host_memory: str = "system"  # "kept": freed memory reused across steps (models/host_memory.py)
 
     def as_dict(self) -> dict:
         return asdict(self)

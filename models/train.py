@@ -44,7 +44,6 @@ from refit.models.compression import keep_bottom_layers, prune_by_importance
 from refit.models.config import TrainConfig, TrainData, TrainResult
 from refit.models.curves import TensorBoardLog
 from refit.models.fusion import FeatureSchema, architecture, take
-from refit.models.host_memory import kept_host_memory
 from refit.models.inference import collate, encode, predict_ids
 from refit.models.metrics import DIRECTION, task_metrics
 from refit.models.objective import class_weight_tensor, per_sample_loss
@@ -214,12 +213,7 @@ class _Run:
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train epoch by epoch until the last one or the patience runs out; the best epoch's model.
-        On the CPU, freed memory stays in the process meanwhile (:mod:`refit.models.host_memory`)."""
-        with kept_host_memory(self.device.type == "cpu") as host_memory:
-            return self._run(host_memory)
-
-    def _run(self, host_memory: str) -> TrainResult:
+        """Train epoch by epoch until the last one or the patience runs out; the best epoch's model."""
         config, progress = self.config, self.progress
         resumed_from = progress.epoch
         self.started = started = time.perf_counter()
@@ -228,7 +222,6 @@ class _Run:
         self.over_budget = False
         finished = progress.epoch >= config.epochs or progress.stale > config.patience
         self.path = self._choose_path() if not finished else TrainPath("padded", self.precision, "no step ran")
-        self.path.host_memory = host_memory
         self.model.attention = self.path.attention
         log.info("training path: %s", json.dumps(self.path.as_dict()))
         for epoch in range(progress.epoch + 1, config.epochs + 1) if not finished else ():

@@ -270,18 +270,3 @@ def test_precision_follows_the_hardware_and_the_width():
     assert resolve_precision("fp32", cpu, hidden_size=384) == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", cpu)
-
-
-def test_keeping_freed_memory_changes_no_weight_and_is_recorded(tiny_model, monkeypatch):
-    import refit.models.train as training
-    from refit.models.host_memory import _glibc, kept_host_memory
-
-    data = review_data(200)
-    config = tiny_config(tiny_model, epochs=1, attention="padded")
-    kept = train(config, data)
-    monkeypatch.setattr(training, "kept_host_memory", lambda enabled: kept_host_memory(False))
-    returned = train(config, data)
-    assert kept.path["host_memory"] == ("kept" if _glibc() else "system")
-    assert returned.path["host_memory"] == "system"
-    assert _largest_weight_difference(kept, returned) == 0
-    assert kept.history[0]["train_loss"] == returned.history[0]["train_loss"]
