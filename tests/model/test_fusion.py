@@ -210,3 +210,32 @@ def test_the_cpu_dropout_keeps_its_share_and_scales_what_it_keeps():
     assert torch.equal(dropout(x, 0.1, False), x)
     torch.manual_seed(3)
     assert torch.equal(dropout(x, 0.1, True), y)  # the seed decides the mask
+
+
+def test_the_bf16_attention_softmax_matches_one_taken_through_fp32_and_back():
+    """models/unpad.attention takes a bf16 softmax in bf16: the same probabilities and gradients as
+    Hugging Face's softmax through fp32 and back, to bf16 rounding, with the same dropout draws."""
+    from refit.models.unpad import attention, dropout
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 37, 16).bfloat16() for _ in range(3))
+    mask = (torch.arange(37)[None, :] < torch.tensor([[37], [20], [5]]))[:, None, None, :]
+
+    def through_fp32(q, k, v):
+        scores = (torch.matmul(q, k.transpose(-1, -2)) * 0.25).masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(dropout(probs, 0.1, True), v)
+
+    outs, grads = [], []
+    for fn in (lambda q, k, v: attention(q, k, v, mask, 0.1, True, 0.25), through_fp32):
+        torch.manual_seed(1)  # the same dropout mask for both
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves)
+        out.float().pow(2).sum().backward()
+        outs.append(out.float())
+        grads.append([t.grad.float() for t in leaves])
+    scale = outs[1].abs().max()
+    assert (outs[0] - outs[1]).abs().max() <= 0.02 * scale
+    for ours, theirs in zip(*grads, strict=True):
+        assert (ours - theirs).abs().max() <= 0.02 * theirs.abs().max()
+    assert not torch.equal(outs[0], torch.zeros_like(outs[0]))
