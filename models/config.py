@@ -60,7 +60,7 @@ class TrainConfig:
     head_lr_factor: float = 1.0  # the head's learning rate is this times learning_rate
     budget_seconds: float | None = None  # training stops here with the best weights so far
     recipe: dict = field(default_factory=dict)  # what decided the choices above (refit.training.recipe)
-    # --- defences and compression (issue 10) ------------------------------------------------
+    # --- defences and compression ------------------------------------------------
     augment_delete_rate: float = 0.0  # training texts only (models/augment.py)
     augment_swap_rate: float = 0.0
     augment_synonym_rate: float = 0.0

@@ -93,7 +93,7 @@ def announce_retrain(settings: Settings, summary: dict, champion: dict | None) -
     if not signal_driven or champion is None:
         return False
     version = champion["version"] if champion else None
-    # issue 8: the signals table and a browser link to the report, to Slack and the JSON webhook
+    # the signals table and a browser link to the report, to Slack and the JSON webhook
     report_url = browser_url(settings, summary["html_uri"])
     send(settings, drift_notice(summary, version, report_url, current_run_url(settings)))
     return True

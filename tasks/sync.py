@@ -1,4 +1,4 @@
-"""The sync task: one pull from the team's Postgres table (issue 16)."""
+"""The sync task: one pull from the team's Postgres table."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def demo(
         emit(report, True, "")
 
 
-# --- the local stack (issue 8) ----------------------------------------------------------------
+# --- the local stack ----------------------------------------------------------------
 def up(
     port: Annotated[int, typer.Option(help="The Prefect server's port.")] = 4200,
     host: Annotated[str, typer.Option(help="The address the Prefect server listens on.")] = "127.0.0.1",
@@ -72,7 +72,7 @@ def down(state_dir: StateDirOpt = Path(".refit/stack"), as_json: JsonOpt = False
     emit(result, as_json, f"stopped {len(result['stopped'])} process(es)")
 
 
-# --- defences and compression (issue 10) ------------------------------------------------------
+# --- defences and compression ------------------------------------------------------
 def ablate(
     snapshot: Annotated[int | None, typer.Option("--snapshot", help="Snapshot to train on (default: latest).")] = None,
     variants: Annotated[

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     )
     work_dir: Path = Field(default=Path(".refit/work"), description="Local scratch for checkpoints.")
 
-    # --- publishing (issue 7) -----------------------------------------------------------------
+    # --- publishing -----------------------------------------------------------------
     model_name: str = Field(
         default="satisfaction",
         pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         default=10, ge=1, description="`refit gc` keeps this many newest versions, plus every version ever champion."
     )
 
-    # --- serving (issue 7) --------------------------------------------------------------------
+    # --- serving --------------------------------------------------------------------
     serve_host: str = Field(default="127.0.0.1", description="Where `refit serve` listens.")
     serve_port: int = Field(default=8080, ge=1, le=65535)
     serve_token: SecretStr | None = Field(
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     serve_log_flush_s: float = Field(default=2.0, gt=0, description="How often logged predictions are written.")
     slack_webhook_url: SecretStr | None = Field(default=None, description="Incoming-webhook URL.")
 
-    # --- live rollout (issue 18) --------------------------------------------------------------
+    # --- live rollout --------------------------------------------------------------
     rollout: Literal["off", "shadow", "canary"] = Field(
         default="off",
         description="What a challenger that passes the gate does: off (it becomes champion at once), shadow "
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     )
     rollout_poll_s: float = Field(default=60, gt=0, description="How often `refit serve` checks the candidate pointer.")
 
-    # --- notifications (issue 8) --------------------------------------------------------------
+    # --- notifications --------------------------------------------------------------
     slack_webhook_block: str | None = Field(
         default=None,
         description="A saved Prefect block holding the Slack URL: NAME (a slack-webhook block) or TYPE-SLUG/NAME.",
@@ -193,7 +193,7 @@ class Settings(BaseSettings):
         default_factory=dict, description="refit column=file column,... e.g. text=review_body,created_at=ts"
     )
 
-    # --- the Postgres source (issue 16): `refit sync` and the sync deployment -----------------
+    # --- the Postgres source: `refit sync` and the sync deployment -----------------
     source_url: str | None = Field(
         default=None, description="Postgres URL of the team's database that feedback is pulled from (read-only)."
     )
@@ -235,7 +235,7 @@ class Settings(BaseSettings):
         " trained on.",
     )
 
-    # --- drift (issue 4) ----------------------------------------------------------------------
+    # --- drift ----------------------------------------------------------------------
     # The drift decision policy; README "Drift policy" explains each one.
     drift_min_rows: int = Field(default=100, ge=1, description="Below this, drift says 'insufficient data'.")
     drift_sample_cap: int = Field(default=2000, ge=10, description="Rows per side measured (time-stratified).")
@@ -284,7 +284,7 @@ class Settings(BaseSettings):
             raise ValueError("REFIT_DRIFT_CONFIRM_N cannot exceed REFIT_DRIFT_CONFIRM_M")
         return self
 
-    # --- end drift (issue 4) -------------------------------------------------------------------
+    # --- end drift -------------------------------------------------------------------
 
     # --- training ----------------------------------------------------------------------------
     recipe: Literal["auto", "manual"] = Field(
@@ -321,7 +321,7 @@ class Settings(BaseSettings):
     max_train_rows: int | None = Field(default=None, ge=1, description="Newest rows kept for training.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    # --- model (issue 5) -----------------------------------------------------------------------
+    # --- model -----------------------------------------------------------------------
     fine_tune: Strategy = Field(
         default="full", description="full; freeze the lower REFIT_FREEZE_LAYERS layers; or LoRA adapters (merged)."
     )
@@ -357,7 +357,7 @@ class Settings(BaseSettings):
         " (encoders 128+ wide).",
     )
 
-    # --- defences and compression (issue 10) ---------------------------------------------------
+    # --- defences and compression ---------------------------------------------------
     augment_delete_rate: float = Field(default=0.0, ge=0, le=1, description="EDA: chance a training word is dropped.")
     augment_swap_rate: float = Field(default=0.0, ge=0, le=1, description="EDA: word swaps per training word.")
     augment_synonym_rate: float = Field(
@@ -470,7 +470,7 @@ class Settings(BaseSettings):
             raise ValueError("class names must be distinct")
         return value
 
-    # --- security (issue 9): a credential may name a Prefect Secret block instead (refit/secrets.py)
+    # --- security: a credential may name a Prefect Secret block instead (refit/secrets.py)
     @field_validator(
         "database_url",
         "source_url",
@@ -520,25 +520,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"REFIT_GATE_METRIC={self.gate_metric} does not fit REFIT_TASK={self.task}")
         if self.dev_fraction + self.test_fraction >= 0.8:
             raise ValueError("REFIT_DEV_FRACTION + REFIT_TEST_FRACTION leave too little for training")
-        # --- model (issue 5)
+        # --- model
         if self.early_stopping_metric is not None:
             fits = {"regression": ("mse", "mae", "spearman"), "classification": ("accuracy", "macro_f1")}
             if self.early_stopping_metric not in fits[self.task]:
                 raise ValueError(
                     f"REFIT_EARLY_STOPPING_METRIC={self.early_stopping_metric} does not fit REFIT_TASK={self.task}"
                 )
-        # --- defences and compression (issue 10)
+        # --- defences and compression
         if self.prune_heads and self.fine_tune == "lora":
             raise ValueError("REFIT_PRUNE_HEADS does not combine with REFIT_FINE_TUNE=lora")
         if self.prune_heads and self.epochs is not None and self.epochs < 2:
             raise ValueError("REFIT_PRUNE_HEADS needs REFIT_EPOCHS >= 2: heads go after epoch 1, then it fine-tunes")
-        # --- the Postgres source (issue 16)
+        # --- the Postgres source
         if self.source_table and self.source_query:
             raise ValueError("set REFIT_SOURCE_TABLE or REFIT_SOURCE_QUERY, not both")
         return self
 
     def require_source(self) -> str:
-        """The source URL, or a clear error naming what to set (issue 16)."""
+        """The source URL, or a clear error naming what to set."""
         if not self.source_url:
             raise ConfigError("REFIT_SOURCE_URL is not set: the Postgres database that feedback is pulled from")
         if not (self.source_table or self.source_query):

@@ -227,7 +227,7 @@ def snapshot_rows(engine: Engine, snapshot: Snapshot, config: SplitConfig, after
 
 
 def superseded_rows(engine: Engine, snapshot: Snapshot) -> list[dict]:
-    """The earlier versions of rows this snapshot covered that were edited since (issue 16).
+    """The earlier versions of rows this snapshot covered that were edited since.
 
     An edited source row replaces its stored version, which moves to ``feedback_history`` with
     the ``id`` it had; a snapshot (the ids up to ``watermark_to``) covered it, so the models

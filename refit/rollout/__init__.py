@@ -1,2 +1,2 @@
-"""Live rollout (issue 18): a challenger that passed the gate is tried on live traffic (shadow,
+"""Live rollout: a challenger that passed the gate is tried on live traffic (shadow,
 then canary) before it becomes champion, and is stopped when live numbers turn bad."""

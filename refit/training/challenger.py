@@ -153,7 +153,7 @@ def train_challenger(
         "dev_set": devset.version,
     }
     test = rows[rows["split"] == "test"]
-    # --- defences and compression (issue 10): K seeds, or this run plus previous champions
+    # --- defences and compression: K seeds, or this run plus previous champions
     ensemble = settings.ensemble_size > 1
     runs = settings.ensemble_size if ensemble and settings.ensemble_source == "seeds" else 1
     members: list[Path] = []

@@ -68,7 +68,7 @@ def train_config(
         budget_seconds=recipe.budget_seconds,
         head_lr_factor=recipe.head_lr_factor,
         recipe=recipe.as_dict(),
-        # --- defences and compression (issue 10)
+        # --- defences and compression
         augment_delete_rate=settings.augment_delete_rate,
         augment_swap_rate=settings.augment_swap_rate,
         augment_synonym_rate=settings.augment_synonym_rate,
