@@ -1,7 +1,8 @@
 """Training the challenger: no retries, and no cache across runs, by design.
 
-The recipe is :func:`refit.training.challenger.train_challenger`; this task only adds Prefect's
-timeout, cache within a run, and run logger.
+The training itself is :func:`refit.training.challenger.train_challenger` (in this process) or
+:func:`refit.training.launch.train_in_child` (in a child process); this task only picks one and
+adds Prefect's timeout, cache within a run, and run logger.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from prefect import get_run_logger, task
 from refit.core.settings import Settings
 from refit.data.snapshots import Snapshot
 from refit.tasks import RESUMABLE
-from refit.training import challenger as recipe
+from refit.training import challenger, launch
 from refit.training.challenger import Challenger
 
 
@@ -23,5 +24,5 @@ def train_challenger(settings: Settings, snapshot: Snapshot, champion: dict | No
     in a child process whose death (out of memory, SIGKILL) fails the run cleanly; with
     REFIT_TRAIN_PROCESSES above 1, in that many data-parallel child processes under torchrun."""
     in_child = settings.train_in_child_process or settings.train_processes > 1
-    train = recipe.train_in_child if in_child else recipe.train_challenger
+    train = launch.train_in_child if in_child else challenger.train_challenger
     return train(settings, snapshot, champion, logger=get_run_logger())

@@ -41,7 +41,7 @@ from refit.core.errors import RefitError
 from refit.sim.replay import NoFaults
 from refit.sim.sandbox import Sandbox
 from refit.sim.stream import Step
-from refit.training.challenger import CHILD_MODULE
+from refit.training.launch import CHILD_MODULE
 
 FAULTS = (
     "s3_unreachable",
@@ -275,7 +275,7 @@ def drop_when_blocked(admin, schema: str, table: str, application_name: str, tim
 
 
 def kill_training_when_started(stop: threading.Event, after_s: float, state: dict) -> None:
-    """Watch this process's children for a training process (``python -m refit.training.challenger``);
+    """Watch this process's children for a training process (``python -m refit.training.launch``);
     once it reports that it trains (its status file), SIGKILL it ``after_s`` seconds later, as an
     out-of-memory kill would. Sets ``state["killed"]`` when the kill landed."""
     import psutil

@@ -1,5 +1,5 @@
-"""The blend step of the recipe: TF-IDF fitted on the challenger's own training rows, saved in its
-checkpoint, and mixed with the BERT's predictions by a weight fitted on the validation fold.
+"""Blending a challenger with TF-IDF: TF-IDF fitted on the challenger's own training rows, saved in
+its checkpoint, and mixed with the BERT's predictions by a weight fitted on the validation fold.
 
 On a few hundred reviews TF-IDF is often as good as a fine-tuned BERT and makes different
 mistakes, so the mix beats both; on tens of thousands the fold gives the BERT nearly all the

@@ -22,7 +22,7 @@ from refit.flows.retrain import retrain
 from refit.ops.synth import generate_feedback, write_feedback
 from refit.registry.layout import model_prefix
 from refit.registry.store import open_store
-from refit.training.challenger import CHILD_MODULE, TrainingKilled, train_in_child
+from refit.training.launch import CHILD_MODULE, TrainingKilled, train_in_child
 
 from helpers import count
 
