@@ -1,9 +1,16 @@
-"""Publishing the challenger and recording the gate decision."""
+"""Publishing the challenger and recording the gate decision.
+
+Every version is published by :func:`upload`, whether it then becomes champion at once
+(:func:`record`) or goes to a live rollout first (:func:`refit.tasks.rollout.start_rollout`), and
+:func:`complete_artifacts` runs first: a candidate carries the same artifacts, and is served the
+same way, as it would as champion.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -15,7 +22,9 @@ from refit.core.settings import Settings
 from refit.data.db import engine_for
 from refit.data.snapshots import Snapshot
 from refit.gate.rule import GateDecision
-from refit.models.checkpoint import read_metadata
+from refit.models.checkpoint import read_metadata, write_metadata
+from refit.models.predict import Predictor
+from refit.models.quantize import INT8_FILE, RUNTIME, quantized
 from refit.registry.promotion import record_decision
 from refit.registry.store import store_for
 from refit.registry.versions import Published, publish_checkpoint, withdraw_unregistered
@@ -25,8 +34,19 @@ from refit.training.challenger import Challenger
 
 @task(name="upload-checkpoint", cache_policy=NONE, timeout_seconds=3600, **IO_RETRIES)
 def upload(settings: Settings, challenger: Challenger) -> Published:
-    """Publish the checkpoint (a retry after a crash completes it). Inside a transaction, a later
-    failure withdraws it again (see :func:`withdraw`)."""
+    """Publish the checkpoint (a retry after a crash completes it), its artifacts completed first
+    (:func:`complete_artifacts`). Inside a transaction, a later failure withdraws it again (see
+    :func:`withdraw`)."""
+    made = complete_artifacts(settings, challenger.folder)
+    if made is not None:
+        get_run_logger().info(
+            "int8 artifact made at publishing: largest difference %.4f on %d %s (tolerance %.4f)%s",
+            made["max_abs_diff"],
+            made["dev_rows"],
+            made["source"],
+            made["tolerance"],
+            "" if made["file"] else ": over it, no file",
+        )
     published = publish_checkpoint(store_for(settings), challenger.folder, challenger.version, settings.model_name)
     get_run_logger().info("published %s to %s", published.version, published.uri)
     txn = get_transaction()
@@ -34,6 +54,46 @@ def upload(settings: Settings, challenger: Challenger) -> Published:
         txn.set("settings", settings)
         txn.set("published_version", published.version)
     return published
+
+
+def complete_artifacts(settings: Settings, folder: Path) -> dict | None:
+    """Make the artifacts every published version carries when the checkpoint came without them.
+
+    That is the int8 artifact (``model.int8.onnx`` and its record in ``refit.json``, with
+    ``REFIT_PUBLISH_INT8``). A checkpoint the training run measured keeps its record, with the
+    file or without it (over the tolerance); one with no record (trained with the step off, or
+    saved by other code) is quantized here and measured against its float self on its dev sample
+    (``dev_sample.jsonl``; fixed texts for a checkpoint without one), as serving's own check does,
+    and the file is saved when the largest difference is within ``REFIT_SERVE_QUANTIZE_TOLERANCE``.
+    So a version has the same files whichever way it goes after publishing.
+
+    Returns:
+        The int8 record made here, or None when nothing was to be made.
+    """
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    if not settings.publish_int8 or meta.get("int8") is not None:
+        return None
+    tolerance = settings.serve_quantize_tolerance
+    check = quantized(Predictor(folder, verify=False), math.inf)
+    close = check.int8_check
+    record = {
+        "file": None,
+        "runtime": RUNTIME,
+        "dev_rows": close["rows"],
+        "source": close["source"],
+        "max_abs_diff": close["max_abs_diff"],
+        "mean_abs_diff": close["mean_abs_diff"],
+        "label_agreement": close["label_agreement"],
+        "tolerance": tolerance,
+        "made": "at publishing",
+    }
+    if close["max_abs_diff"] <= tolerance:
+        check.model.save(folder / INT8_FILE)
+        record.update(file=INT8_FILE, bytes=(folder / INT8_FILE).stat().st_size)
+    meta["int8"] = record
+    write_metadata(folder, meta)
+    return record
 
 
 @upload.on_rollback

@@ -5,8 +5,10 @@ At every step the guards come first, each as soon as it has its minimum rows:
 
 - ``error_rate``: the candidate's live error rate above the champion's by more than
   ``max_error_increase`` (both models with at least ``guard_min_items`` request items);
-- ``latency``: the candidate's p99 model latency above ``max_p99_ratio`` times the champion's
-  (the same minimum; a p99 under ``LATENCY_FLOOR_MS`` counts as that floor);
+- ``latency``: the candidate's p99 model latency per item above ``max_p99_ratio`` times the
+  champion's (a p99 under ``LATENCY_FLOOR_MS`` counts as that floor), like with like: on the calls
+  of the sizes both models made, once both have ``guard_min_items`` rows there; until then, when
+  they share too few call sizes, per item over calls of every size (the same minimum of items);
 - ``live_metric``: the candidate worse than the champion on the joined live labels by the gate's
   paired-bootstrap rule: the whole interval of its improvement is below zero (at least
   ``guard_min_labels`` paired labels);
@@ -142,18 +144,7 @@ def guard_checks(evidence: Evidence, policy: RolloutPolicy) -> list[Check]:
         detail = f"error rate: {fewest} of {policy.items_needed} request items per model"
         checks.append(Check("error_rate", "guard", "waiting", detail, None, policy.max_error_increase))
 
-    if enough and champion.p99_ms is not None and candidate.p99_ms is not None:
-        ratio = candidate.p99_ms / max(champion.p99_ms, LATENCY_FLOOR_MS)
-        failed = ratio > policy.max_p99_ratio
-        detail = (
-            f"candidate p99 {_ms(candidate.p99_ms)} vs champion {_ms(champion.p99_ms)} "
-            f"({ratio:.2f}x; {'above' if failed else 'within'} {policy.max_p99_ratio:g}x)"
-        )
-        checks.append(Check("latency", "guard", "failed" if failed else "passed", detail, ratio, policy.max_p99_ratio))
-    else:
-        missing = "" if enough else f"{fewest} of {policy.items_needed} request items per model"
-        detail = f"latency: {missing or 'no latency logged'}"
-        checks.append(Check("latency", "guard", "waiting", detail, None, policy.max_p99_ratio))
+    checks.append(latency_check(evidence, policy, enough, fewest))
 
     comparison = evidence.comparison
     if evidence.labels >= policy.labels_needed and comparison is not None:
@@ -190,6 +181,48 @@ def guard_checks(evidence: Evidence, policy: RolloutPolicy) -> list[Check]:
         detail = f"disagreement: {evidence.paired} of {policy.paired_needed} paired items"
         checks.append(Check("disagreement", "guard", "waiting", detail, None, policy.max_disagreement))
     return checks
+
+
+def _sizes(sizes: list[int]) -> str:
+    if not sizes:
+        return ""
+    if len(sizes) == 1:
+        return f"{sizes[0]} item{'s' if sizes[0] != 1 else ''}"
+    if sizes == list(range(sizes[0], sizes[-1] + 1)):
+        return f"{sizes[0]}-{sizes[-1]} items"
+    return ", ".join(str(n) for n in sizes) + " items"
+
+
+def _timed(model, timed: int | None) -> int:
+    return model.items if timed is None else timed
+
+
+def latency_check(evidence: Evidence, policy: RolloutPolicy, enough: bool, fewest: int) -> Check:
+    """The latency guard: the two models' p99 per item, on calls of the sizes both made when each
+    has its minimum rows there, else over calls of every size (``waiting`` before either)."""
+    champion, candidate = evidence.champion, evidence.candidate
+    same = min(_timed(champion, champion.timed), _timed(candidate, candidate.timed))
+    if enough and same >= policy.items_needed and champion.p99_ms is not None and candidate.p99_ms is not None:
+        ours, theirs = candidate.p99_ms, champion.p99_ms
+        sizes = _sizes(sorted(set(champion.call_sizes) & set(candidate.call_sizes)))
+        basis = f", per item on calls of {sizes}" if sizes else ""
+    elif enough and champion.any_size_p99_ms is not None and candidate.any_size_p99_ms is not None:
+        ours, theirs = candidate.any_size_p99_ms, champion.any_size_p99_ms
+        basis = (
+            f", per item over calls of every size: only {same} of {policy.items_needed} items on calls of a size"
+            f" both made (champion {_sizes(champion.any_call_sizes)}, candidate {_sizes(candidate.any_call_sizes)})"
+        )
+    else:
+        missing = "" if enough else f"{fewest} of {policy.items_needed} request items per model"
+        detail = f"latency: {missing or 'no latency logged'}"
+        return Check("latency", "guard", "waiting", detail, None, policy.max_p99_ratio)
+    ratio = ours / max(theirs, LATENCY_FLOOR_MS)
+    failed = ratio > policy.max_p99_ratio
+    detail = (
+        f"candidate p99 {_ms(ours)} vs champion {_ms(theirs)} "
+        f"({ratio:.2f}x; {'above' if failed else 'within'} {policy.max_p99_ratio:g}x){basis}"
+    )
+    return Check("latency", "guard", "failed" if failed else "passed", detail, ratio, policy.max_p99_ratio)
 
 
 def exit_checks(evidence: Evidence, policy: RolloutPolicy, guards: list[Check]) -> list[Check]:

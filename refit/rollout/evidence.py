@@ -4,11 +4,19 @@ answers compare with what users said later.
 ``refit serve`` logs one ``prediction_log`` row per (request item, model) while a rollout is live:
 both rows of a request item share the ``request_id`` and carry the rollout's id, the model's role
 (``champion`` or ``candidate``), whether it was the answer returned (``served``), the model call's
-``latency_ms``, an ``error`` when the call failed (the prediction columns are then NULL), and the
-``feedback_id``, ``user_id`` and ``item_id`` when the request carried them. This module reads those
-rows for the live stage's window (from ``stage_started_at``) and gives, per model, the request
-items scored, the error rate and the p50/p99 latency; over the request items both models scored,
-how far their answers are apart; and the live metric on feedback joined to the predictions.
+``latency_ms`` and its size (``call_items``), an ``error`` when the call failed (the prediction
+columns are then NULL), and the ``feedback_id``, ``user_id`` and ``item_id`` when the request
+carried them. This module reads those rows for the live stage's window (from ``stage_started_at``)
+and gives, per model, the request items scored, the error rate and the p50/p99 latency; over the
+request items both models scored, how far their answers are apart; and the live metric on feedback
+joined to the predictions.
+
+**Latency, like with like.** A call's ``latency_ms`` is the time of the whole call, and the two
+models' calls need not hold as many items (a live call may batch several requests). Each row's
+latency is therefore taken per item (``latency_ms / call_items``; a row logged without a size
+counts as a call of one), and the p50/p99 compare the calls of the sizes both models made
+(``call_sizes``). The per-item p99 over calls of every size is kept beside it (``any_size_p99_ms``),
+for a stage whose two models share too few call sizes.
 
 **Joining.** A feedback row joins a logged prediction by its ``feedback_id``, or, for a prediction
 logged without one, by the same ``user_id`` and ``item_id`` with the feedback created at or after
@@ -37,13 +45,29 @@ ROLES = ("champion", "candidate")
 _LIVE = text("SELECT *, now() AS as_of FROM rollouts WHERE ended_at IS NULL")
 _LATEST = text("SELECT *, now() AS as_of FROM rollouts ORDER BY id DESC LIMIT 1")
 
-# Per model over the stage's window: request items (rows), requests, failed calls, latency.
+# Per model over the stage's window: request items (rows), requests, failed calls.
 _PER_MODEL = text(
     "SELECT role, count(*) AS items, count(DISTINCT request_id) AS requests,"
-    " count(*) FILTER (WHERE error IS NOT NULL) AS errors,"
-    " percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms,"
-    " percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_ms"
+    " count(*) FILTER (WHERE error IS NOT NULL) AS errors"
     " FROM prediction_log WHERE rollout_id = :rollout AND logged_at >= :since GROUP BY role"
+)
+
+# Per model and per item: the latency of each row's call over its size, on the calls of the sizes
+# both models made (basis 'same_size') and on every call (basis 'any_size').
+_LATENCY = text(
+    "WITH t AS ("
+    " SELECT role, coalesce(call_items, 1) AS size, latency_ms / coalesce(call_items, 1) AS item_ms"
+    " FROM prediction_log WHERE rollout_id = :rollout AND logged_at >= :since AND latency_ms IS NOT NULL),"
+    " common AS (SELECT size FROM t GROUP BY size HAVING count(DISTINCT role) = 2)"
+    " SELECT role, 'same_size' AS basis, count(*) AS timed, array_agg(DISTINCT size) AS sizes,"
+    " percentile_cont(0.5) WITHIN GROUP (ORDER BY item_ms) AS p50_ms,"
+    " percentile_cont(0.99) WITHIN GROUP (ORDER BY item_ms) AS p99_ms"
+    " FROM t WHERE size IN (SELECT size FROM common) GROUP BY role"
+    " UNION ALL"
+    " SELECT role, 'any_size' AS basis, count(*) AS timed, array_agg(DISTINCT size) AS sizes,"
+    " percentile_cont(0.5) WITHIN GROUP (ORDER BY item_ms) AS p50_ms,"
+    " percentile_cont(0.99) WITHIN GROUP (ORDER BY item_ms) AS p99_ms"
+    " FROM t GROUP BY role"
 )
 
 # The window's successful calls, numbered within each (request, text, ids) so that a request that
@@ -106,9 +130,15 @@ class ModelEvidence:
         requests: distinct requests among them.
         errors: calls that failed.
         error_rate: ``errors / items`` (None before any item).
-        p50_ms, p99_ms: the model call's latency percentiles.
+        p50_ms, p99_ms: the latency percentiles per item (a call's latency over its items), on the
+            calls of the sizes both models made.
         labels: feedback rows joined to its predictions.
         live: its metrics on those joined labels (empty before any).
+        timed: the rows behind ``p50_ms`` and ``p99_ms`` (None: all ``items``).
+        call_sizes: the call sizes they cover (empty: not known).
+        any_size_p99_ms: the per-item p99 over its calls of every size.
+        any_size_timed: the rows behind it (None: all ``items``).
+        any_call_sizes: the sizes of all its calls.
     """
 
     role: str
@@ -121,6 +151,11 @@ class ModelEvidence:
     p99_ms: float | None = None
     labels: int = 0
     live: dict = field(default_factory=dict)
+    timed: int | None = None
+    call_sizes: list[int] = field(default_factory=list)
+    any_size_p99_ms: float | None = None
+    any_size_timed: int | None = None
+    any_call_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -215,6 +250,7 @@ def gather_evidence(
         as_of = conn.execute(text("SELECT now()")).scalar()
         champion_now = conn.execute(text("SELECT champion FROM registry_head WHERE id = 1")).scalar()
         per_model = {r["role"]: dict(r) for r in conn.execute(_PER_MODEL, params).mappings()}
+        latency = {(r["role"], r["basis"]): dict(r) for r in conn.execute(_LATENCY, params).mappings()}
         agreement = conn.execute(_AGREEMENT, params).mappings().one()
         paired_rows = conn.execute(_PAIRED_LABELS, params).mappings().all()
         model_rows = conn.execute(_MODEL_LABELS, params).mappings().all()
@@ -233,6 +269,7 @@ def gather_evidence(
                 predicted.append(p)
         items = int(stats.get("items") or 0)
         errors = int(stats.get("errors") or 0)
+        same, every = latency.get((role, "same_size"), {}), latency.get((role, "any_size"), {})
         models[role] = ModelEvidence(
             role=role,
             version=rollout["champion_version"] if role == "champion" else rollout["version"],
@@ -240,10 +277,15 @@ def gather_evidence(
             requests=int(stats.get("requests") or 0),
             errors=errors,
             error_rate=errors / items if items else None,
-            p50_ms=_float(stats.get("p50_ms")),
-            p99_ms=_float(stats.get("p99_ms")),
+            p50_ms=_float(same.get("p50_ms")),
+            p99_ms=_float(same.get("p99_ms")),
             labels=len(truth),
             live=_metrics(task, np.asarray(truth), np.asarray(predicted), n_labels) if truth else {},
+            timed=int(same.get("timed") or 0),
+            call_sizes=sorted(same.get("sizes") or []),
+            any_size_p99_ms=_float(every.get("p99_ms")),
+            any_size_timed=int(every.get("timed") or 0),
+            any_call_sizes=sorted(every.get("sizes") or []),
         )
 
     truth, champion, candidate = [], [], []

@@ -52,6 +52,11 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _timed(model: dict) -> str:
+    sizes = model.get("call_sizes") or []
+    return f"{model.get('timed') or 0} ({', '.join(str(n) for n in sizes) or '-'})"
+
+
 def evidence_rows(evidence: dict) -> tuple[list[str], list[list[str]]]:
     """The evidence as a table: one row per measure, a column per model.
 
@@ -70,6 +75,11 @@ def evidence_rows(evidence: dict) -> tuple[list[str], list[list[str]]]:
         ["error rate", *(_pct(m["error_rate"]) for m in both)],
         ["p50 latency (ms)", *(_ms(m["p50_ms"]) for m in both)],
         ["p99 latency (ms)", *(_ms(m["p99_ms"]) for m in both)],
+    ]
+    # The latency rows are per item, on calls of the sizes both models made (older evidence: none).
+    if any(m.get("timed") is not None for m in both):
+        rows.append(["items timed (call sizes)", *(_timed(m) for m in both)])
+    rows += [
         ["joined labels", *(str(m["labels"]) for m in both)],
         [f"live {metric}", *(_num((m["live"] or {}).get(metric)) for m in both)],
     ]

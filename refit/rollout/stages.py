@@ -119,11 +119,9 @@ def start_rollout(
     Returns:
         ``{"outcome": "rollout" or "superseded", "rollout_id", "stage", "superseded_rollout"}``.
     """
-    if stage not in ("shadow", "canary"):
-        raise ValueError(f"a rollout starts in shadow or canary, not {stage!r}")
-    if not decision.promote:
-        raise ValueError("only a challenger that passed the gate starts a rollout")
+    _check_start(stage, decision)
     gate = json_safe(decision.as_dict())
+    who = {"actor": actor, "flow_run_id": flow_run_id}  # the log lines' actor and run
     previous = read_candidate(store, model_name)
     written: dict = {}
     try:
@@ -142,56 +140,10 @@ def start_rollout(
                 flow_run_id=flow_run_id,
             )
             if not still:
-                reason = (
-                    f"superseded: the gate passed against {champion_version}, but {current} became champion "
-                    f"meanwhile; {decision.reason}"
-                )
-                log_entry(
-                    conn,
-                    version=published.version,
-                    champion_version=champion_version,
-                    decision="superseded",
-                    reason=reason,
-                    actor=actor,
-                    flow_run_id=flow_run_id,
-                    gate=gate,
-                )
+                _log_superseded_challenger(conn, published, champion_version, current, decision, gate, **who)
                 return {"outcome": "superseded", "rollout_id": None, "stage": None, "superseded_rollout": None}
-            old = conn.execute(
-                text(
-                    "UPDATE rollouts SET stage = 'superseded', ended_at = now(), reason = :r"
-                    " WHERE ended_at IS NULL RETURNING id, version, champion_version"
-                ),
-                {"r": f"superseded by {published.version}, which passed the gate later"},
-            ).first()
-            if old is not None:
-                conn.execute(
-                    text("UPDATE model_versions SET status = 'rejected' WHERE version = :v AND status = 'candidate'"),
-                    {"v": old.version},
-                )
-                log_entry(
-                    conn,
-                    version=old.version,
-                    champion_version=old.champion_version,
-                    decision="superseded",
-                    reason=f"rollout {old.id} superseded by {published.version}, which passed the gate later",
-                    actor=actor,
-                    flow_run_id=flow_run_id,
-                )
-            rollout_id = conn.execute(
-                text("INSERT INTO rollouts (version, champion_version, stage) VALUES (:v, :c, :s) RETURNING id"),
-                {"v": published.version, "c": champion_version, "s": stage},
-            ).scalar_one()
-            log_entry(
-                conn,
-                version=published.version,
-                champion_version=champion_version,
-                decision=stage,
-                reason=f"gate passed; live rollout {rollout_id} starts in {stage}: {decision.reason}",
-                actor=actor,
-                flow_run_id=flow_run_id,
-                gate={**gate, "rollout": {"id": rollout_id, "stage": stage}},
-            )
+            old = _supersede_live_rollout(conn, published, **who)
+            rollout_id = _open_rollout(conn, published, champion_version, stage, decision, gate, **who)
             write_candidate(
                 store,
                 published,
@@ -214,6 +166,100 @@ def start_rollout(
         "stage": stage,
         "superseded_rollout": old.id if old is not None else None,
     }
+
+
+def _check_start(stage: str, decision: GateDecision) -> None:
+    """Refuse a rollout that cannot start: another stage than shadow or canary, or a failed gate."""
+    if stage not in ("shadow", "canary"):
+        raise ValueError(f"a rollout starts in shadow or canary, not {stage!r}")
+    if not decision.promote:
+        raise ValueError("only a challenger that passed the gate starts a rollout")
+
+
+def _log_superseded_challenger(
+    conn,
+    published: Published,
+    champion_version: str,
+    current: str | None,
+    decision: GateDecision,
+    gate: dict,
+    *,
+    actor: str,
+    flow_run_id: str | None,
+) -> None:
+    """The champion changed since the gate compared against ``champion_version``: the challenger's
+    ``superseded`` line (its version was recorded rejected)."""
+    reason = (
+        f"superseded: the gate passed against {champion_version}, but {current} became champion "
+        f"meanwhile; {decision.reason}"
+    )
+    log_entry(
+        conn,
+        version=published.version,
+        champion_version=champion_version,
+        decision="superseded",
+        reason=reason,
+        actor=actor,
+        flow_run_id=flow_run_id,
+        gate=gate,
+    )
+
+
+def _supersede_live_rollout(conn, published: Published, *, actor: str, flow_run_id: str | None):
+    """End the rollout already live, if any, as ``superseded`` by ``published`` (its version
+    rejected, a ``superseded`` line). Returns the ended rollout's row, or None."""
+    old = conn.execute(
+        text(
+            "UPDATE rollouts SET stage = 'superseded', ended_at = now(), reason = :r"
+            " WHERE ended_at IS NULL RETURNING id, version, champion_version"
+        ),
+        {"r": f"superseded by {published.version}, which passed the gate later"},
+    ).first()
+    if old is not None:
+        conn.execute(
+            text("UPDATE model_versions SET status = 'rejected' WHERE version = :v AND status = 'candidate'"),
+            {"v": old.version},
+        )
+        log_entry(
+            conn,
+            version=old.version,
+            champion_version=old.champion_version,
+            decision="superseded",
+            reason=f"rollout {old.id} superseded by {published.version}, which passed the gate later",
+            actor=actor,
+            flow_run_id=flow_run_id,
+        )
+    return old
+
+
+def _open_rollout(
+    conn,
+    published: Published,
+    champion_version: str,
+    stage: str,
+    decision: GateDecision,
+    gate: dict,
+    *,
+    actor: str,
+    flow_run_id: str | None,
+) -> int:
+    """The new ``rollouts`` row in ``stage`` and its ``promotion_log`` line (decision ``stage``, the
+    gate's decision in its details). Returns the rollout's id."""
+    rollout_id = conn.execute(
+        text("INSERT INTO rollouts (version, champion_version, stage) VALUES (:v, :c, :s) RETURNING id"),
+        {"v": published.version, "c": champion_version, "s": stage},
+    ).scalar_one()
+    log_entry(
+        conn,
+        version=published.version,
+        champion_version=champion_version,
+        decision=stage,
+        reason=f"gate passed; live rollout {rollout_id} starts in {stage}: {decision.reason}",
+        actor=actor,
+        flow_run_id=flow_run_id,
+        gate={**gate, "rollout": {"id": rollout_id, "stage": stage}},
+    )
+    return rollout_id
 
 
 def advance(

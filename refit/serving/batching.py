@@ -20,6 +20,11 @@ The batch window adapts to what the batcher observes, after BentoML's adaptive b
 - **One bad request does not fail the others.** A call that raises is split in halves, each
   scored on its own, down to the request that fails; the rest get their predictions. All of it
   runs on the version the call started with, even across a hot reload.
+- **One model call, live or in shadow.** :func:`model_call` is the call itself: the features
+  passed only when an item has some and the model reads any, timed on the thread that runs it. The
+  shadow scorer (:mod:`refit.serving.router`) makes its calls with it too, so both models of a
+  rollout are scored and timed the same way; :meth:`Batcher.score` says how many items the call
+  held and how long it took.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +54,23 @@ class _Job:
     features: list[dict] | None
     future: asyncio.Future
     arrived: float
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A request's share of one model call.
+
+    Attributes:
+        prediction: the request's rows, in order.
+        loaded: the version that scored them.
+        call_items: the items the call scored: the request's and those batched with it.
+        seconds: the call's duration, timed on the thread that ran it (not the wait for it).
+    """
+
+    prediction: np.ndarray
+    loaded: Any
+    call_items: int
+    seconds: float
 
 
 @dataclass
@@ -162,6 +186,16 @@ class Batcher:
             Exception: what scoring this request alone raised (e.g. ``ValueError`` for features
                 the model cannot read); requests batched with it are not affected.
         """
+        scored = await self.score(texts, features)
+        return scored.prediction, scored.loaded
+
+    async def score(self, texts: list[str], features: list[dict] | None) -> Scored:
+        """Score ``texts`` in the next batch, as :meth:`submit` does, and say how: the call's size
+        and duration beside the predictions.
+
+        Raises:
+            Exception: what scoring this request alone raised (see :meth:`submit`).
+        """
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running: await start() first")
         loop = asyncio.get_running_loop()
@@ -255,7 +289,8 @@ class Batcher:
         features = [f for job in group for f in (job.features or [{}] * len(job.texts))]
         started = loop.time()
         try:
-            prediction = await loop.run_in_executor(self._executor, _predict, loaded.predictor, texts, features)
+            call = loop.run_in_executor(self._executor, model_call, loaded.predictor, texts, features)
+            prediction, seconds = await call
         except Exception as exc:  # a model failure fails its requests, not the server
             self.calls += 1
             if len(group) == 1:
@@ -271,7 +306,7 @@ class Batcher:
         self.texts += len(texts)
         start = 0
         for job in group:
-            _settle(job, result=(prediction[start : start + len(job.texts)], loaded))
+            _settle(job, result=Scored(prediction[start : start + len(job.texts)], loaded, len(texts), seconds))
             start += len(job.texts)
 
 
@@ -284,6 +319,22 @@ def _settle(job: _Job, result=None, exc: BaseException | None = None) -> None:
         job.future.set_result(result)
 
 
-def _predict(predictor, texts: list[str], features: list[dict]) -> np.ndarray:
-    with_features = any(features) and predictor.feature_names
-    return predictor.predict(texts, features if with_features else None)
+def model_call(predictor, texts: list[str], features: list[dict] | None, predict=None) -> tuple[np.ndarray, float]:
+    """One model call as serving makes it, live or in shadow.
+
+    Args:
+        predictor: the loaded predictor (its ``feature_names`` say whether it reads features).
+        texts: the call's texts.
+        features: one dict per text; passed to the model only when some item has features and the
+            model reads any.
+        predict: the function to call (default ``predictor.predict``; the shadow scorer passes the
+            untimed one, so its calls are not taken for a live batch's).
+
+    Returns:
+        ``(prediction, seconds)``: the rows, and the call's duration on the thread that ran it.
+    """
+    with_features = bool(features) and any(features) and predictor.feature_names
+    call = predict or predictor.predict
+    started = time.perf_counter()
+    prediction = call(texts, features if with_features else None)
+    return prediction, time.perf_counter() - started

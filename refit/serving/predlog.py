@@ -3,8 +3,9 @@ kept while the database is away.
 
 Each row names the model version and its role (``champion`` or ``candidate``), whether it was the
 answer returned (``served``; a model scoring unseen in shadow is not), the live rollout, the
-request's id and the item's ids (what later feedback joins on), the model call's duration, and, for
-a call that failed, the error instead of a prediction.
+request's id and the item's ids (what later feedback joins on), the model call's duration and how
+many items that call scored (``call_items``: the call's time per item is ``latency_ms / call_items``),
+and, for a call that failed, the error instead of a prediction.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class PredictionLog:
         request_id: str | None = None,
         ids: list[dict] | None = None,
         latency_ms: float | None = None,
+        call_items: int | None = None,
         error: str | None = None,
     ) -> None:
         """Queue one row per scored text (its SHA-256 and length, never the text itself).
@@ -72,6 +74,7 @@ class PredictionLog:
             request_id: the request they belong to.
             ids: per text, its ``feedback_id``, ``user_id`` and ``item_id`` (any may be missing).
             latency_ms: the duration of the model call that scored them.
+            call_items: how many items that call scored (it may hold other requests' items too).
             error: what the failed call raised (the rows then have no prediction).
         """
         if records is not None and len(records) != len(texts):
@@ -98,6 +101,7 @@ class PredictionLog:
                     "user": _text(item.get("user_id")),
                     "item": _text(item.get("item_id")),
                     "ms": latency_ms,
+                    "c": call_items,
                     "error": _text(error),
                 }
             )
@@ -131,8 +135,8 @@ class PredictionLog:
                     text(
                         "INSERT INTO prediction_log (model_version, text_sha256, text_chars, satisfaction, label,"
                         " probabilities, role, served, rollout_id, request_id, feedback_id, user_id, item_id,"
-                        " latency_ms, error) VALUES (:v, :h, :n, :s, :l, CAST(:p AS JSONB), :role, :served,"
-                        " :rollout, :request, :feedback, :user, :item, :ms, :error)"
+                        " latency_ms, call_items, error) VALUES (:v, :h, :n, :s, :l, CAST(:p AS JSONB), :role,"
+                        " :served, :rollout, :request, :feedback, :user, :item, :ms, :c, :error)"
                     ),
                     rows,
                 )

@@ -8,10 +8,14 @@ evidence both leave.
   champion: a live request never fails because of the candidate.
 - **Shadow scoring.** The model that did not answer scores a ``shadow_share`` sample of the
   request's items after the response is sent (:class:`ShadowScorer`): only while no live request
-  is in flight, in small batches on a thread of its own, from a bounded queue (items beyond it are
-  dropped and counted). Its answers are never returned.
+  is in flight, on a thread of its own, from a bounded queue (items beyond it are dropped and
+  counted). Its answers are never returned. Its calls are the live calls' size: items answered
+  one at a time are scored one at a time, items answered in a call of k are scored k at a time
+  (at most ``SHADOW_BATCH``), and each call is made and timed as a live call is
+  (:func:`refit.serving.batching.model_call`), so the two models' latencies compare like with like.
 - **Evidence.** While a rollout is live, every row both models score goes to the prediction log
-  (role, served, rollout, request and item ids, the model call's duration, or the error), even
+  (role, served, rollout, request and item ids, the model call's duration and its size, or the
+  error), even
   with ``REFIT_SERVE_LOG_PREDICTIONS`` off; outside one, the log is written only when that setting
   is on. Prometheus gets per-model series (:class:`ModelMetrics`): predictions, errors and model
   call latency by role and version, and the shadow pairs, their disagreements and the drops.
@@ -31,12 +35,12 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
-from refit.serving.batching import Batcher
+from refit.serving.batching import Batcher, model_call
 from refit.serving.follower import Candidate, Champion, Loaded, Rollout
 from refit.serving.predlog import PredictionLog
 
 log = logging.getLogger("refit.serve")
-SHADOW_BATCH = 4  # texts per shadow call: a live request that arrives meanwhile waits for one small call at most
+SHADOW_BATCH = 4  # most texts per shadow call: a live request that arrives meanwhile waits for one small call at most
 SHADOW_QUEUE = 1024  # items waiting to be scored in shadow; more are dropped (and counted)
 IDLE_POLL_S = 0.005  # how often waiting shadow work looks for a moment without live requests
 # How long the live batcher must have been idle before a shadow call starts: under steady load the
@@ -117,10 +121,12 @@ class ShadowItem:
     rollout: Rollout
     served: dict  # the answering model's record of it
     candidate_version: str
+    call_items: int = 1  # the size of the answering model's call: the shadow call mirrors it
 
 
 class ShadowScorer:
-    """Items scored in shadow after their responses: off the live path, in small batches.
+    """Items scored in shadow after their responses: off the live path, in calls the size of the
+    live calls that answered them (at most ``batch`` items).
 
     Work waits until ``idle()`` has said no live request is in flight for ``QUIET_S``, runs on one thread of its own
     (never the live batcher's), and its queue holds at most ``capacity`` items: what comes beyond
@@ -170,16 +176,20 @@ class ShadowScorer:
             self._ready.set()
 
     def _take(self) -> list[ShadowItem]:
-        # Up to `batch` items that one model scores, in queue order; the others keep their places.
+        # The next call: items that one model scores and that were answered in live calls of one
+        # size, as many as that size (at most `batch`), in queue order; the others keep their places.
         while self.queue and not self.live(self.queue[0]):
             self.queue.popleft()
             self.discarded += 1
         if not self.queue:
             return []
-        first, batch, others = self.queue[0].loaded, [], []
-        while self.queue and len(batch) < self.batch:
+        first = self.queue[0]
+        size = max(1, min(self.batch, first.call_items))
+        batch, others = [], []
+        while self.queue and len(batch) < size:
             item = self.queue.popleft()
-            (batch if item.loaded is first else others).append(item)
+            alike = item.loaded is first.loaded and min(self.batch, item.call_items) == size
+            (batch if alike else others).append(item)
         self.queue.extendleft(reversed(others))
         return batch
 
@@ -199,15 +209,22 @@ class ShadowScorer:
                 self._ready.clear()
                 continue
             loaded = batch[0].loaded
+            # The untimed call: the shadow scorer times its own calls, and they must not be taken
+            # for the live batch a request waited on.
+            untimed = loaded.timer.predict if loaded.timer is not None else None
             started = time.perf_counter()
             try:
-                prediction = await loop.run_in_executor(
-                    self._executor, _score, loaded, [i.text for i in batch], [i.features for i in batch]
+                prediction, seconds = await loop.run_in_executor(
+                    self._executor,
+                    model_call,
+                    loaded.predictor,
+                    [i.text for i in batch],
+                    [i.features for i in batch],
+                    untimed,
                 )
                 records, error = loaded.predictor.to_records(prediction), None
             except Exception as exc:  # the shadow model failing never touches a live answer
-                records, error = None, exc
-            seconds = time.perf_counter() - started
+                records, error, seconds = None, exc, time.perf_counter() - started
             try:
                 self.report(batch, records, seconds, error)
             except Exception:  # a bug in reporting must not stop the worker
@@ -219,14 +236,6 @@ class ShadowScorer:
                 self.errors += len(batch)
             if not self.queue:
                 self._ready.clear()
-
-
-def _score(loaded: Loaded, texts: list[str], features: list[dict]):
-    # The untimed call: the shadow scorer times its own calls, and they must not be taken for the
-    # live batch a request waited on.
-    call = loaded.timer.predict if loaded.timer is not None else loaded.predictor.predict
-    with_features = any(features) and loaded.predictor.feature_names
-    return call(texts, features if with_features else None)
 
 
 class _CandidateSource:
@@ -362,7 +371,7 @@ class Router:
                 answer = await self._call(self.champion_batcher, "champion", texts, features, logged, context)
         finally:
             self.live -= 1
-        records, loaded, role = answer
+        records, loaded, role, call_items = answer
         shadow = []
         if rollout is not None and not candidate_failed:
             # The model that did not answer scores a sample of the items unseen, for the pairs.
@@ -371,7 +380,16 @@ class Router:
             for i, text in enumerate(texts):
                 if random.random() < rollout.shadow_share:
                     item = ShadowItem(
-                        other, other_role, text, features[i], ids[i], request_id, rollout, records[i], version
+                        other,
+                        other_role,
+                        text,
+                        features[i],
+                        ids[i],
+                        request_id,
+                        rollout,
+                        records[i],
+                        version,
+                        call_items,
                     )
                     shadow.append(item)
         return Answer(records, loaded, shadow)
@@ -382,15 +400,16 @@ class Router:
         return draw < rollout.share
 
     async def _call(self, batcher, role: str, texts, features, logged: bool, context: dict):
-        """One live model call, counted and logged: ``(records, loaded, role)``.
+        """One live model call, counted and logged: ``(records, loaded, role, call_items)``, the
+        last the size of the call that scored them.
 
         Raises:
             Exception: what the model call raised (its error rows are logged first).
         """
-        submitted = time.perf_counter()
         try:
-            prediction, loaded = await batcher.submit(texts, features)
-            records = loaded.predictor.to_records(prediction)
+            scored = await batcher.score(texts, features)
+            loaded = scored.loaded
+            records = loaded.predictor.to_records(scored.prediction)
         except Exception as exc:
             source = self.champion if role == "champion" else self.candidate_source
             version = source.current.version if source.current is not None else "unknown"
@@ -398,17 +417,22 @@ class Router:
             if logged:
                 self.prediction_log.add(version, texts, None, role=role, served=False, error=error_text(exc), **context)
             raise
-        answered = time.perf_counter()
-        # The duration of the model call that scored it, not the time it waited for its batch.
-        seconds = loaded.timer.within(submitted, answered) if loaded.timer is not None else None
-        seconds = answered - submitted if seconds is None else seconds
         self.metrics.calls(role, loaded)
         self.metrics.predictions.labels(role, loaded.version).inc(len(texts))
         if logged:
+            # The duration of the model call that scored it (not the time it waited for its batch),
+            # and the call's size: the call may hold other requests' items too.
             self.prediction_log.add(
-                loaded.version, texts, records, role=role, served=True, latency_ms=seconds * 1000, **context
+                loaded.version,
+                texts,
+                records,
+                role=role,
+                served=True,
+                latency_ms=scored.seconds * 1000,
+                call_items=scored.call_items,
+                **context,
             )
-        return records, loaded, role
+        return records, loaded, role, scored.call_items
 
     def _report_shadow(self, batch: list[ShadowItem], records: list[dict] | None, seconds: float, error) -> None:
         """Log a shadow call's rows and count them: predictions or errors, pairs and disagreements."""
@@ -436,5 +460,6 @@ class Router:
                     request_id=item.request_id,
                     ids=[item.ids],
                     latency_ms=seconds * 1000,
+                    call_items=len(batch),
                     error=None if error is None else error_text(error),
                 )

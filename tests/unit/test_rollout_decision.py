@@ -251,3 +251,68 @@ def test_a_champion_that_changed_meanwhile_supersedes_the_rollout_before_any_gua
     assert decision.action == "stop" and decision.stopped_by == ["champion_changed"]
     assert "the champion changed during the rollout (v9, not v1" in decision.reason
     assert decide(replace(evidence(), champion_now="v1"), "canary", 1.0, POLICY).action == "advance"
+
+
+def timed(role, p99, timed=600, sizes=(1,), any_p99=None, any_sizes=None):
+    """A model's evidence with its latency per item: ``p99`` on the call sizes both models made
+    (``timed`` rows of ``sizes``), ``any_p99`` over its calls of every size."""
+    return replace(
+        model(role, p99=p99),
+        timed=timed,
+        call_sizes=list(sizes),
+        any_size_p99_ms=p99 if any_p99 is None else any_p99,
+        any_size_timed=600,
+        any_call_sizes=list(any_sizes or sizes),
+    )
+
+
+def test_latency_is_judged_per_item_on_calls_of_the_sizes_both_models_made():
+    # The candidate's 4-item shadow calls took 24 ms (6 ms an item) and its 1-item calls 11 ms; the
+    # champion answered one item at a time in 10 ms. On the calls of one item both made: 1.10x.
+    same = evidence(
+        champion=timed("champion", 10.0, sizes=(1,)),
+        candidate=timed("candidate", 11.0, sizes=(1,), any_p99=11.0, any_sizes=(1, 4)),
+    )
+    decision = decide(same, "shadow", 0.1, POLICY)
+    assert decision.action == "advance", decision.reason
+    check = next(c for c in decision.checks if c.name == "latency")
+    assert check.status == "passed" and check.value == pytest.approx(1.1)
+    assert check.detail == "candidate p99 11.0 ms vs champion 10.0 ms (1.10x; within 1.5x), per item on calls of 1 item"
+
+    # A candidate truly slower per item is stopped on the same calls.
+    slow = evidence(champion=timed("champion", 10.0), candidate=timed("candidate", 16.0))
+    decision = decide(slow, "shadow", 0.1, POLICY)
+    assert decision.action == "stop" and decision.stopped_by == ["latency"]
+    assert "p99 16.0 ms vs champion 10.0 ms (1.60x; above 1.5x), per item on calls of 1 item" in decision.reason
+
+
+def test_with_too_few_calls_of_a_common_size_latency_is_judged_per_item_over_every_size():
+    # Under load the champion answers in calls of 8 to 32 items and shadow calls hold at most 4:
+    # only 20 items share a size. The guard then compares per item over every call.
+    few = evidence(
+        champion=timed("champion", 9.0, timed=20, sizes=(4,), any_p99=2.0, any_sizes=range(8, 33)),
+        candidate=timed("candidate", 9.5, timed=20, sizes=(4,), any_p99=2.5, any_sizes=(4,)),
+    )
+    check = next(c for c in decide(few, "shadow", 0.1, POLICY).checks if c.name == "latency")
+    assert check.status == "passed" and check.value == pytest.approx(1.25)
+    assert check.detail == (
+        "candidate p99 2.5 ms vs champion 2.0 ms (1.25x; within 1.5x), per item over calls of every size: only 20"
+        " of 50 items on calls of a size both made (champion 8-32 items, candidate 4 items)"
+    )
+    slower = evidence(
+        champion=timed("champion", 9.0, timed=20, sizes=(4,), any_p99=2.0, any_sizes=range(8, 33)),
+        candidate=timed("candidate", 9.5, timed=20, sizes=(4,), any_p99=4.0, any_sizes=(4,)),
+    )
+    assert decide(slower, "shadow", 0.1, POLICY).stopped_by == ["latency"]
+
+
+def test_the_latency_guard_waits_for_its_items_and_the_table_says_what_was_timed():
+    early = evidence(champion=timed("champion", 10.0), candidate=replace(timed("candidate", 10.0), items=20))
+    check = next(c for c in decide(early, "shadow", 0.1, POLICY).checks if c.name == "latency")
+    assert check.status == "waiting" and check.detail == "latency: 20 of 50 request items per model"
+
+    rollout = {"id": 7, "version": "v2", "champion_version": "v1", "stage": "shadow"}
+    rollout.update(started_at=T0, stage_started_at=T0)
+    same = evidence(champion=timed("champion", 10.0), candidate=timed("candidate", 11.0, sizes=(1, 4)))
+    markdown = evidence_markdown(step_summary(rollout, same, decide(same, "shadow", 1, POLICY), "wait"))
+    assert "| items timed (call sizes) | 600 (1) | 600 (1, 4) |" in markdown
