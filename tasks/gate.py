@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for
-from refit.data.devset import dev_rows, ensure_devset
+from refit.data.devset import dev_periods, dev_rows, ensure_devset, grow_devset
 from refit.data.schema import schema_types
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.gate.baselines import baseline_predictions
@@ -53,6 +53,8 @@ def gate_challenger(
     engine = engine_for(settings)
     split = SplitConfig.from_settings(settings)
     devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first gate")
+    if settings.devset_grow:
+        devset = grow_devset(engine, split, devset, snapshot.watermark_to, snapshot.id)
     dev = dev_rows(engine, devset, split)
     n_labels = 1 if settings.task == "regression" else len(settings.labels)
     data = None
@@ -91,7 +93,9 @@ def gate_challenger(
         if decision.fallback == "tfidf":
             use_text_model_alone(challenger.folder, data, settings.task, n_labels, decision.reason)
     else:
-        decision = gate(*args)
+        # The rows the champion's period never held decide (REFIT_GATE_RULE=recent); every period
+        # is a slice the challenger must not be worse on.
+        decision = gate(*args, periods=dev_periods(engine, dev["id"]), recent=(dev["id"] > seen_upto).to_numpy())
     decision = replace(decision, dev_set=devset.version, kind=kind)
     logger.info("gate on dev set v%d (%d rows): %s", devset.version, len(dev), decision.reason)
     markdown = decision_markdown(decision.as_dict(), challenger.version)

@@ -399,6 +399,20 @@ class Settings(BaseSettings):
         ge=0,
         description="The lower end of the bootstrap interval of the improvement must be above this.",
     )
+    gate_rule: Literal["recent", "whole"] = Field(
+        default="recent",
+        description="recent: against a champion, a one-sided test (a challenger no better passes with a chance of at"
+        " most 1 - REFIT_GATE_CONFIDENCE) on the dev rows newer than the champion's training data; whole: the"
+        " two-sided interval on every dev row.",
+    )
+    gate_recent_min_rows: int = Field(
+        default=100, ge=1, description="Fewer dev rows newer than the champion than this: every dev row decides."
+    )
+    devset_grow: bool = Field(
+        default=True,
+        description="Each snapshot's dev-split rows join the gate's dev set as a new recorded version (false: the"
+        " dev set changes only by `refit devset refresh`).",
+    )
     gate_resamples: int = Field(default=1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
     gate_confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Level of the bootstrap interval.")
     gate_first_confidence: float = Field(

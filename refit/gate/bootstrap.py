@@ -31,6 +31,7 @@ class Interval:
     high: float
     confidence: float
     resamples: int
+    spread: float = float("nan")  # standard deviation of the resampled improvements
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -203,4 +204,4 @@ def paired_bootstrap(
     differences = np.concatenate(differences)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(differences, [alpha, 1 - alpha])
-    return Interval(metric, float(point), float(low), float(high), confidence, resamples)
+    return Interval(metric, float(point), float(low), float(high), confidence, resamples, float(differences.std()))

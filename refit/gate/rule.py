@@ -28,6 +28,7 @@ from refit.models.metrics import DEFAULT_METRIC, DIRECTION, improvement, task_me
 SLICE_TOLERANCE = {"mse": 0.01, "mae": 0.03, "spearman": 0.05, "accuracy": 0.03, "macro_f1": 0.05}
 REPORT_SLICE_ROWS = 20  # slices this big are reported; gating needs ``slice_min_rows``
 CALIBRATION_BINS = 10
+RULES = ("recent", "whole")
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,14 @@ class GatePolicy:
     slice_min_rows: int = 50
     slice_tolerance: float | None = None  # None: SLICE_TOLERANCE[metric]
     calibration_tolerance: float = 0.03
+    rule: str = "recent"  # "recent": one-sided, on the dev rows newer than the champion; "whole": as before
+    recent_min_rows: int = 100  # fewer newer dev rows than this: every dev row decides
 
     def __post_init__(self) -> None:
         if self.metric not in DIRECTION:
             raise ValueError(f"unknown gate metric {self.metric!r}; expected one of {', '.join(DIRECTION)}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown gate rule {self.rule!r}; expected one of {', '.join(RULES)}")
 
     @property
     def tolerance(self) -> float:
@@ -64,6 +69,8 @@ class GatePolicy:
             slice_min_rows=settings.gate_slice_min_rows,
             slice_tolerance=settings.gate_slice_tolerance,
             calibration_tolerance=settings.gate_calibration_tolerance,
+            rule=settings.gate_rule,
+            recent_min_rows=settings.gate_recent_min_rows,
         )
 
 
@@ -90,8 +97,10 @@ class GateDecision:
     dev_rows: int = 0
     fallback: str | None = None  # a first model promoted in the challenger's place: "tfidf" or its kind
     kind: str | None = None  # what the promoted checkpoint predicts with: bert, blend or tfidf
-    confidence: float = 0.95
+    confidence: float = 0.95  # level of ``interval``
     resamples: int = 0
+    rule: str | None = None  # the rule that decided against the champion, or "baseline"
+    power: dict = field(default_factory=dict)  # minimum detectable effect and dev rows by period
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +146,8 @@ def gate(
     references: dict[str, np.ndarray],
     n_labels: int = 1,
     slices: pd.DataFrame | None = None,
+    periods: np.ndarray | None = None,
+    recent: np.ndarray | None = None,
 ) -> GateDecision:
     """Decide whether the challenger replaces the champion.
 
@@ -149,6 +160,11 @@ def gate(
             predictions by name (``trivial``, ``tfidf``); every one must be beaten.
         n_labels: number of classes (classification).
         slices: one column per slice family, one row per dev row (see ``refit.slices``).
+        periods: the period each dev row came in (the snapshot that first held it), one label
+            per row; each period is a slice the challenger must not be worse on, and the verdict
+            counts the dev rows by period.
+        recent: which dev rows are newer than the champion's training data. Under the ``recent``
+            rule, with at least ``policy.recent_min_rows`` of them, they decide.
 
     Returns:
         The decision with every reason, both sides' metrics overall and per slice, and intervals.
@@ -156,79 +172,43 @@ def gate(
     if not references:
         raise ValueError("the gate needs the champion's or the baselines' predictions")
     y_true = np.asarray(y_true)
-    metric = policy.metric
     against = "champion" if "champion" in references else "baseline"
-    models = {"challenger": challenger, **references}
     problem = invalid_predictions(challenger, task)
+    models = {"challenger": challenger, **references}
     valid = {name: p for name, p in models.items() if name == "challenger" or invalid_predictions(p, task) is None}
     scored = {name: p for name, p in valid.items() if problem is None or name != "challenger"}
     metrics = {name: task_metrics(task, y_true, p, n_labels) for name, p in scored.items()}
-    per_slice = None
     if slices is not None:
         slices = slices.reset_index(drop=True)
-    if slices is not None and problem is None:
+    if periods is not None:
+        slices = _with_periods(slices, periods, len(y_true))
+    if problem is not None:
+        return _refused(policy, problem, against, metrics, len(y_true))
+    per_slice = None
+    if slices is not None:
         per_slice = {
             name: slice_metrics(
                 slices, lambda mask, p=p: task_metrics(task, y_true[mask], p[mask], n_labels), REPORT_SLICE_ROWS
             )
             for name, p in valid.items()
         }
-    if problem is not None:
-        reason = f"challenger refused: {problem}"
-        nan = float("nan")
-        return GateDecision(
-            False,
-            metric,
-            nan,
-            nan,
-            nan,
-            policy.min_improvement,
-            against,
-            reason,
-            reasons=[reason],
-            metrics=metrics,
-            dev_rows=len(y_true),
-            confidence=policy.confidence,
-        )
 
-    reasons: list[str] = []
-    comparisons: dict[str, dict] = {}
-    for name, reference in references.items():
-        interval = paired_bootstrap(
-            metric, y_true, challenger, reference, n_labels, policy.resamples, policy.confidence, policy.seed
-        )
-        passed = math.isfinite(interval.low) and interval.low > policy.min_improvement
-        comparisons[name] = {
-            "challenger": metrics["challenger"][metric],
-            "reference": metrics[name][metric] if name in metrics else float("nan"),
-            **interval.as_dict(),
-            "passed": passed,
-        }
-        reasons.append(
-            f"{metric} vs {name}: {metrics['challenger'][metric]:.4f} vs {comparisons[name]['reference']:.4f}, "
-            f"improvement {interval.point:+.4f} ({policy.confidence:.0%} interval {interval.low:+.4f} to "
-            f"{interval.high:+.4f}) {'>' if passed else 'is not >'} {policy.min_improvement:g}"
-        )
-
+    deciding = _deciding_rows(policy, against, recent, len(y_true))
+    comparisons, reasons = _compare(policy, task, y_true, challenger, references, n_labels, metrics, deciding)
     slice_checks, failed_slices = {}, []
     if against == "champion" and slices is not None:
-        champion = references["champion"]
-        slice_checks, failed_slices = _check_slices(policy, task, y_true, challenger, champion, slices, n_labels)
+        slice_checks, failed_slices = _check_slices(
+            policy, task, y_true, challenger, references["champion"], slices, n_labels
+        )
         if failed_slices:
             worst = ", ".join(f"{s} ({slice_checks[s]['improvement']:+.4f})" for s in failed_slices)
-            reasons.append(f"worse than the champion by more than {policy.tolerance:g} {metric} on: {worst}")
+            reasons.append(f"worse than the champion by more than {policy.tolerance:g} {policy.metric} on: {worst}")
         else:
             reasons.append(f"no slice of >= {policy.slice_min_rows} rows is worse by more than {policy.tolerance:g}")
-
     calibration = {}
     if against == "champion":
-        new = calibration_error(task, y_true, challenger)
-        old = calibration_error(task, y_true, references["champion"])
-        passed = new <= old + policy.calibration_tolerance
-        what = "mean residual" if task == "regression" else "expected calibration error"
-        tolerance = policy.calibration_tolerance
-        calibration = {"measure": what, "challenger": new, "champion": old, "tolerance": tolerance, "passed": passed}
-        reasons.append(f"{what}: {new:.4f} vs champion {old:.4f} ({'within' if passed else 'beyond'} +{tolerance:g})")
+        calibration = _check_calibration(policy, task, y_true, challenger, references["champion"])
+        reasons.append(calibration["reason"])
 
     # The reference reported as "the champion's score": the champion, or the hardest baseline.
     hardest = min(comparisons, key=lambda name: comparisons[name]["point"])
@@ -241,12 +221,17 @@ def gate(
     elif failed_slices:
         summary = f"reject: worse on slice(s) {', '.join(failed_slices)}"
     else:
-        summary = f"reject: calibration got worse ({reasons[-1]})"
+        summary = f"reject: calibration got worse ({calibration['reason']})"
+    power = _power(policy, comparisons[hardest], deciding, periods, recent)
+    if against == "champion":
+        reasons.append(power["reason"])
+        if not comparisons[hardest]["passed"]:
+            summary += f"; not shown better: {power['can_show']}"
     best = comparisons[hardest]
     return GateDecision(
         promote=promote,
-        metric=metric,
-        challenger_score=metrics["challenger"][metric],
+        metric=policy.metric,
+        challenger_score=best["challenger"],
         champion_score=best["reference"],
         improvement=best["point"],
         min_improvement=policy.min_improvement,
@@ -261,9 +246,162 @@ def gate(
         metrics=metrics,
         slices=per_slice,
         dev_rows=len(y_true),
-        confidence=policy.confidence,
+        confidence=best["confidence"],
         resamples=policy.resamples,
+        rule=policy.rule if against == "champion" else "baseline",
+        power=power,
     )
+
+
+def _refused(policy: GatePolicy, problem: str, against: str, metrics: dict, rows: int) -> GateDecision:
+    """The decision for a challenger whose predictions cannot be scored."""
+    reason = f"challenger refused: {problem}"
+    nan = float("nan")
+    return GateDecision(
+        False,
+        policy.metric,
+        nan,
+        nan,
+        nan,
+        policy.min_improvement,
+        against,
+        reason,
+        reasons=[reason],
+        metrics=metrics,
+        dev_rows=rows,
+        confidence=policy.confidence,
+    )
+
+
+def _with_periods(slices: pd.DataFrame | None, periods: np.ndarray, rows: int) -> pd.DataFrame:
+    """The slice frame with a ``period`` family: each period is a slice the gate checks."""
+    periods = np.asarray(periods, dtype=object)
+    if len(periods) != rows:
+        raise ValueError(f"{len(periods)} period labels for {rows} dev rows")
+    frame = pd.DataFrame(index=range(rows)) if slices is None else slices.copy()
+    frame["period"] = periods
+    return frame
+
+
+def _deciding_rows(policy: GatePolicy, against: str, recent: np.ndarray | None, rows: int) -> np.ndarray | None:
+    """The dev rows that decide against the champion: under the ``recent`` rule, the rows newer than
+    the champion's training data when there are enough of them; else every row (None)."""
+    if against != "champion" or policy.rule != "recent" or recent is None:
+        return None
+    recent = np.asarray(recent, dtype=bool)
+    if len(recent) != rows:
+        raise ValueError(f"{len(recent)} recent flags for {rows} dev rows")
+    if recent.all() or recent.sum() < policy.recent_min_rows:
+        return None
+    return recent
+
+
+def _compare(policy, task, y_true, challenger, references, n_labels, metrics, deciding) -> tuple[dict, list[str]]:
+    """Each reference's comparison with the challenger, by the paired bootstrap, and its reason.
+
+    Against a champion under the ``recent`` rule the test is one-sided: the challenger passes when
+    the lower end of the two-sided interval at ``2 * confidence - 1`` (the one-sided bound at
+    ``confidence``) is above the minimum improvement, on the deciding rows. Against the baselines
+    (a first model) and under the ``whole`` rule, the two-sided interval at ``confidence`` decides.
+    """
+    metric = policy.metric
+    reasons: list[str] = []
+    comparisons: dict[str, dict] = {}
+    for name, reference in references.items():
+        one_sided = name == "champion" and policy.rule == "recent"
+        level = 2 * policy.confidence - 1 if one_sided else policy.confidence
+        rows = np.ones(len(y_true), dtype=bool) if deciding is None or name != "champion" else deciding
+        y, new, old = y_true[rows], np.asarray(challenger)[rows], np.asarray(reference)[rows]
+        interval = paired_bootstrap(metric, y, new, old, n_labels, policy.resamples, level, policy.seed)
+        passed = math.isfinite(interval.low) and interval.low > policy.min_improvement
+        if rows.all():
+            ours, theirs = metrics["challenger"][metric], metrics[name][metric] if name in metrics else float("nan")
+            where = ""
+        else:
+            ours = task_metrics(task, y, new, n_labels)[metric]
+            theirs = task_metrics(task, y, old, n_labels)[metric]
+            where = f" on the {int(rows.sum())} dev rows newer than its training data"
+        comparisons[name] = {"challenger": ours, "reference": theirs, "rows": int(rows.sum()), **interval.as_dict()}
+        comparisons[name]["passed"] = passed
+        reasons.append(
+            f"{metric} vs {name}{where}: {ours:.4f} vs {theirs:.4f}, improvement {interval.point:+.4f} "
+            f"({level:.0%} interval {interval.low:+.4f} to {interval.high:+.4f}) "
+            f"{'>' if passed else 'is not >'} {policy.min_improvement:g}"
+        )
+        if where:
+            whole = paired_bootstrap(
+                metric, y_true, challenger, reference, n_labels, policy.resamples, level, policy.seed
+            )
+            reasons.append(
+                f"{metric} vs {name} on all {len(y_true)} dev rows (for reference): "
+                f"{metrics['challenger'][metric]:.4f} vs {metrics[name][metric]:.4f}, improvement {whole.point:+.4f} "
+                f"({level:.0%} interval {whole.low:+.4f} to {whole.high:+.4f})"
+            )
+    return comparisons, reasons
+
+
+def _check_calibration(policy: GatePolicy, task: str, y_true, challenger, champion) -> dict:
+    """The challenger's calibration against the champion's, within the tolerance."""
+    new = calibration_error(task, y_true, challenger)
+    old = calibration_error(task, y_true, champion)
+    passed = new <= old + policy.calibration_tolerance
+    what = "mean residual" if task == "regression" else "expected calibration error"
+    tolerance = policy.calibration_tolerance
+    reason = f"{what}: {new:.4f} vs champion {old:.4f} ({'within' if passed else 'beyond'} +{tolerance:g})"
+    return {
+        "measure": what,
+        "challenger": new,
+        "champion": old,
+        "tolerance": tolerance,
+        "passed": passed,
+        "reason": reason,
+    }
+
+
+# One-sided normal quantile at 80% power: a true gain of the minimum detectable effect passes four
+# times in five.
+_Z_POWER = 0.8416
+
+
+def _power(policy: GatePolicy, deciding: dict, rows: np.ndarray | None, periods, recent) -> dict:
+    """What this dev set can show: the minimum detectable effect of the deciding comparison (the
+    true gain that passes with 80% probability at the gate's level), the rows a gain of the size
+    seen would need, and the dev rows by period."""
+    from statistics import NormalDist
+
+    level = 0.5 + deciding["confidence"] / 2  # the one-sided level of the interval's lower end
+    z = NormalDist().inv_cdf(level) + _Z_POWER
+    spread = deciding.get("spread", float("nan"))
+    mde = policy.min_improvement + z * spread if math.isfinite(spread) else float("nan")
+    n = deciding.get("rows", 0)
+    point = deciding["point"]
+    needed = None
+    if math.isfinite(spread) and point > policy.min_improvement and spread > 0:
+        needed = int(math.ceil(n * (z * spread / (point - policy.min_improvement)) ** 2))
+    which = "dev rows newer than the champion's data" if rows is not None else "dev rows"
+    can_show = f"{n} {which} can show gains of {mde:.3g} {policy.metric} or more (80% power)"
+    if needed is not None and needed > n:
+        can_show += f"; a gain of {point:+.3g} would need about {needed:,} such rows"
+    by_period = {}
+    if periods is not None:
+        labels = pd.Series(np.asarray(periods, dtype=object))
+        newer = (
+            pd.Series(np.asarray(recent, dtype=bool)) if recent is not None else pd.Series(False, index=labels.index)
+        )
+        for label, count in labels.value_counts(sort=False).items():
+            by_period[str(label)] = {"rows": int(count), "newer_than_champion": bool(newer[labels == label].all())}
+    periods_text = ", ".join(
+        f"{label} {v['rows']}{' (new)' if v['newer_than_champion'] else ''}" for label, v in by_period.items()
+    )
+    reason = f"power: {can_show}" + (f"; dev rows by period: {periods_text}" if periods_text else "")
+    return {
+        "mde": mde,
+        "rows": n,
+        "needed_rows": needed,
+        "by_period": by_period,
+        "can_show": can_show,
+        "reason": reason,
+    }
 
 
 def _check_slices(policy, task, y_true, challenger, champion, slices, n_labels) -> tuple[dict, list[str]]:
