@@ -78,8 +78,15 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert drift["decision"] == "retrain"
     assert "text" in drift["drifted_columns"]
     assert second["gate"]["against"] == "champion"
-    # both were scored on the frozen dev set the first gate created; the shift did not grow it
-    assert first["gate"]["dev_set"] == second["gate"]["dev_set"] == 1
+    # the first gate created the dev set; the second snapshot's dev rows joined it as version 2,
+    # and the rows newer than the champion decided
+    assert first["gate"]["dev_set"] == 1 and second["gate"]["dev_set"] == 2
+    with engine.connect() as conn:
+        reasons = conn.execute(text("SELECT reason FROM dev_sets ORDER BY version")).scalars().all()
+    assert reasons[0] == "initial: first gate" and reasons[1].startswith(
+        f"grown with snapshot {second['snapshot']['id']}: +"
+    )
+    assert second["gate"]["rule"] == "recent" and "dev rows newer than" in " ".join(second["gate"]["reasons"])
     slices = second["gate"]["slices"]
     assert {"category=books", "length=short"} <= set(slices["challenger"]) & set(slices["champion"])
     assert second["gate"]["champion_score"] is not None
