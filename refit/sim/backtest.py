@@ -147,13 +147,35 @@ def summarize(records: list[dict]) -> dict:
         values = np.array([s["value"] for s in scored])
         weights = np.array([s["rows"] for s in scored])
         higher = DIRECTION[metric]
+        sign = 1.0 if higher else -1.0
+        best = np.array([s.get("best", s["value"]) for s in scored])
         row.update(
             metric=metric,
             mean=float(values.mean()),
             worst=float(values.min() if higher else values.max()),
             weighted=float(np.average(values, weights=weights)),
+            gap_to_best=float(np.mean(sign * (best - values))),
+            final_gap_to_best=float(sign * (best[-1] - values[-1])),
+            worse_promotions=worse_promotions(records, higher),
         )
     return row
+
+
+def worse_promotions(records: list[dict], higher: bool) -> int:
+    """Promotions whose model scored worse than the champion it replaced on the next scored step's
+    feedback, which neither had seen (a first model replaces nothing and is not counted)."""
+    worse, holder = 0, None
+    for i, record in enumerate(records):
+        holder = (record.get("online") or {}).get("champion", holder)
+        for cycle in record["cycles"]:
+            if cycle["outcome"] != "promoted":
+                continue
+            later = next((r["online"] for r in records[i + 1 :] if r.get("online")), None) or {}
+            new, old = later.get("scores", {}).get(cycle.get("version")), later.get("scores", {}).get(holder)
+            if holder is not None and new is not None and old is not None and (new < old if higher else new > old):
+                worse += 1
+            holder = cycle.get("version")
+    return worse
 
 
 def summary_table(summary: dict) -> str:
@@ -161,14 +183,15 @@ def summary_table(summary: dict) -> str:
     metric = next((row["metric"] for row in summary.values() if "metric" in row), "metric")
     lines = [
         f"| policy | retrains | promoted | rejected | failed | mean online {metric} | worst | "
-        f"volume-weighted | training (s) | training samples |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"volume-weighted | gap to the best model | worse promoted | training (s) | training samples |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
-        quality = [f"{row[k]:.4f}" if k in row else "-" for k in ("mean", "worst", "weighted")]
+        quality = [f"{row[k]:.4f}" if k in row else "-" for k in ("mean", "worst", "weighted", "gap_to_best")]
         lines.append(
             f"| {name} | {row['retrains']} | {row['promotions']} | {row['rejections']} | {row['failures']} | "
-            f"{' | '.join(quality)} | {row['train_seconds']:.0f} | {row['train_samples']:,} |"
+            f"{' | '.join(quality)} | {row.get('worse_promotions', '-')} | {row['train_seconds']:.0f} | "
+            f"{row['train_samples']:,} |"
         )
     return "\n".join(lines)
 

@@ -1,5 +1,5 @@
 """Retrain policies a backtest compares: never, every K steps, or on drift (with N-of-M
-confirmation, a cooldown and a window)."""
+confirmation, a cooldown and a window), each with the promotion rule it runs under."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from refit.core.errors import InputError
 
 _POLICY = re.compile(r"^(never|schedule|drift)(?::(.*))?$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([hdw]?)$")
+# A policy's promotion rule (``+RULE``): the gate's rule and whether the dev set grows.
+GATE_RULES = {
+    "recent": {"gate_rule": "recent", "devset_grow": True},
+    "whole": {"gate_rule": "whole", "devset_grow": True},
+    "old": {"gate_rule": "whole", "devset_grow": False},
+}
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,24 @@ class Policy:
     confirm_m: int = 1
     cooldown_hours: float = 0.0
     window_days: float | None = None  # None: the settings' REFIT_DRIFT_WINDOW_DAYS
+    gate_rule: str | None = None  # a key of GATE_RULES; None: the settings' REFIT_GATE_RULE
 
     @classmethod
     def parse(cls, spec: str) -> Policy:
         """``never``, ``schedule:K``, ``drift`` or ``drift:N/M[:COOLDOWN]`` (cooldown in hours, or
         with a unit: ``36h``, ``14d``, ``2w``); a drift policy may end in ``@WINDOW`` (``drift@14d``):
-        its current window is the last WINDOW of feedback instead of all since the champion."""
+        its current window is the last WINDOW of feedback instead of all since the champion.
+
+        Any policy may end in ``+RULE``, the promotion rule it runs under: ``recent`` (the dev set
+        grows, and the rows newer than the champion decide, one-sided), ``whole`` (the dev set
+        grows, every dev row decides, two-sided) or ``old`` (a dev set fixed by hand, every row,
+        two-sided): ``schedule:1+old`` against ``schedule:1+recent`` compares the rules on one replay."""
+        spec, _, rule = spec.strip().partition("+")
+        if rule:
+            if rule not in GATE_RULES:
+                raise InputError(f"policy {spec}+{rule}: the promotion rule is one of {', '.join(GATE_RULES)}")
+            policy = cls.parse(spec)
+            return replace(policy, name=f"{policy.name}-gate-{rule}", gate_rule=rule)
         spec, _, window = spec.strip().partition("@")
         if window:
             days = _hours(window, spec) / 24
@@ -72,6 +90,8 @@ class Policy:
         }
         if self.window_days is not None:
             overrides["drift_window_days"] = self.window_days
+        if self.gate_rule is not None:
+            overrides.update(GATE_RULES[self.gate_rule])
         return overrides
 
 

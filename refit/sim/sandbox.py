@@ -44,7 +44,7 @@ class Sandbox:
     delivered: set[str] = field(default_factory=set)
     attempts: list[dict] = field(default_factory=list)
     verified: dict = field(default_factory=dict)
-    _predictor: tuple | None = None
+    _predictors: dict = field(default_factory=dict)  # loaded models by version
 
     @property
     def engine(self) -> Engine:
@@ -106,8 +106,10 @@ def drop_sandbox(box: Sandbox) -> None:
 
 def online_quality(box: Sandbox, feedback: pd.DataFrame) -> dict | None:
     """The champion's metric on a step's labelled feedback, before the loop sees it (None before
-    the first champion, or with no labelled rows)."""
-    from refit.models.metrics import DEFAULT_METRIC, task_metrics
+    the first champion, or with no labelled rows), and every model trained so far on the same rows
+    (``scores`` by version; ``best``: the best of them), so a replay shows what the champion a user
+    holds costs against the best model the loop made."""
+    from refit.models.metrics import DEFAULT_METRIC, DIRECTION, task_metrics
     from refit.models.predict import Predictor
     from refit.registry.table import champion
     from refit.registry.versions import checkout
@@ -120,17 +122,34 @@ def online_quality(box: Sandbox, feedback: pd.DataFrame) -> dict | None:
     keep = ~pd.isna(y)
     if keep.sum() == 0:
         return None
-    if box._predictor is None or box._predictor[0] != row["version"]:
-        box._predictor = (row["version"], Predictor(checkout(settings, row["version"])))
-    predictor = box._predictor[1]
     rows = feedback[keep].reset_index(drop=True)
-    names = [name for name in predictor.feature_names if name in rows]  # behaviour features, when the model reads them
-    prediction = predictor.predict(rows["text"].astype(str).tolist(), rows[names] if names else None)
     metric = settings.gate_metric or DEFAULT_METRIC[settings.task]
     n_labels = 1 if settings.task == "regression" else len(settings.labels)
     truth = y[keep].astype(float if settings.task == "regression" else int)
-    value = task_metrics(settings.task, truth, prediction, n_labels)[metric]
-    return {"metric": metric, "value": value, "rows": int(keep.sum()), "champion": row["version"]}
+    trained = [a["version"] for a in box.attempts if a.get("version") and a["outcome"] != "failed"]
+    scores = {}
+    for version in dict.fromkeys([row["version"], *trained]):
+        if version not in box._predictors:
+            try:
+                box._predictors[version] = Predictor(checkout(settings, version))
+            except Exception:  # a challenger's files the store lost (a chaos fault): the champion's must load
+                if version == row["version"]:
+                    raise
+                continue
+        predictor = box._predictors[version]
+        names = [name for name in predictor.feature_names if name in rows]  # behaviour features, when it reads them
+        prediction = predictor.predict(rows["text"].astype(str).tolist(), rows[names] if names else None)
+        scores[version] = task_metrics(settings.task, truth, prediction, n_labels)[metric]
+    best = max(scores, key=lambda v: scores[v] if DIRECTION[metric] else -scores[v])
+    return {
+        "metric": metric,
+        "value": scores[row["version"]],
+        "rows": int(keep.sum()),
+        "champion": row["version"],
+        "scores": scores,
+        "best": scores[best],
+        "best_version": best,
+    }
 
 
 def _targets(feedback: pd.DataFrame, settings) -> np.ndarray:

@@ -23,6 +23,8 @@ from refit.sim.stream import load_stream, scenario_stream, shifted_share, steps_
         ("drift:1/2:36", Policy("drift-1of2-cd36h", "drift", confirm_n=1, confirm_m=2, cooldown_hours=36)),
         ("drift@14d", Policy("drift-w14d", "drift", window_days=14)),
         ("drift:2/3:1w@2w", Policy("drift-2of3-cd168h-w14d", "drift", 0, 2, 3, 168, 14)),
+        ("schedule:1+old", Policy("schedule-1-gate-old", "schedule", every=1, gate_rule="old")),
+        ("drift@14d+recent", Policy("drift-w14d-gate-recent", "drift", window_days=14, gate_rule="recent")),
     ],
 )
 def test_policy_specs(spec, expected):
@@ -30,7 +32,18 @@ def test_policy_specs(spec, expected):
 
 
 @pytest.mark.parametrize(
-    "spec", ["sometimes", "schedule", "schedule:0", "drift:3/2", "drift:2/3:soon", "never:1", "never@3d", "drift@x"]
+    "spec",
+    [
+        "sometimes",
+        "schedule",
+        "schedule:0",
+        "drift:3/2",
+        "drift:2/3:soon",
+        "never:1",
+        "never@3d",
+        "drift@x",
+        "drift+lax",
+    ],
 )
 def test_bad_policy_specs_are_one_line_errors(spec):
     with pytest.raises(InputError, match="policy|unknown"):
@@ -84,3 +97,30 @@ def test_cli_refuses_an_unknown_policy_in_one_line():
     assert run.stderr.strip().splitlines() == [
         "refit: error: unknown policy 'sometimes': expected never, schedule:K, drift or drift:N/M[:COOLDOWN]"
     ]
+
+
+def test_a_policys_promotion_rule_sets_the_gate_and_the_dev_set():
+    assert Policy.parse("schedule:1+old").settings_overrides()["gate_rule"] == "whole"
+    assert Policy.parse("schedule:1+old").settings_overrides()["devset_grow"] is False
+    assert Policy.parse("schedule:1+recent").settings_overrides()["devset_grow"] is True
+    assert "gate_rule" not in Policy.parse("schedule:1").settings_overrides()
+
+
+def test_the_summary_counts_the_gap_to_the_best_model_and_the_promotions_of_worse_models():
+    from refit.sim.backtest import summarize
+
+    def step(champion: str, scores: dict, promoted: str | None = None) -> dict:
+        online = {"metric": "macro_f1", "value": scores[champion], "rows": 100, "champion": champion}
+        online.update(scores=scores, best=max(scores.values()))
+        cycle = {"trigger": 0, "outcome": "promoted", "retrain": True, "version": promoted} if promoted else None
+        return {"online": online, "cycles": [cycle or {"trigger": 0, "outcome": "no_retrain"}], "violations": []}
+
+    records = [
+        step("v1", {"v1": 0.70}, promoted="v2"),
+        step("v2", {"v1": 0.71, "v2": 0.69}, promoted="v3"),  # v2 was worse than v1 on this step
+        step("v3", {"v1": 0.70, "v2": 0.70, "v3": 0.74}),  # v3 was better than v2
+    ]
+    row = summarize(records)
+    assert row["worse_promotions"] == 1
+    assert row["gap_to_best"] == pytest.approx((0 + 0.02 + 0) / 3)
+    assert row["final_gap_to_best"] == 0
