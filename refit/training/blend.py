@@ -26,11 +26,21 @@ MIN_BERT_WEIGHT = 0.5
 
 
 def attach_text_baseline(folder: Path, data: TrainData, task: str, n_labels: int, metric: str) -> dict:
-    """Fit TF-IDF on ``data``'s training rows, save it into ``folder``, fit the BERT share on the
-    validation fold by ``metric``, and record it; returns the blended checkpoint's fold metrics.
+    """Fit TF-IDF on the training rows, save it into the checkpoint, fit the BERT share on the
+    validation fold, and record it.
 
     The checkpoint's ``metrics["dev"]`` become the blend's (what serving will predict), and the
     BERT's alone are kept as ``metrics["bert_dev"]``.
+
+    Args:
+        folder: the challenger's checkpoint folder (the BERT is read from it, TF-IDF saved into it).
+        data: the training rows TF-IDF is fitted on, and the validation fold the share is fitted on.
+        task: ``regression`` or ``classification``.
+        n_labels: the model's outputs (1 for regression).
+        metric: the metric the share is chosen by.
+
+    Returns:
+        The blended checkpoint's metrics on the validation fold.
     """
     text = TextBaseline.fit(task, data.train_texts, data.train_targets, n_labels)
     bert = Predictor(folder, verify=False).predict(data.dev_texts, data.dev_features)

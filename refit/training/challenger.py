@@ -15,14 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
+
 from refit.core.settings import Settings
 from refit.data.db import engine_for
-from refit.data.devset import ensure_devset
+from refit.data.devset import DevSet, ensure_devset
 from refit.data.feature_types import feature_types_for
 from refit.data.schema import schema_types
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.models.checkpoint import read_metadata, write_metadata
-from refit.models.config import TrainConfig
+from refit.models.config import TrainConfig, TrainData
 from refit.models.dev_sample import write_dev_sample
 from refit.models.distributed import is_main_rank
 from refit.models.ensemble import ENSEMBLE_SEED_STRIDE, build_ensemble, member_folders, same_tokenizer
@@ -35,7 +37,7 @@ from refit.models.train import pick_device, train
 from refit.registry.versions import checkout, new_version
 from refit.training.blend import attach_text_baseline
 from refit.training.modeling import score, train_config, training_data
-from refit.training.recipe import decide, replay_fraction
+from refit.training.recipe import Recipe, decide, replay_fraction
 
 log = logging.getLogger("refit.training")
 
@@ -57,15 +59,30 @@ class Challenger:
 
 
 def member_seeds(seed: int, size: int) -> list[int]:
-    """The seeds of an ensemble's ``size`` members: ``seed``, then ``seed + ENSEMBLE_SEED_STRIDE``, ..."""
+    """The seeds of an ensemble's members.
+
+    Args:
+        seed: the first member's seed.
+        size: how many members.
+
+    Returns:
+        ``seed``, then ``seed + ENSEMBLE_SEED_STRIDE``, and so on: ``size`` seeds.
+    """
     return [seed + ENSEMBLE_SEED_STRIDE * i for i in range(size)]
 
 
 def train_seed_members(config: TrainConfig, size: int, fit: Callable[[int, TrainConfig], object]) -> list:
-    """Train ``size`` members of a seed ensemble (one model when ``size`` is 1) with ``fit(i, config)``.
+    """Train the members of a seed ensemble (one model when ``size`` is 1), one ``fit`` call each.
 
-    The one loop over member seeds that a retrain and ``refit ablate`` share: ``fit`` trains (or,
-    in the ablation, reuses) the member with config ``config`` at seed ``member_seeds(...)[i]``.
+    The one loop over member seeds that a retrain and ``refit ablate`` share.
+
+    Args:
+        config: the first member's config; member ``i`` gets it at seed ``member_seeds(...)[i]``.
+        size: how many members.
+        fit: trains (or, in the ablation, reuses) member ``i`` with its config: ``fit(i, config)``.
+
+    Returns:
+        What ``fit`` returned for each member, in member order.
     """
     return [fit(i, replace(config, seed=seed)) for i, seed in enumerate(member_seeds(config.seed, size))]
 
@@ -93,15 +110,72 @@ def train_challenger(
     """
     logger = logger or log
     engine = engine_for(settings)
+    plan = plan_training(settings, engine, snapshot, champion, logger)
+    version = version or new_version()
+    folder = Path(settings.work_dir) / "checkpoints" / version
+    lineage = _lineage(settings, snapshot, champion, version, plan)
+    members, results = _train_members(settings, plan, folder, lineage, logger)
+    if not is_main_rank():  # the other ranks of a data-parallel run only help train: rank 0 writes
+        return _other_rank_challenger(version, folder, results, len(plan.data.train_texts))
+    result = results[0]
+    ensemble_metrics = _gather_members(settings, engine, members, folder, lineage, plan, logger)
+    dev_metrics = result.dev_metrics if ensemble_metrics is None else ensemble_metrics
+    if plan.recipe.blend:
+        dev_metrics = _blend(settings, folder, plan, logger)
+    _add_serving_files(settings, folder, plan, logger)
+    return Challenger(
+        version=version,
+        folder=folder,
+        dev_metrics=dev_metrics,
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        train_rows=len(plan.data.train_texts),
+        samples_per_second=result.samples_per_second,
+        train_seconds=round(sum(r.train_seconds for r in results), 2),
+        stopped_by=result.stopped_by,
+    )
+
+
+@dataclass
+class TrainingPlan:
+    """What a challenger trains on and how, decided before anything trains.
+
+    Attributes:
+        data: the training rows and the rows it stops early on (texts, targets, features).
+        test: the snapshot's test rows (scored, never trained on).
+        devset: the gate's dev set (created with the first training).
+        recipe: the training recipe's choices for this data, and why.
+        config: the trainer's config, warm start and feature types included.
+    """
+
+    data: TrainData
+    test: pd.DataFrame
+    devset: DevSet
+    recipe: Recipe
+    config: TrainConfig
+
+
+def plan_training(
+    settings: Settings, engine, snapshot: Snapshot, champion: dict | None, logger: logging.Logger
+) -> TrainingPlan:
+    """Read the snapshot's rows and decide the challenger's data, recipe and trainer config.
+
+    Args:
+        settings: refit's settings.
+        engine: the database the snapshot, the dev set and the feature schema are in.
+        snapshot: the snapshot to train on.
+        champion: the champion's registry row (a warm start's origin), or None.
+        logger: where the recipe's choices and the features go.
+
+    Returns:
+        The plan :func:`train_challenger` trains by.
+    """
     split = SplitConfig.from_settings(settings)
     rows = snapshot_rows(engine, snapshot, split)
     devset = ensure_devset(engine, split, snapshot.watermark_to, FIRST_DEVSET_REASON)
-    champion_folder, champion_watermark = None, None
-    if champion is not None and settings.warm_start:
-        champion_folder = checkout(settings, champion["version"])
-        if champion.get("snapshot_id") is not None:
-            champion_watermark = get_snapshot(engine, champion["snapshot_id"]).watermark_to
+    champion_folder, champion_watermark = _warm_start(settings, engine, champion)
     on_cpu = pick_device(settings.device).type == "cpu"
+    warm = champion_folder is not None
     data = training_data(
         rows,
         settings.task,
@@ -109,22 +183,35 @@ def train_challenger(
         settings.max_train_rows,
         settings.retention_days,
         new_after=champion_watermark,
-        replay_fraction=replay_fraction(settings, on_cpu, warm=champion_folder is not None),
+        replay_fraction=replay_fraction(settings, on_cpu, warm=warm),
         seed=settings.seed,
         val_fraction=settings.val_fraction,
     )
-    recipe = decide(
-        settings, len(data.train_texts), data.train_targets, on_cpu=on_cpu, warm=champion_folder is not None
-    )
+    recipe = decide(settings, len(data.train_texts), data.train_targets, on_cpu=on_cpu, warm=warm)
     logger.info("recipe %s: %s", recipe.name, json.dumps(recipe.reasons))
     config = train_config(settings, init_from=champion_folder, recipe=recipe)
     # The recorded feature schema's types, not a guess from these rows.
     types = feature_types_for(settings, data.train_features, schema_types(engine))
     config = replace(config, feature_types=types)
     logger.info("behaviour features: %s", json.dumps(config.feature_types) if config.feature_types else "none")
-    version = version or new_version()
-    folder = Path(settings.work_dir) / "checkpoints" / version
-    lineage = {
+    test = rows[rows["split"] == "test"]
+    return TrainingPlan(data=data, test=test, devset=devset, recipe=recipe, config=config)
+
+
+def _warm_start(settings: Settings, engine, champion: dict | None) -> tuple[Path | None, int | None]:
+    """The champion's local folder and its snapshot's watermark, for a warm start (None, None without)."""
+    if champion is None or not settings.warm_start:
+        return None, None
+    folder = checkout(settings, champion["version"])
+    watermark = None
+    if champion.get("snapshot_id") is not None:
+        watermark = get_snapshot(engine, champion["snapshot_id"]).watermark_to
+    return folder, watermark
+
+
+def _lineage(settings: Settings, snapshot: Snapshot, champion: dict | None, version: str, plan: TrainingPlan) -> dict:
+    """Where the challenger comes from, as its checkpoint records it."""
+    return {
         "version": version,
         "base_model": settings.base_model,
         "parent_version": champion["version"] if champion else None,
@@ -132,13 +219,20 @@ def train_challenger(
         "snapshot_hash": snapshot.content_hash,
         "watermark_from": snapshot.watermark_from,
         "watermark_to": snapshot.watermark_to,
-        "train_rows": len(data.train_texts),
-        "dev_set": devset.version,
+        "train_rows": len(plan.data.train_texts),
+        "dev_set": plan.devset.version,
     }
-    test = rows[rows["split"] == "test"]
-    # --- defences and compression: K seeds, or this run plus previous champions
+
+
+def _train_members(
+    settings: Settings, plan: TrainingPlan, folder: Path, lineage: dict, logger: logging.Logger
+) -> tuple[list[Path], list]:
+    """Train the challenger's model, or the seed members of its ensemble (each in a folder of its
+    own beside ``folder``); returns the members' folders and their training results."""
+    # Defences and compression: K seeds, or this run plus previous champions.
     ensemble = settings.ensemble_size > 1
     runs = settings.ensemble_size if ensemble and settings.ensemble_source == "seeds" else 1
+    version, data, config = lineage["version"], plan.data, plan.config
     members: list[Path] = []
 
     def fit(i: int, member_config: TrainConfig):
@@ -152,33 +246,49 @@ def train_challenger(
             config.init_from or config.base_model,
         )
         members.append(target)
-        return _train_and_save(settings, member_config, data, test, target, lineage, logger)
+        return _train_and_save(settings, member_config, data, plan.test, target, lineage, logger)
 
     results = train_seed_members(config, runs, fit)
-    if not is_main_rank():  # the other ranks of a data-parallel run only help train: rank 0 writes
-        return _other_rank_challenger(version, folder, results, len(data.train_texts))
-    if ensemble and settings.ensemble_source == "champions":
+    return members, results
+
+
+def _gather_members(
+    settings: Settings, engine, members: list[Path], folder: Path, lineage: dict, plan: TrainingPlan, logger
+) -> dict | None:
+    """Put the challenger in ``folder``: an ensemble of the trained members (and, with
+    REFIT_ENSEMBLE_SOURCE=champions, previous champions), or the one model. Returns the
+    ensemble's dev metrics, or None for a single model (its own stand)."""
+    if settings.ensemble_size > 1 and settings.ensemble_source == "champions":
         members += previous_champion_folders(settings, engine, settings.ensemble_size - 1, like=members[0])
-    result = results[0]
-    dev_metrics = result.dev_metrics
     if len(members) > 1:
-        dev_metrics = _build_ensemble(settings, members, folder, lineage, data, test)
+        dev_metrics = _build_ensemble(settings, members, folder, lineage, plan.data, plan.test)
         logger.info("ensemble of %d models: dev %s", len(members), dev_metrics)
-    elif members[0] != folder:
+        return dev_metrics
+    if members[0] != folder:
         shutil.move(str(members[0]), folder)  # no previous champion to join: a single model
-    if recipe.blend:
-        n_labels = 1 if settings.task == "regression" else len(settings.labels)
-        dev_metrics = attach_text_baseline(folder, data, settings.task, n_labels, config.metric)
-        blend = read_metadata(folder)["blend"]
-        logger.info(
-            "blend with TF-IDF: BERT weight %.2f (%s), on the validation fold %s",
-            blend["bert_weight"],
-            blend["kind"],
-            json.dumps(blend["fold"]),
-        )
-        if len(test):
-            _rescore_test(folder, test, settings)
-    # A sample of the dev rows stays in the folder: serving's int8 check runs on it (models/dev_sample.py).
+    return None
+
+
+def _blend(settings: Settings, folder: Path, plan: TrainingPlan, logger: logging.Logger) -> dict:
+    """Blend the checkpoint with TF-IDF (the recipe asked for it); returns the blend's dev metrics."""
+    n_labels = 1 if settings.task == "regression" else len(settings.labels)
+    dev_metrics = attach_text_baseline(folder, plan.data, settings.task, n_labels, plan.config.metric)
+    blend = read_metadata(folder)["blend"]
+    logger.info(
+        "blend with TF-IDF: BERT weight %.2f (%s), on the validation fold %s",
+        blend["bert_weight"],
+        blend["kind"],
+        json.dumps(blend["fold"]),
+    )
+    if len(plan.test):
+        _rescore_test(folder, plan.test, settings)
+    return dev_metrics
+
+
+def _add_serving_files(settings: Settings, folder: Path, plan: TrainingPlan, logger: logging.Logger) -> None:
+    """Write what serving reads beside the weights: a sample of the dev rows (serving's int8 check
+    runs on it, models/dev_sample.py), and the int8 copy when REFIT_PUBLISH_INT8."""
+    data = plan.data
     write_dev_sample(folder, data.dev_texts, data.dev_features)
     if settings.publish_int8:
         record = add_int8_artifact(
@@ -187,17 +297,6 @@ def train_challenger(
         logger.info(
             "int8 artifact: largest dev difference %.4f (tolerance %.4f)", record["max_abs_diff"], record["tolerance"]
         )
-    return Challenger(
-        version=version,
-        folder=folder,
-        dev_metrics=dev_metrics,
-        best_epoch=result.best_epoch,
-        epochs_run=len(result.history),
-        train_rows=len(data.train_texts),
-        samples_per_second=result.samples_per_second,
-        train_seconds=round(sum(r.train_seconds for r in results), 2),
-        stopped_by=result.stopped_by,
-    )
 
 
 def _train_and_save(settings: Settings, config, data, test, folder: Path, lineage: dict, logger: logging.Logger):
@@ -253,8 +352,17 @@ def _build_ensemble(settings: Settings, members: list[Path], folder: Path, linea
 
 
 def previous_champion_folders(settings: Settings, engine, n: int, like: Path) -> list[Path]:
-    """Up to ``n`` model folders of the most recent previous champions (an ensemble champion gives
-    its members), skipping any whose tokenizer differs from ``like``'s."""
+    """The model folders of the most recent previous champions, to join a challenger's ensemble.
+
+    Args:
+        settings: refit's settings (the store the champions are checked out from).
+        engine: the registry's database.
+        n: the most folders to return.
+        like: a member's folder; a champion whose tokenizer differs from its tokenizer is skipped.
+
+    Returns:
+        Up to ``n`` folders, newest champion first; an ensemble champion gives its members.
+    """
     from sqlalchemy import text
 
     with engine.connect() as conn:

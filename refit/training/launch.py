@@ -90,45 +90,61 @@ def train_in_child(
     if processes > 1:
         _check_data_parallel(settings)
         _prepare_shared_inputs(settings, snapshot, champion)
-    version = new_version()
-    folder = Path(settings.work_dir) / "training-process"
-    path = _settings_file(settings, folder)
+    path = _settings_file(settings, Path(settings.work_dir) / "training-process")
     status = path.with_suffix(".status")
-    arguments = [str(path), str(snapshot.id), version, champion["version"] if champion else NO_CHAMPION, str(status)]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    champion_version = champion["version"] if champion else NO_CHAMPION
+    arguments = [str(path), str(snapshot.id), new_version(), champion_version, str(status)]
     started = time.monotonic()
-    child = subprocess.Popen(
-        [*(launcher if processes > 1 else [sys.executable]), "-m", CHILD_MODULE, *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    try:
+        returncode, out, err = _run_child(_child_command(processes, arguments))
+    finally:
+        path.unlink(missing_ok=True)
+        status.unlink(missing_ok=True)
+    challenger = _read_challenger(returncode, out, err, processes, time.monotonic() - started)
+    if processes > 1:
+        logger.info("trained %s in %d processes (DDP, %s)", challenger.version, processes, backend_for(settings.device))
+    else:
+        logger.info("trained %s in a child process", challenger.version)
+    return challenger
+
+
+def _child_command(processes: int, arguments: list[str]) -> list[str]:
+    """The child's command line: ``python -m`` the child module, under torchrun above one process."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*(launcher if processes > 1 else [sys.executable]), "-m", CHILD_MODULE, *arguments]
+
+
+def _run_child(command: list[str]) -> tuple[int, str, str]:
+    """Run the child to its end; returns its exit status (negative: the signal that ended it), its
+    output and its errors. Whatever interrupts the wait (the task's timeout) ends the child too."""
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = child.communicate()
     finally:
         if child.poll() is None:  # the task's timeout interrupted the wait: the child goes too
             child.kill()  # and a torchrun launcher's ranks with it (die_with_launcher)
             child.wait()
-        path.unlink(missing_ok=True)
-        status.unlink(missing_ok=True)
-    killed = signal.Signals(-child.returncode).name if child.returncode < 0 else None
-    if processes > 1 and killed is None and child.returncode != 0:
+    return child.returncode, out, err
+
+
+def _read_challenger(returncode: int, out: str, err: str, processes: int, seconds: float) -> Challenger:
+    """The challenger a finished child printed last, or the error that says why there is none.
+
+    Raises:
+        TrainingKilled: the child, or one of its ranks, died from a signal.
+        RefitError: the child failed otherwise, or printed nothing.
+    """
+    killed = signal.Signals(-returncode).name if returncode < 0 else None
+    if processes > 1 and killed is None and returncode != 0:
         killed = _rank_signal(err)
     if killed:
-        raise TrainingKilled(
-            f"the training process was killed ({killed}) {time.monotonic() - started:.0f} s after it started"
-        )
+        raise TrainingKilled(f"the training process was killed ({killed}) {seconds:.0f} s after it started")
     lines = out.strip().splitlines()
-    if child.returncode != 0 or not lines:
+    if returncode != 0 or not lines:
         last = _failure_line(err) if processes > 1 else (err.strip().splitlines() or ["no output"])[-1]
-        raise RefitError(f"the training process exited with status {child.returncode}: {last}")
+        raise RefitError(f"the training process exited with status {returncode}: {last}")
     data = json.loads(lines[-1])
-    challenger = Challenger(**{**data, "folder": Path(data["folder"])})
-    if processes > 1:
-        logger.info("trained %s in %d processes (DDP, %s)", challenger.version, processes, backend_for(settings.device))
-    else:
-        logger.info("trained %s in a child process", challenger.version)
-    return challenger
+    return Challenger(**{**data, "folder": Path(data["folder"])})
 
 
 def _check_data_parallel(settings: Settings) -> None:

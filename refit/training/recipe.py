@@ -85,44 +85,29 @@ def decide(
         n_encoder_layers: the base model's layer count (a freeze of all of them trains the head only).
         on_cpu: training runs on a CPU (the retrain window is bounded).
         warm: the run warm-starts from the champion.
+
+    Returns:
+        The recipe: each choice, and the reason for it.
     """
-    reasons: dict[str, str] = {}
-    auto = settings.recipe == "auto"
-
-    def pick(name: str, automatic, why: str):
-        pinned = getattr(settings, name)
-        if pinned is not None:
-            reasons[name] = "pinned"
-            return pinned
-        if not auto:
-            reasons[name] = "manual recipe default"
-            return MANUAL[name]
-        reasons[name] = why
-        return automatic
-
+    choices = _Choices(settings)
     steps_per_epoch = max(1, math.ceil(math.ceil(n_train / settings.batch_size) / settings.grad_accum_steps))
     wanted = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
-    epochs = pick("epochs", wanted, f"about {TARGET_STEPS} steps at {steps_per_epoch} steps per epoch ({n_train} rows)")
-    patience = pick("patience", PATIENCE, f"stop after {PATIENCE} epochs without a better validation score")
+    why = f"about {TARGET_STEPS} steps at {steps_per_epoch} steps per epoch ({n_train} rows)"
+    epochs = choices.pick("epochs", wanted, why)
+    patience = choices.pick("patience", PATIENCE, f"stop after {PATIENCE} epochs without a better validation score")
     strategy = settings.fine_tune
     if strategy == "freeze" and n_encoder_layers is not None and settings.freeze_layers >= n_encoder_layers:
         strategy = "freeze_all"
-    learning_rate = pick("learning_rate", LEARNING_RATES[strategy], f"the rate for strategy {strategy}")
-    if settings.task == "classification":
-        balance = ""
-        if train_targets is not None and len(train_targets):
-            counts = np.bincount(np.asarray(train_targets, dtype=int), minlength=len(settings.labels))
-            balance = " (class shares " + ", ".join(f"{c / counts.sum():.0%}" for c in counts) + ")"
-        class_weights = pick("class_weights", "balanced", "the gate and early stopping judge macro-F1" + balance)
-    else:
-        class_weights = settings.class_weights or "none"
+    learning_rate = choices.pick("learning_rate", LEARNING_RATES[strategy], f"the rate for strategy {strategy}")
+    class_weights = _class_weights(settings, train_targets, choices)
     replay = replay_fraction(settings, on_cpu, warm)
     if replay is not None and settings.replay_fraction is None:
-        reasons["replay_fraction"] = "a CPU retrain trains on the new rows plus as many older ones"
+        choices.reasons["replay_fraction"] = "a CPU retrain trains on the new rows plus as many older ones"
     budget = settings.train_budget_minutes * 60 if settings.train_budget_minutes else None
-    head_lr_factor = max(1.0, min(HEAD_LR_FACTOR, HEAD_LR_CAP / float(learning_rate))) if auto else 1.0
+    head_lr_factor = max(1.0, min(HEAD_LR_FACTOR, HEAD_LR_CAP / float(learning_rate))) if choices.auto else 1.0
     if head_lr_factor > 1:
-        reasons["head_lr_factor"] = f"the fresh head learns at {head_lr_factor * float(learning_rate):.0e}"
+        choices.reasons["head_lr_factor"] = f"the fresh head learns at {head_lr_factor * float(learning_rate):.0e}"
+    reasons = choices.reasons
     return Recipe(
         name=settings.recipe,
         epochs=int(epochs),
@@ -135,3 +120,36 @@ def decide(
         head_lr_factor=head_lr_factor,
         reasons=reasons,
     )
+
+
+class _Choices:
+    """The recipe's choices as they are made, each with its reason: a setting pinned by hand wins,
+    then the manual recipe's default (REFIT_RECIPE=manual), then the automatic choice."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.auto = settings.recipe == "auto"
+        self.reasons: dict[str, str] = {}
+
+    def pick(self, name: str, automatic, why: str):
+        pinned = getattr(self.settings, name)
+        if pinned is not None:
+            self.reasons[name] = "pinned"
+            return pinned
+        if not self.auto:
+            self.reasons[name] = "manual recipe default"
+            return MANUAL[name]
+        self.reasons[name] = why
+        return automatic
+
+
+def _class_weights(settings: Settings, train_targets: np.ndarray | None, choices: _Choices) -> str:
+    """Balanced class weights for classification (the reason gives the class shares); for
+    regression, the setting or none."""
+    if settings.task != "classification":
+        return settings.class_weights or "none"
+    balance = ""
+    if train_targets is not None and len(train_targets):
+        counts = np.bincount(np.asarray(train_targets, dtype=int), minlength=len(settings.labels))
+        balance = " (class shares " + ", ".join(f"{c / counts.sum():.0%}" for c in counts) + ")"
+    return choices.pick("class_weights", "balanced", "the gate and early stopping judge macro-F1" + balance)
