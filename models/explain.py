@@ -98,25 +98,11 @@ def explain(
     encoding = tokenizer(str(text), truncation=True, max_length=predictor.max_length, return_offsets_mapping=True)
     ids = torch.tensor([encoding["input_ids"]], device=device)
     mask = torch.ones_like(ids)
-    special = set(tokenizer.all_special_ids) - {tokenizer.pad_token_id}
-    pad_id = tokenizer.pad_token_id or 0
-    baseline_ids = torch.where(
-        torch.isin(ids, torch.tensor(sorted(special), device=device)), ids, torch.full_like(ids, pad_id)
-    )
-    embedding = model.encoder.get_input_embeddings()
     alphas = ((torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps).view(-1, 1, 1)
-    with torch.no_grad():
-        real, base = embedding(ids), embedding(baseline_ids)
-    path = (base + alphas * (real - base)).detach().requires_grad_(True)
-
+    real, base, path = _text_path(model, tokenizer, ids, alphas)
     feature_real = feature_base = feature_path = None
     if model.fused:
-        frame = pd.DataFrame([features or {}])
-        with torch.no_grad():
-            feature_real = model.head.feature_vector(take(model.schema.encode(frame, 1), [0], device))
-            feature_base = model.head.feature_vector(take(model.schema.encode(None, 1), [0], device))
-        feature_path = (feature_base + alphas.view(-1, 1) * (feature_real - feature_base)).detach()
-        feature_path.requires_grad_(True)
+        feature_real, feature_base, feature_path = _feature_path(model, features, alphas, device)
 
     def output(logits: torch.Tensor) -> torch.Tensor:
         if predictor.task == "regression":
@@ -141,7 +127,48 @@ def explain(
         feature_scores = {name: float(per_dim[where].sum()) for name, where in _feature_slices(predictor)}
 
     pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
-    tokens = list(zip(pieces, token_scores, strict=True))
+    target = "score" if predictor.task == "regression" else predictor.labels[target_index]
+    return Explanation(
+        text=str(text),
+        target=target,
+        output=out_real,
+        baseline_output=out_base,
+        tokens=list(zip(pieces, token_scores, strict=True)),
+        words=_word_scores(str(text), encoding, token_scores),
+        features=feature_scores,
+    )
+
+
+def _text_path(model, tokenizer, ids: torch.Tensor, alphas: torch.Tensor):
+    """The embeddings of the text (``real``), of its baseline (``base``: every token but the
+    special ones made padding) and the straight path between them at ``alphas``, which
+    integrated gradients differentiate along."""
+    special = set(tokenizer.all_special_ids) - {tokenizer.pad_token_id}
+    pad_id = tokenizer.pad_token_id or 0
+    baseline_ids = torch.where(
+        torch.isin(ids, torch.tensor(sorted(special), device=ids.device)), ids, torch.full_like(ids, pad_id)
+    )
+    embedding = model.encoder.get_input_embeddings()
+    with torch.no_grad():
+        real, base = embedding(ids), embedding(baseline_ids)
+    path = (base + alphas * (real - base)).detach().requires_grad_(True)
+    return real, base, path
+
+
+def _feature_path(model, features: dict | None, alphas: torch.Tensor, device):
+    """The fused model's feature vector for ``features`` (``real``), for missing features
+    (``base``) and the straight path between them at ``alphas``."""
+    frame = pd.DataFrame([features or {}])
+    with torch.no_grad():
+        real = model.head.feature_vector(take(model.schema.encode(frame, 1), [0], device))
+        base = model.head.feature_vector(take(model.schema.encode(None, 1), [0], device))
+    path = (base + alphas.view(-1, 1) * (real - base)).detach()
+    path.requires_grad_(True)
+    return real, base, path
+
+
+def _word_scores(text: str, encoding, token_scores: list[float]) -> list[tuple[str, float]]:
+    """The tokens' attributions summed per word of ``text`` (the tokenizer's word ids and offsets)."""
     words: dict[int, list] = {}
     for position, word in enumerate(encoding.word_ids()):
         if word is None:
@@ -150,16 +177,7 @@ def explain(
         span = words.setdefault(word, [start, end, 0.0])
         span[1] = end
         span[2] += token_scores[position]
-    target = "score" if predictor.task == "regression" else predictor.labels[target_index]
-    return Explanation(
-        text=str(text),
-        target=target,
-        output=out_real,
-        baseline_output=out_base,
-        tokens=tokens,
-        words=[(str(text)[s:e], score) for s, e, score in words.values()],
-        features=feature_scores,
-    )
+    return [(text[s:e], score) for s, e, score in words.values()]
 
 
 def _explain_ensemble(predictor: Predictor, text: str, features: dict | None, steps: int, label: str | None):

@@ -48,8 +48,19 @@ def predict_ids(
 ) -> np.ndarray:
     """Predictions for pre-tokenized texts, batched by length, returned in the input order.
 
-    ``batch_size`` None takes the model's ``preferred_batch`` (the int8 ONNX Runtime model runs its
-    padded batches fastest small), else 64."""
+    Args:
+        model: the model (or the int8 ONNX Runtime model).
+        ids: token ids per text, unpadded.
+        task: ``regression`` or ``classification``.
+        pad_id: the tokenizer's padding id.
+        device: where the model runs.
+        batch_size: texts per model call; None takes the model's ``preferred_batch`` (the int8
+            ONNX Runtime model runs its padded batches fastest small), else 64.
+        features: the encoded behaviour features, one row per text.
+
+    Returns:
+        Scores in [0, 1] (regression) or class probabilities (classification), one row per text.
+    """
     batch_size = batch_size or getattr(model, "preferred_batch", 64)
     model.eval()
     order = np.argsort([len(seq) for seq in ids], kind="stable")
@@ -76,7 +87,21 @@ def predict_texts(
     max_length: int,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Predictions for raw texts and their behaviour features (missing features read as unknown)."""
+    """Predictions for raw texts and their behaviour features.
+
+    Args:
+        model: the model.
+        tokenizer: its tokenizer.
+        texts: the texts.
+        features: their behaviour features (a frame, or a dict per text); missing features read as
+            unknown.
+        task: ``regression`` or ``classification``.
+        max_length: longer texts are truncated to this many tokens.
+        device: where the model runs.
+
+    Returns:
+        Scores in [0, 1] (regression) or class probabilities (classification), one row per text.
+    """
     texts = [str(t) for t in texts]
     if isinstance(features, list):
         features = pd.DataFrame(features)

@@ -37,7 +37,17 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int
 
 
 def task_metrics(task: str, y_true: np.ndarray, prediction: np.ndarray, n_labels: int) -> dict[str, float]:
-    """Metrics of ``prediction`` (scores for regression, class probabilities for classification)."""
+    """The task's metrics of a prediction.
+
+    Args:
+        task: ``regression`` or ``classification``.
+        y_true: the targets (scores, or label indices).
+        prediction: scores for regression, class probabilities for classification.
+        n_labels: the number of classes (1 for regression).
+
+    Returns:
+        Each metric's value, by name.
+    """
     if task == "regression":
         return regression_metrics(y_true, prediction)
     return classification_metrics(y_true, np.asarray(prediction).argmax(axis=1), n_labels)

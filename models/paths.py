@@ -105,12 +105,28 @@ def choose_attention(
     distributed: bool = False,
     cache: Path | None = None,
 ) -> TrainPath:
-    """The attention layout for this run (``setting`` auto | encoder | padded | packed).
+    """The attention layout for this run: the setting, an earlier measurement, or the fastest
+    layout timed now.
 
-    ``step`` runs one forward pass of the probe batch and returns its loss; it is called under the
-    layout being timed. A run of fewer than ``PROBE_MIN_STEPS`` optimizer ``steps``, or a
-    distributed one (whose ranks must agree), takes the default layout unprobed. ``cache`` is the
-    machine's file of earlier answers.
+    Args:
+        model: the model to train (a model that is not a plain BERT has only its encoder's own
+            forward).
+        setting: ``auto``, ``encoder``, ``padded`` or ``packed``.
+        precision: the training precision (recorded, and part of what a measurement is for).
+        step: runs one forward pass of the probe batch and returns its loss; it is called under
+            the layout being timed.
+        device: where the model trains.
+        batch_size: the training batch size (part of what a measurement is for).
+        steps: the run's optimizer steps: a run of fewer than ``PROBE_MIN_STEPS`` takes the
+            default layout unprobed.
+        distributed: a data-parallel run, whose ranks must agree: the default layout, unprobed.
+        cache: the machine's file of earlier answers.
+
+    Returns:
+        The layout, the precision, and what chose them (with the timings, when measured).
+
+    Raises:
+        ValueError: ``setting`` is not a layout.
     """
     if setting not in ATTENTIONS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {setting!r}")

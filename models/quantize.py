@@ -108,9 +108,13 @@ def export_onnx(model: torch.nn.Module, path: Path) -> list[str]:
 
 
 def quantize_onnx(source: Path, target: Path) -> None:
-    """Quantize the float ONNX model ``source`` to int8 into ``target``: the weights of the matrix
-    products (one scale per output channel) and the embedding tables are int8, and activations are
-    quantized per call."""
+    """Quantize a float ONNX model to int8: the weights of the matrix products (one scale per
+    output channel) and the embedding tables are int8, and activations are quantized per call.
+
+    Args:
+        source: the float ONNX model.
+        target: where the int8 model is written.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic  # only quantizing needs it
 
     # Its hint to run shape pre-processing first is for static quantization; it changed nothing here.
@@ -204,8 +208,16 @@ def quantize_model(model: torch.nn.Module, threads: int | None = None) -> OnnxMo
 
 
 def load_int8(model: torch.nn.Module, folder: Path) -> OnnxModel:
-    """The folder's int8 artifact, run with ``model``'s feature schema (``model`` is the float
-    model freshly loaded from ``folder``; its weights are not used)."""
+    """The folder's int8 artifact, ready to predict.
+
+    Args:
+        model: the float model freshly loaded from ``folder``: its feature schema is used, its
+            weights are not.
+        folder: the checkpoint folder.
+
+    Returns:
+        The int8 model.
+    """
     path = Path(folder) / INT8_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no int8 artifact ({INT8_FILE})")

@@ -117,9 +117,20 @@ def has_text_model(folder: Path) -> bool:
 def fit_blend_weight(
     metric, y_true: np.ndarray, bert: np.ndarray, text: np.ndarray, step: float = 0.05, low: float = 0.0
 ) -> float:
-    """The BERT share ``w`` in ``[low, 1]`` of ``w * bert + (1 - w) * text`` that scores best by
-    ``metric`` (a callable of (y_true, prediction), higher is better) on held-out rows; ties go to
-    the weight nearest an even blend, which averages out the noise of a small fold."""
+    """The BERT share of a blend with the text model that scores best on held-out rows.
+
+    Args:
+        metric: a callable of (y_true, prediction), higher is better.
+        y_true: the held-out rows' targets.
+        bert: the BERT's predictions on them.
+        text: the text model's predictions on them.
+        step: the spacing of the weights tried, from ``low`` to 1.
+        low: the smallest BERT share allowed.
+
+    Returns:
+        The weight ``w`` in ``[low, 1]`` of ``w * bert + (1 - w) * text``; ties go to the weight
+        nearest an even blend, which averages out the noise of a small fold.
+    """
     weights = np.round(np.arange(low, 1.0 + step / 2, step), 4)
     scores = np.array([metric(y_true, w * bert + (1 - w) * text) for w in weights])
     best = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0, atol=1e-12))
@@ -137,7 +148,16 @@ def kind_of(weight: float) -> str:
 
 
 def write_blend(folder: Path, weight: float, **record) -> dict:
-    """Record the checkpoint's BERT share (and why) in its metadata; returns the blend record."""
+    """Record the checkpoint's BERT share (and why) in its metadata.
+
+    Args:
+        folder: the checkpoint folder.
+        weight: the BERT share of the blend.
+        **record: what else the record keeps (what the weight was fitted on, its scores).
+
+    Returns:
+        The blend record, as written.
+    """
     meta = read_metadata(folder)
     blend = {**record, "bert_weight": float(weight), "kind": kind_of(weight)}
     meta["blend"] = blend

@@ -147,11 +147,24 @@ def unpadded_mean_pool(
 def packed_attention(
     q, k, v, sizes: list[int], offsets, heads: int, head_dim: int, p, training, scale, jagged: bool | None = None
 ) -> torch.Tensor:
-    """Block-diagonal attention on packed ``[tokens, heads * dim]`` projections: each sequence
-    attends within its own slice; returns the packed ``[tokens, heads * dim]`` context.
+    """Block-diagonal attention on packed projections: each sequence attends within its own slice.
 
-    ``jagged`` (default: on a GPU) runs it as one call on jagged nested tensors (``offsets``: where
-    each sequence starts, and the end); otherwise one call per sequence (``sizes``)."""
+    Args:
+        q: the packed ``[tokens, heads * dim]`` queries.
+        k: the packed keys, shaped as ``q``.
+        v: the packed values, shaped as ``q``.
+        sizes: each sequence's token count (the per-sequence path).
+        offsets: where each sequence starts, and the end (the jagged path).
+        heads: attention heads.
+        head_dim: the size of one head.
+        p: the dropout probability on the attention weights.
+        training: whether dropout applies.
+        scale: the scale of the attention scores.
+        jagged: one call on jagged nested tensors (default: on a GPU), else one call per sequence.
+
+    Returns:
+        The packed ``[tokens, heads * dim]`` context.
+    """
     if q.is_cuda if jagged is None else jagged:
 
         def nested(t):
