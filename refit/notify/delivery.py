@@ -100,9 +100,18 @@ def post(
     headers: dict | None = None,
     retry_delays: tuple[float, ...] = (1.0,),
 ) -> bool:
-    """POST ``message`` as JSON; True when the receiver answered 2xx. Never raises.
+    """POST a message as JSON. Never raises: a failure is logged.
 
-    A connection error, a timeout, 429 or a 5xx is tried again after each of ``retry_delays``.
+    Args:
+        webhook_url: where to post (None or empty: nothing is sent).
+        message: the JSON body.
+        timeout: seconds per attempt.
+        headers: extra request headers.
+        retry_delays: a connection error, a timeout, 429 or a 5xx is tried again after each of
+            these delays (seconds).
+
+    Returns:
+        Whether the receiver answered 2xx.
     """
     if not webhook_url:
         return False
@@ -126,7 +135,16 @@ def post(
 
 
 def deliver(found: list[Target], notice: Notice, timeout: float = 10.0) -> dict[str, bool]:
-    """Send ``notice`` to each target in its style; which were delivered, by target name."""
+    """Send a notice to each target in its style (a Slack body, or the generic JSON event).
+
+    Args:
+        found: the targets.
+        notice: what to send.
+        timeout: seconds per attempt.
+
+    Returns:
+        Whether each target got it, by target name.
+    """
     results = {}
     for target in found:
         if target.style == "slack":
@@ -138,7 +156,16 @@ def deliver(found: list[Target], notice: Notice, timeout: float = 10.0) -> dict[
 
 
 def send(settings, notice: Notice, timeout: float = 10.0) -> dict[str, bool]:
-    """Deliver ``notice`` to every configured target. Never raises; failures are logged."""
+    """Deliver a notice to every configured target. Never raises; failures are logged.
+
+    Args:
+        settings: refit's settings (where the targets are configured).
+        notice: what to send.
+        timeout: seconds per attempt.
+
+    Returns:
+        Whether each target got it, by target name (empty when the targets could not be read).
+    """
     try:
         results = deliver(targets(settings), notice, timeout=timeout)
     except Exception as exc:  # a notification never fails the flow

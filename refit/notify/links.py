@@ -48,8 +48,17 @@ def current_run_url(settings) -> str | None:
 
 
 def browser_url(settings, uri: str | None, expires_s: int = LINK_TTL_S) -> str | None:
-    """A link a browser can open for a stored object: an http(s) URI as it is, an ``s3://`` URI
-    presigned for ``expires_s`` seconds, else None (a ``file://`` path is not served to browsers)."""
+    """A link a browser can open for a stored object.
+
+    Args:
+        settings: refit's settings (the store's client, to presign with).
+        uri: the object's URI.
+        expires_s: how long a presigned link stays valid, in seconds.
+
+    Returns:
+        An http(s) URI as it is, an ``s3://`` URI presigned, else None (a ``file://`` path is not
+        served to browsers).
+    """
     if not uri:
         return None
     if uri.startswith(("http://", "https://")):

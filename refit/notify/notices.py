@@ -87,7 +87,18 @@ def retrain_started_notice(
     forced: bool = False,
     run_url: str | None = None,
 ) -> Notice:
-    """A challenger starts training: on which snapshot, against which champion, and why."""
+    """A challenger starts training: on which snapshot, against which champion, and why.
+
+    Args:
+        snapshot: the snapshot's row (id, watermarks, row counts).
+        champion_version: the champion it is trained against (None: the first model).
+        drift: the drift check that asked for the retrain (its drifted columns or reasons).
+        forced: the operator forced the retrain.
+        run_url: the flow run's page in the UI.
+
+    Returns:
+        The notice.
+    """
     if champion_version is None:
         why = "no champion yet: the first model"
     elif forced:
@@ -120,23 +131,65 @@ def retrain_started_notice(
 
 
 def gate_notice(decision: dict, challenger_version: str | None, run_url: str | None = None) -> Notice:
-    """The gate decision: the metric per reference with its bootstrap interval, and failed slices."""
+    """The gate decision: the metric per reference with its bootstrap interval, and failed slices.
+
+    Args:
+        decision: the gate's decision record.
+        challenger_version: the challenger judged.
+        run_url: the flow run's page in the UI.
+
+    Returns:
+        The notice: the verdict, its reasons and failed slices, and the comparisons as a table.
+    """
     metric = decision["metric"]
     verdict = "PASSED" if decision["promote"] else "FAILED"
     level = f"{decision.get('confidence', 0.95):.0%}"
+    rows = _comparison_rows(decision)
+    header = ["vs", f"challenger {metric}", f"reference {metric}", "improvement", f"{level} interval", "passed"]
+    return Notice(
+        kind="gate",
+        title=f"refit: gate {verdict} for {challenger_version}",
+        lines=_gate_lines(decision, challenger_version),
+        fields={
+            "challenger": challenger_version,
+            "promote": decision["promote"],
+            "against": decision["against"],
+            "metric": metric,
+            "challenger_score": decision.get("challenger_score"),
+            "reference_score": decision.get("champion_score"),
+            "improvement": decision.get("improvement"),
+            "interval": list(decision["interval"]) if decision.get("interval") else None,
+            "confidence": decision.get("confidence"),
+            "failed_slices": decision.get("failed_slices") or [],
+            "dev_set": decision.get("dev_set"),
+            "reason": decision["reason"],
+        },
+        table=fixed_table(header, rows) if rows else None,
+        run_url=run_url,
+    )
+
+
+def _gate_lines(decision: dict, challenger_version: str | None) -> list[str]:
+    """The gate notice's text: the verdict's reason, the dev set, the failed slices, the other reasons."""
+    metric = decision["metric"]
     lines = [
         f"*Challenger* `{challenger_version}` vs {decision['against']}: {escape_mrkdwn(decision['reason'])}",
     ]
     if decision.get("dev_set") is not None:
         lines.append(f"*Dev set*: v{decision['dev_set']} ({decision.get('dev_rows')} rows)")
     checks = decision.get("slice_checks") or {}
-    failed = decision.get("failed_slices") or []
-    for name in failed:
+    for name in decision.get("failed_slices") or []:
         c = checks.get(name)
         detail = f" ({c['rows']} rows: {metric} {_num(c.get('challenger'))} vs {_num(c.get('champion'))})" if c else ""
         lines.append(f"• worse on slice *{escape_mrkdwn(name)}*{detail}")
     for reason in decision.get("reasons") or []:
         lines.append(f"• {escape_mrkdwn(reason)}")
+    return lines
+
+
+def _comparison_rows(decision: dict) -> list[list[str]]:
+    """The gate notice's table: one row per reference the challenger was compared with (or the
+    one interval of a decision that records no comparisons)."""
     comparisons = decision.get("comparisons") or {}
     rows = [
         [
@@ -161,28 +214,7 @@ def gate_notice(decision: dict, challenger_version: str | None, run_url: str | N
                 "yes" if decision["promote"] else "NO",
             ]
         ]
-    header = ["vs", f"challenger {metric}", f"reference {metric}", "improvement", f"{level} interval", "passed"]
-    return Notice(
-        kind="gate",
-        title=f"refit: gate {verdict} for {challenger_version}",
-        lines=lines,
-        fields={
-            "challenger": challenger_version,
-            "promote": decision["promote"],
-            "against": decision["against"],
-            "metric": metric,
-            "challenger_score": decision.get("challenger_score"),
-            "reference_score": decision.get("champion_score"),
-            "improvement": decision.get("improvement"),
-            "interval": list(decision["interval"]) if decision.get("interval") else None,
-            "confidence": decision.get("confidence"),
-            "failed_slices": failed,
-            "dev_set": decision.get("dev_set"),
-            "reason": decision["reason"],
-        },
-        table=fixed_table(header, rows) if rows else None,
-        run_url=run_url,
-    )
+    return rows
 
 
 def outcome_notice(summary: dict, run_url: str | None = None) -> Notice:
@@ -307,7 +339,19 @@ def failure_notice(
     run_url: str | None = None,
     state: str = "Failed",
 ) -> Notice:
-    """A run that ended Failed or Crashed: the flow, the task that failed, the error."""
+    """A run that ended Failed or Crashed: the flow, the task that failed, the error.
+
+    Args:
+        flow_name: the flow's name.
+        run_name: the flow run's name.
+        error: the error, in words.
+        task_name: the task that failed, when known.
+        run_url: the flow run's page in the UI.
+        state: the run's final state (``Failed`` or ``Crashed``).
+
+    Returns:
+        The notice.
+    """
     lines = [f"*Flow*: {flow_name} / {run_name} ({state})"]
     if task_name:
         lines.append(f"*Task*: {task_name}")

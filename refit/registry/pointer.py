@@ -53,11 +53,19 @@ def write_candidate(
     shadow_share: float,
     model_name: str = DEFAULT_MODEL,
 ) -> None:
-    """Name ``published`` as the candidate in ``stage`` (``shadow`` or ``canary``), answering
-    ``share`` of requests in canary and scoring ``shadow_share`` of the others unseen.
+    """Name a published version as the candidate of a live rollout.
 
     Written by compare-and-swap on the pointer's ETag: a pointer that changed meanwhile raises
     :class:`Conflict` rather than being overwritten.
+
+    Args:
+        store: the object store.
+        published: the candidate version.
+        rollout_id: the rollout it serves in.
+        stage: ``shadow`` or ``canary``.
+        share: the share of requests the candidate answers in canary (0 in shadow).
+        shadow_share: the share of the other requests' items it scores unseen.
+        model_name: the model the pointer belongs to.
     """
     key = candidate_key(model_name)
     head = store.head(key)

@@ -32,10 +32,18 @@ ACTOR = "refit"
 
 
 def promote_if_current(conn, version: str, expected: str | None) -> bool:
-    """Make ``version`` champion if ``expected`` is still the champion (compare-and-swap).
+    """Make a version champion if the champion is still the one expected (compare-and-swap).
 
     Concurrent callers serialize on the ``registry_head`` row; the loser sees the changed
     champion and gets False. Runs inside the caller's transaction.
+
+    Args:
+        conn: a connection inside the caller's transaction.
+        version: the version to promote.
+        expected: the champion the caller saw (None: no champion yet).
+
+    Returns:
+        Whether ``version`` became champion.
     """
     won = conn.execute(
         text(
@@ -67,7 +75,18 @@ def log_entry(
     flow_run_id: str | None = None,
     gate: dict | None = None,
 ) -> None:
-    """Append one line to the promotion log (the database refuses edits of old lines)."""
+    """Append one line to the promotion log (the database refuses edits of old lines).
+
+    Args:
+        conn: a connection inside the caller's transaction.
+        version: the challenger (or the version acted on).
+        champion_version: the champion at the time, or None.
+        decision: what happened (``promoted``, ``rejected``, ``rolled_back``, ``canary``, ...).
+        reason: why, in words.
+        actor: who decided (``refit``, or the operator).
+        flow_run_id: the Prefect flow run that decided, if any.
+        gate: the gate's decision record; its metric and scores get columns of their own.
+    """
     gate = gate or {}
     conn.execute(
         text(
@@ -142,10 +161,20 @@ def record_decision(
 
 
 def restore_pointer(engine: Engine, store: ObjectStore, published: Published, previous, model_name: str) -> None:
-    """The registry transaction failed after the pointer moved to ``published`` (a dropped
-    connection at commit): unless the commit did land, move the pointer back to ``previous``
-    (a ``Published``, or None: no pointer before), so the store never names a champion the
-    registry does not have, and a rolled-back upload is not pointed at once withdrawn."""
+    """Move the champion pointer back after the registry transaction failed behind it.
+
+    The pointer moved to ``published`` and then the transaction failed (a dropped connection at
+    commit): unless the commit did land, the pointer goes back, so the store never names a
+    champion the registry does not have, and a rolled-back upload is not pointed at once
+    withdrawn. A failure to restore is logged, never raised: the caller's error is what matters.
+
+    Args:
+        engine: the registry's database.
+        store: the object store.
+        published: the version the pointer was moved to.
+        previous: the ``Published`` it named before, or None (no pointer before: it is deleted).
+        model_name: the model the pointer belongs to.
+    """
     try:
         with engine.connect() as conn:
             head = conn.execute(text("SELECT champion FROM registry_head WHERE id = 1")).scalar()
@@ -175,7 +204,19 @@ def insert_version(
     config_hash: str | None = None,
     flow_run_id: str | None = None,
 ) -> None:
-    """Add ``published`` to ``model_versions`` with ``status`` (inside the caller's transaction)."""
+    """Add a published version to ``model_versions`` (inside the caller's transaction).
+
+    Args:
+        conn: a connection inside the caller's transaction.
+        published: the version, its URI and its manifest's digest.
+        snapshot_id: the snapshot it trained on, if any.
+        parent_version: the champion it warm-started from, if any.
+        task: ``regression`` or ``classification``.
+        metrics: its metrics (NaN and infinities are stored as null).
+        status: its registry status (``candidate`` or ``rejected`` when the gate has spoken).
+        config_hash: the hash of the settings it trained under.
+        flow_run_id: the Prefect flow run that made it.
+    """
     conn.execute(
         text(
             "INSERT INTO model_versions (version, snapshot_id, parent_version, task, uri, manifest_sha256,"

@@ -64,7 +64,17 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
-        """Write ``data`` at ``key``; with ``if_absent`` refuse to overwrite (:class:`AlreadyExists`)."""
+        """Write bytes at a key.
+
+        Args:
+            key: where, inside the store's root.
+            data: the bytes.
+            if_absent: refuse to overwrite an object already there.
+
+        Raises:
+            AlreadyExists: ``if_absent`` and an object is there.
+            StoreError: the store cannot be written.
+        """
 
     @abstractmethod
     def get(self, key: str) -> bytes:
@@ -88,8 +98,16 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> None:
-        """Write ``data`` only if the object still has ``etag`` (None: only if there is none);
-        otherwise raise :class:`Conflict`."""
+        """Write bytes at a key only if the object there is still the one the caller read.
+
+        Args:
+            key: where, inside the store's root.
+            data: the bytes.
+            etag: the ETag the object must still have (None: there must be no object).
+
+        Raises:
+            Conflict: the object changed (or appeared, or went) since.
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -101,11 +119,18 @@ class ObjectStore(ABC):
         run spends time training)."""
 
     def put_file(self, key: str, path: Path, *, if_absent: bool = False, sha256: str | None = None) -> str | None:
-        """Upload a file; ``sha256`` is recorded with the object (and checked by stores that can).
+        """Upload a file.
 
-        Returns the ETag the store reports for these bytes when they arrive whole, computed while
-        they were sent (so checking the upload needs no second read of the file), or None when
-        this store has no such ETag.
+        Args:
+            key: where, inside the store's root.
+            path: the local file.
+            if_absent: refuse to overwrite an object already there (:class:`AlreadyExists`).
+            sha256: the file's SHA-256, recorded with the object (and checked by stores that can).
+
+        Returns:
+            The ETag the store reports for these bytes when they arrive whole, computed while
+            they were sent (so checking the upload needs no second read of the file), or None when
+            this store has no such ETag.
         """
         self.put(key, Path(path).read_bytes(), if_absent=if_absent)
         return None
@@ -116,9 +141,18 @@ class ObjectStore(ABC):
         path.write_bytes(self.get(key))
 
     def holds(self, key: str, path: Path, head: Head | None = None, sent_etag: str | None = None) -> bool:
-        """Whether the stored bytes at ``key`` are the bytes of the local file ``path`` (the
-        recorded SHA-256 is what the uploader declared, not what arrived); ``sent_etag`` is what
-        :meth:`put_file` returned for them. Reads the object back."""
+        """Whether the stored bytes at a key are the bytes of a local file. Reads the object back
+        (the recorded SHA-256 is what the uploader declared, not what arrived).
+
+        Args:
+            key: the stored object.
+            path: the local file.
+            head: the object's head, when the caller has it.
+            sent_etag: what :meth:`put_file` returned for these bytes.
+
+        Returns:
+            Whether they are the same bytes (False when the object cannot be read).
+        """
         try:
             return hashlib.sha256(self.get(key)).hexdigest() == sha256_file(path)
         except StoreError:

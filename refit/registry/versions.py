@@ -100,7 +100,17 @@ def publish_checkpoint(store: ObjectStore, folder: Path, version: str, model_nam
 
 def withdraw_unregistered(engine: Engine, store: ObjectStore, version: str, model_name: str = DEFAULT_MODEL) -> int:
     """Delete a published version that the registry never recorded (a publish whose recording
-    failed); manifest first. A recorded version is left alone. Returns how many objects went."""
+    failed), manifest first; a recorded version is left alone.
+
+    Args:
+        engine: the registry's database.
+        store: the object store.
+        version: the version to withdraw.
+        model_name: the model it belongs to.
+
+    Returns:
+        How many objects were deleted (0 for a recorded version).
+    """
     with engine.connect() as conn:
         if conn.execute(text("SELECT 1 FROM model_versions WHERE version = :v"), {"v": version}).first():
             return 0
@@ -109,7 +119,16 @@ def withdraw_unregistered(engine: Engine, store: ObjectStore, version: str, mode
 
 def delete_version(store: ObjectStore, version: str, model_name: str = DEFAULT_MODEL) -> int:
     """Delete every object of a version, its manifest first, so a half-deleted version is never
-    taken for a published one. Returns how many objects went."""
+    taken for a published one.
+
+    Args:
+        store: the object store.
+        version: the version to delete.
+        model_name: the model it belongs to.
+
+    Returns:
+        How many objects were deleted.
+    """
     keys = store.list(f"{model_prefix(version, model_name)}/")
     for key in sorted(keys, key=lambda k: not k.endswith(MANIFEST)):
         store.delete(key)
@@ -117,7 +136,20 @@ def delete_version(store: ObjectStore, version: str, model_name: str = DEFAULT_M
 
 
 def fetch_checkpoint(store: ObjectStore, version: str, dest: Path, model_name: str = DEFAULT_MODEL) -> Path:
-    """Download a published version into ``dest`` and verify every file against its manifest."""
+    """Download a published version and verify every file against its manifest.
+
+    Args:
+        store: the object store.
+        version: the version to download.
+        dest: the folder to download into (emptied first).
+        model_name: the model it belongs to.
+
+    Returns:
+        ``dest``, holding the version's files and its manifest.
+
+    Raises:
+        CheckpointError: the manifest is corrupt, or a file does not match it.
+    """
     prefix = model_prefix(version, model_name)
     try:
         manifest = json.loads(store.get(f"{prefix}/{MANIFEST}"))
@@ -134,8 +166,16 @@ def fetch_checkpoint(store: ObjectStore, version: str, dest: Path, model_name: s
 
 
 def checkout(settings, version: str) -> Path:
-    """A verified local copy of a published version under ``work_dir/champions/``, downloaded
-    only when the copy there is missing or does not match its manifest."""
+    """A verified local copy of a published version, downloaded only when needed.
+
+    Args:
+        settings: refit's settings (the store, the model name, ``work_dir``).
+        version: the version to check out.
+
+    Returns:
+        Its folder under ``work_dir/champions/``: the copy already there when it matches its
+        manifest, else a fresh download.
+    """
     folder = Path(settings.work_dir) / "champions" / version
     if (folder / MANIFEST).is_file():
         try:

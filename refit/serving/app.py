@@ -158,8 +158,16 @@ async def lifespan(app: FastAPI):
 
 
 def watch(follower: Follower, interval: float, at_once: bool, stop: threading.Event) -> None:
-    """Refresh ``follower`` every ``interval`` seconds (and once at the start when ``at_once``)
-    until ``stop`` is set; a failed check is logged, and the next one tries again."""
+    """Keep a follower's model in step with its pointer, on a thread of its own.
+
+    A failed check is logged, and the next one tries again.
+
+    Args:
+        follower: the champion or the candidate.
+        interval: seconds between checks.
+        at_once: check once at the start too.
+        stop: set when the app stops.
+    """
     if at_once:
         _check(follower)
     while not stop.wait(interval):
