@@ -49,8 +49,9 @@ def ingest(
     """Load feedback into Postgres.
 
     Needs text and created_at, and one of satisfaction (0..1), rating or label; feedback_id,
-    user_id and item_id are optional; other columns are behaviour features. Bad rows go to
-    quarantine with a reason; re-ingesting a file adds nothing.
+    user_id and item_id are optional; other columns are behaviour features. A row with text and
+    no target is stored unlabelled (in no split); a later file with its feedback_id, its text and a
+    target labels it. Bad rows go to quarantine with a reason; re-ingesting a file adds nothing.
     """
     from refit.data.ingest import ingest as run_ingest
     from refit.data.validate import IngestRules
@@ -77,6 +78,7 @@ def ingest(
         as_json,
         f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} accepted, {summary.duplicates} "
         f"duplicate, {summary.quarantined} quarantined ({reasons}) at {data['rows_per_second']:.0f} rows/s"
+        + unlabelled_notes(summary.unlabelled, summary.labelled_later)
         + schema_notes(summary),
     )
 
@@ -96,7 +98,8 @@ def sync(
 
     The source is REFIT_SOURCE_URL with REFIT_SOURCE_TABLE or REFIT_SOURCE_QUERY, its columns
     mapped by REFIT_COLUMN_MAP as for files. Rows go through the same validation, PII redaction
-    and quarantine as a file; the cursor moves with each committed batch.
+    and quarantine as a file; the cursor moves with each committed batch. A row without a target
+    is stored unlabelled; an edit at the source that gives it one labels it.
     """
     from refit.data.source import SourceSpec, sync_source
     from refit.data.validate import IngestRules
@@ -117,8 +120,20 @@ def sync(
         as_json,
         f"{summary.source}: {summary.rows_read} rows read, {summary.accepted} new or edited ({summary.edited} edits),"
         f" {summary.duplicates} unchanged, {summary.quarantined} quarantined ({reasons}){deleted};"
-        f" cursor {summary.cursor} ({data['rows_per_second']:.0f} rows/s)" + schema_notes(summary),
+        f" cursor {summary.cursor} ({data['rows_per_second']:.0f} rows/s)"
+        + unlabelled_notes(summary.unlabelled)
+        + schema_notes(summary),
     )
+
+
+def unlabelled_notes(unlabelled: int, labelled_later: int = 0) -> str:
+    """The rows stored without a target, and those a later label turned labelled, as lines to print."""
+    notes = ""
+    if unlabelled:
+        notes += f"\n{unlabelled} row(s) stored unlabelled (no target): in no split until a label arrives"
+    if labelled_later:
+        notes += f"\n{labelled_later} unlabelled row(s) labelled (the unlabelled version kept in feedback_history)"
+    return notes
 
 
 def schema_notes(summary) -> str:
@@ -164,7 +179,8 @@ def quarantine(
     """Count quarantined rows by reason and list the latest.
 
     With --requeue, re-validate them after a configuration change, moving the rows that now pass
-    into feedback.
+    into feedback; rows that earlier releases quarantined as missing_target (text, no target) are
+    stored unlabelled.
     """
     from refit.data.quarantine import quarantine_report, requeue_quarantine
 

@@ -15,6 +15,9 @@ The pipeline, per batch of rows:
 Each batch commits on its own, so an interrupted ingest keeps what it finished and a re-run skips
 it (by feedback id, and by the raw row's hash in ``quarantine``): the table ends up the same as
 after one clean run.
+
+A row with text and no target is stored unlabelled (it trains nothing until its label arrives); a
+later file with the same ``feedback_id``, the same text and a target turns it labelled, as an edit.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from refit.core.errors import InputError
-from refit.data.load import BatchWriter, load_batch, stored_vector_dims
+from refit.data.load import BatchWriter, Loaded, load_rows, stored_vector_dims
 from refit.data.read import iter_batches, read_source
 from refit.data.schema import SchemaInUse
 from refit.data.validate import IngestRules, safe_raw, validate_batch
@@ -45,6 +48,8 @@ class IngestSummary:
     accepted: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    unlabelled: int = 0  # of the rows accepted, those stored without a target
+    labelled_later: int = 0  # stored unlabelled rows whose label this file brought (an edit)
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     schema_version: int | None = None  # the feature schema the rows were validated against
@@ -95,14 +100,15 @@ def ingest(
     schema = SchemaInUse.start(engine, rules, vector_dims, name, f"inferred from the first ingest of {name}")
     checked_columns = False
 
-    def loaded(batch, valid, result) -> None:
-        accepted, duplicates, rejected = result
+    def loaded(batch, valid, result: Loaded) -> None:
         schema.record_first(valid, vector_dims)
         summary.rows_read += len(batch.frame) + len(batch.rejections)
-        summary.accepted += accepted
-        summary.duplicates += duplicates
-        summary.quarantined += len(rejected)
-        reasons.update(r.reason for r in rejected)
+        summary.accepted += result.accepted
+        summary.duplicates += result.duplicates
+        summary.quarantined += len(result.rejections)
+        summary.unlabelled += result.unlabelled
+        summary.labelled_later += result.edited
+        reasons.update(r.reason for r in result.rejections)
         summary.reasons = dict(reasons)
         summary.seconds = time.perf_counter() - started
         summary.schema_version, summary.new_features = schema.version, schema.new_features()
@@ -125,7 +131,7 @@ def ingest(
             valid, rejections = validate_batch(batch, rules, now, schema.kinds_for(batch.frame), vector_dims)
             unparsed = [replace(r, raw=safe_raw(r.raw, rules)) for r in batch.rejections]
             writer.submit(
-                load_batch, engine, name, valid, unparsed + rejections, then=functools.partial(loaded, batch, valid)
+                _load, engine, name, valid, unparsed + rejections, then=functools.partial(loaded, batch, valid)
             )
             if schema.version is None:
                 writer.wait()
@@ -150,6 +156,12 @@ def ingest(
     return summary
 
 
+def _load(engine: Engine, source: str, valid, rejections) -> Loaded:
+    """One batch, in one transaction of its own (see :func:`refit.data.load.load_rows`)."""
+    with engine.begin() as conn:
+        return load_rows(conn, source, valid, rejections)
+
+
 def require_columns(name: str, columns: set[str], rules: IngestRules) -> None:
     """Refuse, in one line, columns that cannot make feedback: a ``--map`` (or
     ``REFIT_COLUMN_MAP``) entry naming a missing column, no text or created_at, no target."""
@@ -163,7 +175,12 @@ def require_columns(name: str, columns: set[str], rules: IngestRules) -> None:
         shown = ", ".join(sorted(columns)[:12]) or "none"
         raise InputError(f"{name}: required column(s) {', '.join(missing)} missing (found: {shown})")
     if not present & {"satisfaction", "rating", "label"}:
-        raise InputError(f"{name}: needs one of the columns satisfaction, rating or label")
+        # A missing column is far likelier a missing --map than a table of unlabelled rows; an
+        # empty column of them is fine (rows without a value are stored unlabelled).
+        raise InputError(
+            f"{name}: needs one of the columns satisfaction, rating or label (it may be empty: rows without"
+            " a value are stored unlabelled)"
+        )
 
 
 def ingest_file(engine: Engine, path: Path, rules: IngestRules, now: datetime | None = None) -> IngestSummary:

@@ -5,6 +5,10 @@ inserts the rows whose ids are new (``ON CONFLICT (feedback_id) DO NOTHING``); c
 duplicates, in the batch or against stored rows, and the batch's rejections are written to
 ``quarantine``. Each batch commits in one transaction of its own, under the ingest lock, so no
 other load can store one of its ids between the check and the COPY.
+
+A row stored unlabelled (no target) whose label arrives later, in a row with the same id and the
+same text, is an edit, not a conflict: the unlabelled version moves to ``feedback_history`` and
+the labelled one is inserted, as a sync stores an edited source row.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ _COPY_ROWS = 4096  # rows encoded at a time, while the server stores the previou
 # The columns that are not text, and how COPY's binary format spells them.
 _BINARY = {"line_no": (">i4", 4), "satisfaction": (">f8", 8), "created_at": (">i8", 8)}
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, where Postgres counts timestamps from, in Unix µs
+_NULL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())  # a binary-format field of length -1: NULL
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # the signature, no flags, no header extension
 
 
@@ -74,6 +79,11 @@ def _rows(frame: pd.DataFrame, columns: tuple[str, ...], origin: str | None) -> 
         elif name == "created_at":  # UTC, floored to µs by validation
             micros = frame[name].astype("int64").to_numpy() // 1000 - _PG_EPOCH_US
             fields.append(_fixed(micros, *_BINARY[name]))
+        elif name == "satisfaction":  # NULL for an unlabelled row
+            values = frame[name].to_numpy(dtype=float)
+            missing = np.isnan(values)
+            field_values = _fixed(np.nan_to_num(values), *_BINARY[name])
+            fields.append(pc.if_else(pa.array(missing), _NULL, field_values) if missing.any() else field_values)
         elif name in _BINARY:
             fields.append(_fixed(frame[name].to_numpy(), *_BINARY[name]))
         else:
@@ -148,6 +158,8 @@ def _copy_direct(conn: Connection, valid: pd.DataFrame, origin: str | None) -> b
 
 def _conflict_rejection(row: dict, why: str) -> Rejection:
     raw = {k: row[k] for k in ("feedback_id", "user_id", "item_id", "text", "satisfaction", "label")}
+    if pd.isna(raw["satisfaction"]):  # an unlabelled row: JSON has no NaN
+        raw["satisfaction"] = raw["label"] = None
     raw["created_at"] = row["created_at"].isoformat()
     raw["features"] = json.loads(row["features"])
     return Rejection(int(row["line_no"]), "duplicate_conflict", why, raw, row["feedback_id"])
@@ -231,7 +243,8 @@ class Loaded:
 
     accepted: int = 0  # rows inserted (edited rows included)
     duplicates: int = 0  # rows already stored with the same content
-    edited: int = 0  # stored rows replaced by a new version (``replace=True`` only)
+    edited: int = 0  # stored rows replaced by a new version (an edit, or a label that arrived)
+    unlabelled: int = 0  # of the rows inserted, those without a target
     rejections: list[Rejection] = field(default_factory=list)  # every row quarantined
 
 
@@ -255,7 +268,8 @@ def load_rows(
             moves to ``feedback_history`` (it keeps its ``id``, so the snapshots that covered it
             still name it) and the new one is inserted with a new ``id``. A quarantined row with
             a stored id retires the stored version the same way (the source no longer holds it).
-            Used by the Postgres source, whose rows are edited in place.
+            Used by the Postgres source, whose rows are edited in place. Without it, only a
+            label arriving for a stored unlabelled row (same id, same text) is such an edit.
         origin: stored in ``feedback.origin`` (which source a row came from; None for files).
 
     Returns:
@@ -275,6 +289,7 @@ def load_rows(
             out.edited += _retire(conn, "feedback_id = ANY(:ids)", {"ids": retired})
     if len(valid) and not _any_stored(conn, valid["feedback_id"]) and _copy_direct(conn, valid, origin):
         out.accepted = len(valid)
+        out.unlabelled = int((valid["satisfaction"].isna() & valid["label"].isna()).sum())
     elif len(valid):
         conn.execute(
             text(
@@ -293,7 +308,9 @@ def load_rows(
                 {},
             )
         else:
-            # An id already stored with other content keeps the stored row.
+            # A label for a stored unlabelled row replaces it; any other id already stored with
+            # other content keeps the stored row.
+            out.edited += _retire(conn, f"feedback_id IN ({_LABEL_ARRIVED})", {})
             stored_conflicts = (
                 conn.execute(
                     text(
@@ -304,16 +321,17 @@ def load_rows(
                 .scalars()
                 .all()
             )
-        out.accepted = conn.execute(
+        out.accepted, out.unlabelled = conn.execute(
             text(
-                "INSERT INTO feedback (feedback_id, user_id, item_id, text, satisfaction, label, features,"
-                " content_hash, created_at, origin)"
+                "WITH added AS (INSERT INTO feedback (feedback_id, user_id, item_id, text, satisfaction, label,"
+                " features, content_hash, created_at, origin)"
                 " SELECT feedback_id, user_id, item_id, text, satisfaction, label, features, content_hash,"
                 " created_at, :origin FROM feedback_staging WHERE NOT (ord = ANY(:conflicts)) ORDER BY ord"
-                " ON CONFLICT (feedback_id) DO NOTHING"
+                " ON CONFLICT (feedback_id) DO NOTHING RETURNING satisfaction IS NULL AND label IS NULL AS unlabelled)"
+                " SELECT count(*), count(*) FILTER (WHERE unlabelled) FROM added"
             ),
             {"conflicts": stored_conflicts, "origin": origin},
-        ).rowcount
+        ).one()
         records = valid.to_dict("records") if stored_conflicts else []
         rejections += [
             _conflict_rejection(records[i - 1], "feedback_id already stored with other content; it is kept")
@@ -342,6 +360,14 @@ def load_rows(
         )
     out.rejections = rejections
     return out
+
+
+# The staged ids whose stored row is unlabelled and whose staged row brings a target for the same text.
+_LABEL_ARRIVED = (
+    "SELECT s.feedback_id FROM feedback_staging s JOIN feedback f ON f.feedback_id = s.feedback_id"
+    " WHERE f.content_hash <> s.content_hash AND f.satisfaction IS NULL AND f.label IS NULL"
+    " AND (s.satisfaction IS NOT NULL OR s.label IS NOT NULL) AND f.text = s.text"
+)
 
 
 def _retire(conn: Connection, where: str, params: dict) -> int:

@@ -35,7 +35,14 @@ def quarantine_report(engine: Engine, limit: int = 10) -> dict:
 
 def requeue_quarantine(engine: Engine, settings) -> dict:
     """Re-validate every quarantined row with the current settings; rows that pass are loaded
-    (duplicates skipped as in any ingest) and marked requeued; the others stay where they are."""
+    (duplicates skipped as in any ingest) and marked requeued; the others stay where they are.
+
+    Rows that earlier releases quarantined as ``missing_target`` (text without a target) pass now,
+    and are stored unlabelled.
+
+    Returns:
+        ``requeued`` (rows that passed), ``accepted`` (rows stored) and ``still_quarantined``.
+    """
     rules = IngestRules.from_settings(settings)
     with engine.connect() as conn:
         rows = conn.execute(

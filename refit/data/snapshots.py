@@ -4,6 +4,10 @@ The watermark is ``feedback.id``, the ingest sequence: a pull after watermark ``
 with ``id > w`` through the primary-key index, so its cost follows the new data, not the table.
 A snapshot records the range it covers and a chained content hash, so any model can be traced to
 the exact rows it saw.
+
+Unlabelled rows (text without a target) are in no split: :func:`assign_splits` gives them none, so
+no training split, validation fold, dev set or test split built from a snapshot's rows can hold
+one. Snapshots count them apart.
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ class Snapshot:
     label_counts: dict | None = None
     window_start: datetime | None = None
     window_end: datetime | None = None
+    unlabelled_rows: int = 0  # of total_rows: the rows without a target, in no split
+    new_unlabelled_rows: int = 0  # of new_rows
+
+    @property
+    def labelled_rows(self) -> int:
+        """The rows the snapshot covers that have a target (those in a split)."""
+        return self.total_rows - self.unlabelled_rows
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,9 +72,21 @@ def split_of(feedback_id: str, config: SplitConfig) -> str:
     return "train"
 
 
+def labelled(frame: pd.DataFrame) -> pd.Series:
+    """Where a feedback row has a target (a satisfaction score or a label); the others are unlabelled."""
+    has_target = pd.Series(False, index=frame.index)
+    for column in ("satisfaction", "label"):
+        if column in frame:
+            has_target |= frame[column].notna()
+    return has_target
+
+
 def assign_splits(frame: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
+    """``frame`` with each row's split (:func:`split_of` its id); None for an unlabelled row, which
+    never trains, selects or tests a model (its split once labelled is its id's, as for any row)."""
     frame = frame.copy()
-    frame["split"] = [split_of(fid, config) for fid in frame["feedback_id"]]
+    ids, has_target = frame["feedback_id"], labelled(frame).to_numpy()
+    frame["split"] = [split_of(fid, config) if ok else None for fid, ok in zip(ids, has_target, strict=True)]
     return frame
 
 
@@ -125,6 +148,9 @@ def iter_feedback(
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame["created_at"] = pd.to_datetime(frame.pop("created_us"), unit="us", utc=True)
+    # COPY's CSV spells NULL as an empty field, read back as "": an unlabelled row's label is None
+    # (validation never stores an empty label).
+    frame["label"] = frame["label"].where(frame["label"] != "", None)
     return frame
 
 
@@ -165,6 +191,8 @@ def _snapshot(row) -> Snapshot:
         label_counts=row["label_counts"],
         window_start=row["window_start"],
         window_end=row["window_end"],
+        unlabelled_rows=row["unlabelled_rows"],
+        new_unlabelled_rows=row["new_unlabelled_rows"],
     )
 
 
@@ -172,17 +200,21 @@ def take_snapshot(engine: Engine, config: SplitConfig) -> Snapshot | None:
     """Record a snapshot of the feedback new since the last one (None when nothing is new).
 
     The window is read in chunks: counts per split and label, the feedback-time window and the
-    chained content hash are accumulated, never the rows themselves.
+    chained content hash are accumulated, never the rows themselves. Unlabelled rows are counted
+    apart (``unlabelled_rows``, ``new_unlabelled_rows``), in no split and no label count; the
+    content hash covers them as any row.
     """
     previous = latest_snapshot(engine)
     after = previous.watermark_to if previous else 0
     split_counts = Counter({s: 0 for s in SPLITS})
     label_counts: Counter = Counter()
     digest = hashlib.sha256((previous.content_hash if previous else "").encode())
-    new_rows, upto, start, end = 0, after, None, None
+    new_rows, new_unlabelled, upto, start, end = 0, 0, after, None, None
     for chunk in iter_feedback(engine, after=after):
-        split_counts.update(split_of(fid, config) for fid in chunk["feedback_id"])
-        label_counts.update(chunk["label"].astype(str))
+        has_target = labelled(chunk)
+        split_counts.update(split_of(fid, config) for fid in chunk.loc[has_target, "feedback_id"])
+        label_counts.update(chunk.loc[has_target, "label"].astype(str))
+        new_unlabelled += int((~has_target).sum())
         for value in chunk["content_hash"]:
             digest.update(value.encode())
         new_rows += len(chunk)
@@ -197,19 +229,23 @@ def take_snapshot(engine: Engine, config: SplitConfig) -> Snapshot | None:
         totals[split] = totals.get(split, 0) + split_counts[split]
     totals["new"] = dict(split_counts)
     total = (previous.total_rows if previous else 0) + new_rows
+    unlabelled = (previous.unlabelled_rows if previous else 0) + new_unlabelled
     with engine.begin() as conn:
         snapshot_id = conn.execute(
             text(
                 "INSERT INTO dataset_snapshots (watermark_from, watermark_to, new_rows, total_rows, split_counts,"
-                " label_counts, content_hash, split_config, window_start, window_end)"
+                " label_counts, content_hash, split_config, window_start, window_end, unlabelled_rows,"
+                " new_unlabelled_rows)"
                 " VALUES (:f, :t, :n, :total, CAST(:counts AS JSONB), CAST(:labels AS JSONB), :h,"
-                " CAST(:cfg AS JSONB), :ws, :we) RETURNING id"
+                " CAST(:cfg AS JSONB), :ws, :we, :unlabelled, :new_unlabelled) RETURNING id"
             ),
             {
                 "f": after,
                 "t": upto,
                 "n": new_rows,
                 "total": total,
+                "unlabelled": unlabelled,
+                "new_unlabelled": new_unlabelled,
                 "counts": json.dumps(totals),
                 "labels": json.dumps(dict(label_counts)),
                 "h": digest.hexdigest(),
@@ -222,7 +258,8 @@ def take_snapshot(engine: Engine, config: SplitConfig) -> Snapshot | None:
 
 
 def snapshot_rows(engine: Engine, snapshot: Snapshot, config: SplitConfig, after: int = 0) -> pd.DataFrame:
-    """Every feedback row a snapshot covers (``after < id <= watermark_to``), with its split."""
+    """Every feedback row a snapshot covers (``after < id <= watermark_to``), with its split (None
+    for an unlabelled row)."""
     return assign_splits(read_feedback(engine, after=after, upto=snapshot.watermark_to), config)
 
 

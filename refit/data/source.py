@@ -12,7 +12,8 @@ One sync (``refit sync``, the ``sync`` deployment):
 4. sends each batch through the same validation, PII redaction and quarantine as a file
    (:func:`refit.data.validate.validate_batch`, :func:`refit.data.load.load_rows`), with edits
    replacing the stored version (kept in ``feedback_history``), and moves the cursor in the
-   same transaction as the batch's rows;
+   same transaction as the batch's rows. A row without a target is stored unlabelled; when the
+   source row is edited to give it one (and its cursor moves), the labelled version replaces it;
 5. every ``REFIT_SOURCE_RECONCILE_HOURS``, compares all source keys (in the same snapshot) with
    the rows that came from this source, and forgets the rows deleted at the source as
    ``refit forget`` does (not needed on a first sync, while refit holds nothing from the source:
@@ -125,6 +126,7 @@ class SyncSummary:
     accepted: int = 0  # rows inserted, edits included
     edited: int = 0  # stored rows replaced by their edited version
     duplicates: int = 0  # rows already stored as they are (re-read after the cursor's hold)
+    unlabelled: int = 0  # of the rows inserted, those without a target
     quarantined: int = 0
     deleted: int = 0  # rows forgotten because the source no longer has them
     reconciled: bool = False
@@ -340,6 +342,7 @@ def _load_spool(engine, spec, rules, summary, spool, batch_rows, position, targe
         summary.rows_read += rows
         summary.accepted += loaded.accepted
         summary.edited += loaded.edited
+        summary.unlabelled += loaded.unlabelled
         summary.duplicates += loaded.duplicates
         summary.quarantined += len(loaded.rejections)
         reasons.update(r.reason for r in loaded.rejections)

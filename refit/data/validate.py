@@ -1,7 +1,8 @@
 """Validating raw feedback rows, column-wise (vectorized): what makes a row valid
 (:class:`IngestRules`), the typed checks, and the rows in refit's columns with their feature JSON,
 content hash and ids. Each bad row gets the first reason that applies; PII in the text is
-redacted (or the row dropped, or the text left, as configured).
+redacted (or the row dropped, or the text left, as configured). A row with text and no target is
+valid: it is stored unlabelled.
 """
 
 from __future__ import annotations
@@ -158,6 +159,29 @@ def label_for(satisfaction: float, labels: tuple[str, ...]) -> str:
     return labels[min(int(satisfaction * len(labels)), len(labels) - 1)]
 
 
+class _Flags:
+    """The first reason each row of a batch fails for, and its detail; rows not flagged pass."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = pd.Series([None] * n, dtype=object)
+        self.detail = pd.Series([None] * n, dtype=object)
+        self.unflagged = np.ones(n, dtype=bool)
+
+    def flag(self, mask: pd.Series | np.ndarray, why: str, message: str) -> None:
+        """Give ``why`` to the rows of ``mask`` that no earlier check flagged (the first reason wins)."""
+        mask = mask if isinstance(mask, np.ndarray) else mask.to_numpy(dtype=bool, na_value=False)
+        mask = mask & self.unflagged
+        if mask.any():
+            self.reason[mask] = why
+            self.detail[mask] = message
+            self.unflagged[mask] = False
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Where a row passed every check."""
+        return self.reason.isna().to_numpy()
+
+
 def validate_batch(
     batch: RawBatch,
     rules: IngestRules,
@@ -166,6 +190,10 @@ def validate_batch(
     vector_dims: dict[str, int] | None = None,
 ) -> tuple[pd.DataFrame, list[Rejection]]:
     """Valid rows in refit's columns, and one rejection per invalid row (the first reason wins).
+
+    A row with text and no target (no satisfaction, rating or label) is valid: it is stored
+    unlabelled (``satisfaction`` and ``label`` None) and never enters a split. A row with neither
+    text nor target is quarantined as ``missing_text``, its detail saying both are missing.
 
     ``feature_kinds`` maps feature columns to ``numeric`` or ``categorical`` (the feature schema's
     types, :mod:`refit.data.schema`); columns not in it yet are added, typed from this batch (numeric
@@ -176,145 +204,28 @@ def validate_batch(
     """
     frame = batch.frame.rename(columns={src: dst for dst, src in rules.column_map})
     frame.columns = [_storable(str(c)) for c in frame.columns]  # names become JSON keys in Postgres
-    n = len(frame)
-    reason = pd.Series([None] * n, dtype=object)
-    detail = pd.Series([None] * n, dtype=object)
-    unflagged = np.ones(n, dtype=bool)
+    flags = _Flags(len(frame))
+    # The checks run in this order: a row's reason is the first that applies.
+    body, body_array = _check_text(frame, flags, rules)
+    ids = _check_ids(frame, flags)
+    created = _check_times(frame, flags, now)
+    satisfaction, label = _check_targets(frame, flags, rules)
+    features, feature_values = _check_features(frame, flags, rules, feature_kinds, vector_dims)
+    body = _redact_text(body, body_array, flags, rules)
 
-    def flag(mask: pd.Series | np.ndarray, why: str, message: str) -> None:
-        mask = mask if isinstance(mask, np.ndarray) else mask.to_numpy(dtype=bool, na_value=False)
-        mask = mask & unflagged
-        if mask.any():
-            reason[mask] = why
-            detail[mask] = message
-            unflagged[mask] = False
-
-    def column(name: str) -> pd.Series:
-        return frame[name] if name in frame else pd.Series([None] * n, dtype=object)
-
-    # The text and the ids are checked in Arrow kernels (the strings are shared with pandas'
-    # values in one conversion); lone surrogates, which UTF-8 cannot hold, are found on the way.
-    raw_body, raw_array, surrogates = _text(column("text"))
-    body, body_array = strip(raw_body, raw_array)
-    lengths = pc.utf8_length(body_array)
-    missing = pc.or_kleene(pc.is_null(body_array), pc.equal(lengths, 0))
-    flag(as_bool(missing), "missing_text", "text is missing or empty")
-    flag(has_nul(body_array), "invalid_text", "text contains NUL bytes")
-    flag(surrogates, "invalid_text", "text is not valid Unicode (a lone surrogate)")
-    flag(
-        as_bool(pc.greater(lengths, rules.max_text_chars)),
-        "text_too_long",
-        f"text is longer than {rules.max_text_chars} characters",
-    )
-
-    ids = {}
-    for name in ("feedback_id", "user_id", "item_id"):
-        values = column(name)
-        as_text, array, surrogates = _text(values)
-        too_long = as_bool(pc.greater(pc.utf8_length(array), MAX_ID_CHARS))
-        bad_chars = has_nul(array) | surrogates
-        flag(_nested(values).to_numpy(dtype=bool) | too_long | bad_chars, f"bad_{name}", f"{name} is not a valid id")
-        ids[name] = strip(as_text, array)[0]
-
-    created = _parse_times(column("created_at"))
-    flag(_blank(column("created_at")), "bad_timestamp", "created_at is missing")
-    flag(created.isna(), "bad_timestamp", "created_at is not an ISO-8601 time or epoch seconds")
-    flag(created > pd.Timestamp(now + FUTURE_TOLERANCE), "future_timestamp", "created_at is in the future")
-
-    satisfaction, bad = _numeric(column("satisfaction"))
-    flag(bad, "bad_satisfaction", "satisfaction is not a number")
-    flag((satisfaction < 0) | (satisfaction > 1), "satisfaction_out_of_range", "satisfaction is outside [0, 1]")
-    rating, bad = _numeric(column("rating"))
-    flag(bad, "bad_rating", "rating is not a number")
-    flag(
-        (rating < rules.rating_min) | (rating > rules.rating_max),
-        "rating_out_of_range",
-        f"rating is outside [{rules.rating_min:g}, {rules.rating_max:g}]",
-    )
-    satisfaction = satisfaction.fillna((rating - rules.rating_min) / (rules.rating_max - rules.rating_min))
-    label_values, label_array, _ = _text(column("label"))
-    label = strip(label_values, label_array)[0]
-    label = label.where(label != "")
-    flag(label.notna() & ~label.isin(rules.labels), "unknown_label", f"label is not one of {', '.join(rules.labels)}")
-    flag(satisfaction.isna() & label.isna(), "missing_target", "no satisfaction, rating or label")
-
-    configured = dict(rules.feature_types)
-    vector = rules.vector_feature
-    vector_dims = {} if vector_dims is None else vector_dims
-    features = [c for c in frame.columns if c not in RESERVED and not str(c).startswith("_")]
-    if configured:
-        features = [c for c in features if c in configured or c == vector]
-    feature_values = {}
-
-    def redact_values(values: pd.Series) -> pd.Series:
-        # Feature text is free text too (a comment field, a referrer): redacted like the text, once
-        # per distinct value (categorical features have few).
-        if rules.pii_mode == "off":
-            return values
-        clean = {v: redact(v, rules.pii_handles) for v in values.dropna().unique() if isinstance(v, str)}
-        return values.map(lambda v: clean.get(v, v) if isinstance(v, str) else v)
-
-    for name in features:
-        values = frame[name]
-        if name == vector:
-            vectors, problems, dim = _vectors(values, name, vector_dims.get(name))
-            for problem in problems.dropna().unique():
-                flag(problems == problem, "bad_feature", problem)
-            if dim is not None:
-                vector_dims.setdefault(name, dim)
-            feature_values[name] = vectors
-            continue
-        nested = _nested(values)
-        flag(nested, "bad_feature", f"feature {name} has a nested value (only REFIT_VECTOR_FEATURE holds a list)")
-        kind = configured.get(name) or feature_kinds.get(name)
-        if kind is None:
-            numbers, bad = _numeric(values.where(~nested))
-            kind = "numeric" if not bad.any() and numbers.notna().any() else "categorical"
-        feature_kinds.setdefault(name, kind)
-        if kind == "numeric":
-            numbers, bad = _numeric(values.where(~nested))
-            at = np.flatnonzero(bad.to_numpy(dtype=bool))
-            shown = redact_values(_as_text(values.iloc[at]).str.slice(0, MAX_SHOWN_CHARS)).to_numpy()
-            for value in pd.unique(shown)[:MAX_SHOWN_VALUES]:  # name the value; the rest get the general detail
-                mask = np.zeros(n, dtype=bool)
-                mask[at[shown == value]] = True
-                flag(mask, "bad_feature", f"feature {name} should be a number, got {value!r}")
-            flag(bad, "bad_feature", f"feature {name} should be a number")
-            feature_values[name] = numbers
-        else:
-            categories = _as_text(values.where(~nested)).str.strip().replace("", None)
-            bad_chars = categories.str.contains("\x00", regex=False) | _unencodable(categories)
-            flag(bad_chars, "bad_feature", f"feature {name} contains NUL bytes or lone surrogates")
-            clean = redact_values(categories)
-            if rules.pii_mode == "drop":
-                found = categories.notna() & (clean != categories)
-                flag(found, "contains_pii", f"feature {name} contains personal data (REFIT_PII_MODE=drop)")
-            feature_values[name] = clean
-
-    if rules.pii_mode != "off":
-        body, changed = redact_column(body, body_array, rules.pii_handles)
-        if rules.pii_mode == "drop":
-            flag(changed, "contains_pii", "the text contains personal data (REFIT_PII_MODE=drop)")
-
-    ok = reason.isna().to_numpy()
+    ok = flags.ok
+    feedback_ids = _column(frame, "feedback_id")
     rejections = [
         Rejection(
             int(batch.line_no[i]) if len(batch.line_no) else None,
-            reason[i],
-            detail[i],
+            flags.reason[i],
+            flags.detail[i],
             safe_raw(frame.iloc[i].to_dict(), rules),
-            _id_or_none(column("feedback_id").iloc[i]),
+            _id_or_none(feedback_ids.iloc[i]),
         )
         for i in np.flatnonzero(~ok)
     ]
-    # Both targets are stored: a label from the score's bin, or a score from the label's position.
-    n_labels = len(rules.labels)
-    # Rows already rejected may hold negative or infinite scores: clip them so they index nothing wrong.
-    in_range = np.clip(np.nan_to_num(satisfaction.to_numpy(dtype=float), nan=0.0, posinf=0.0, neginf=0.0), 0, 1)
-    bins = np.minimum((in_range * n_labels).astype(int), n_labels - 1)
-    derived_label = label.fillna(pd.Series(np.asarray(rules.labels, dtype=object)[bins], index=label.index))
-    positions = {name: i / (n_labels - 1) for i, name in enumerate(rules.labels)}
-    satisfaction = satisfaction.fillna(derived_label.map(positions))
+    satisfaction, label = _both_targets(satisfaction, label, rules)
     valid = pd.DataFrame(
         {
             "line_no": batch.line_no[ok] if len(batch.line_no) else np.zeros(ok.sum(), dtype=int),
@@ -323,13 +234,208 @@ def validate_batch(
             "item_id": ids["item_id"][ok],
             "text": body[ok],
             "satisfaction": satisfaction[ok].round(9),
-            "label": derived_label[ok],
+            "label": label[ok],
             "created_at": created[ok].dt.floor("us"),
         }
     ).reset_index(drop=True)
     valid["features"] = _features_json(features, [feature_values[name][ok] for name in features], len(valid))
     _add_identity(valid)
     return valid, rejections
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """The column ``name`` of the batch, or all missing when the file has none."""
+    return frame[name] if name in frame else pd.Series([None] * len(frame), dtype=object)
+
+
+def _no_target(frame: pd.DataFrame) -> pd.Series:
+    """Where a row gives no satisfaction, rating or label at all (blank or missing)."""
+    return _blank(_column(frame, "satisfaction")) & _blank(_column(frame, "rating")) & _blank(_column(frame, "label"))
+
+
+def _check_text(frame: pd.DataFrame, flags: _Flags, rules: IngestRules) -> tuple[pd.Series, pa.Array]:
+    """Flag missing, invalid and too long text; the stripped text, as pandas values and as Arrow.
+
+    The text is checked in Arrow kernels (the strings are shared with pandas' values in one
+    conversion); lone surrogates, which UTF-8 cannot hold, are found on the way.
+    """
+    raw_body, raw_array, surrogates = _text(_column(frame, "text"))
+    body, body_array = strip(raw_body, raw_array)
+    lengths = pc.utf8_length(body_array)
+    missing = as_bool(pc.or_kleene(pc.is_null(body_array), pc.equal(lengths, 0)))
+    # Text without a target is stored unlabelled; with neither, there is nothing to store.
+    flags.flag(
+        missing & _no_target(frame).to_numpy(dtype=bool), "missing_text", "no text and no satisfaction, rating or label"
+    )
+    flags.flag(missing, "missing_text", "text is missing or empty")
+    flags.flag(has_nul(body_array), "invalid_text", "text contains NUL bytes")
+    flags.flag(surrogates, "invalid_text", "text is not valid Unicode (a lone surrogate)")
+    flags.flag(
+        as_bool(pc.greater(lengths, rules.max_text_chars)),
+        "text_too_long",
+        f"text is longer than {rules.max_text_chars} characters",
+    )
+    return body, body_array
+
+
+def _check_ids(frame: pd.DataFrame, flags: _Flags) -> dict[str, pd.Series]:
+    """Flag ids that are nested, too long or hold NUL bytes or lone surrogates; the stripped ids."""
+    ids = {}
+    for name in ("feedback_id", "user_id", "item_id"):
+        values = _column(frame, name)
+        as_text, array, surrogates = _text(values)
+        too_long = as_bool(pc.greater(pc.utf8_length(array), MAX_ID_CHARS))
+        bad_chars = has_nul(array) | surrogates
+        flags.flag(
+            _nested(values).to_numpy(dtype=bool) | too_long | bad_chars, f"bad_{name}", f"{name} is not a valid id"
+        )
+        ids[name] = strip(as_text, array)[0]
+    return ids
+
+
+def _check_times(frame: pd.DataFrame, flags: _Flags, now: datetime) -> pd.Series:
+    """Flag a missing, unparseable or future ``created_at``; the times, in UTC."""
+    raw = _column(frame, "created_at")
+    created = _parse_times(raw)
+    flags.flag(_blank(raw), "bad_timestamp", "created_at is missing")
+    flags.flag(created.isna(), "bad_timestamp", "created_at is not an ISO-8601 time or epoch seconds")
+    flags.flag(created > pd.Timestamp(now + FUTURE_TOLERANCE), "future_timestamp", "created_at is in the future")
+    return created
+
+
+def _check_targets(frame: pd.DataFrame, flags: _Flags, rules: IngestRules) -> tuple[pd.Series, pd.Series]:
+    """Flag a target that is not a number, out of range or an unknown label.
+
+    Returns:
+        The satisfaction (from the rating when it has none) and the label, each missing (NaN,
+        None) where the row does not give it; both missing for an unlabelled row.
+    """
+    satisfaction, bad = _numeric(_column(frame, "satisfaction"))
+    flags.flag(bad, "bad_satisfaction", "satisfaction is not a number")
+    flags.flag((satisfaction < 0) | (satisfaction > 1), "satisfaction_out_of_range", "satisfaction is outside [0, 1]")
+    rating, bad = _numeric(_column(frame, "rating"))
+    flags.flag(bad, "bad_rating", "rating is not a number")
+    flags.flag(
+        (rating < rules.rating_min) | (rating > rules.rating_max),
+        "rating_out_of_range",
+        f"rating is outside [{rules.rating_min:g}, {rules.rating_max:g}]",
+    )
+    satisfaction = satisfaction.fillna((rating - rules.rating_min) / (rules.rating_max - rules.rating_min))
+    label_values, label_array, _ = _text(_column(frame, "label"))
+    label = strip(label_values, label_array)[0]
+    label = label.where(label != "")
+    flags.flag(
+        label.notna() & ~label.isin(rules.labels), "unknown_label", f"label is not one of {', '.join(rules.labels)}"
+    )
+    return satisfaction, label
+
+
+def _both_targets(satisfaction: pd.Series, label: pd.Series, rules: IngestRules) -> tuple[pd.Series, pd.Series]:
+    """Both targets of each row: a label from the score's bin, or a score from the label's
+    position; an unlabelled row keeps neither."""
+    n_labels = len(rules.labels)
+    # Rows already rejected may hold negative or infinite scores: clip them so they index nothing wrong.
+    in_range = np.clip(np.nan_to_num(satisfaction.to_numpy(dtype=float), nan=0.0, posinf=0.0, neginf=0.0), 0, 1)
+    bins = np.minimum((in_range * n_labels).astype(int), n_labels - 1)
+    binned = np.where(satisfaction.notna().to_numpy(), np.asarray(rules.labels, dtype=object)[bins], None)
+    derived_label = pd.Series(
+        np.where(label.notna().to_numpy(), label.to_numpy(dtype=object), binned), index=label.index
+    )
+    positions = {name: i / (n_labels - 1) for i, name in enumerate(rules.labels)}
+    return satisfaction.fillna(derived_label.map(positions)), derived_label
+
+
+def _check_features(
+    frame: pd.DataFrame,
+    flags: _Flags,
+    rules: IngestRules,
+    feature_kinds: dict[str, str],
+    vector_dims: dict[str, int] | None,
+) -> tuple[list[str], dict[str, pd.Series]]:
+    """Flag feature values of the wrong type (or with personal data, under ``REFIT_PII_MODE=drop``).
+
+    Returns:
+        The feature columns, and each one's values: numbers, redacted text, or vectors.
+    """
+    configured = dict(rules.feature_types)
+    vector = rules.vector_feature
+    vector_dims = {} if vector_dims is None else vector_dims
+    features = [c for c in frame.columns if c not in RESERVED and not str(c).startswith("_")]
+    if configured:
+        features = [c for c in features if c in configured or c == vector]
+    feature_values = {}
+    for name in features:
+        values = frame[name]
+        if name == vector:
+            feature_values[name] = _check_vector(name, values, flags, vector_dims)
+            continue
+        nested = _nested(values)
+        flags.flag(nested, "bad_feature", f"feature {name} has a nested value (only REFIT_VECTOR_FEATURE holds a list)")
+        kind = configured.get(name) or feature_kinds.get(name)
+        if kind is None:
+            numbers, bad = _numeric(values.where(~nested))
+            kind = "numeric" if not bad.any() and numbers.notna().any() else "categorical"
+        feature_kinds.setdefault(name, kind)
+        if kind == "numeric":
+            feature_values[name] = _check_numeric(name, values.where(~nested), flags, rules)
+        else:
+            feature_values[name] = _check_categorical(name, values.where(~nested), flags, rules)
+    return features, feature_values
+
+
+def _check_vector(name: str, values: pd.Series, flags: _Flags, vector_dims: dict[str, int]) -> pd.Series:
+    """Flag vector values that are not lists of finite numbers of the one length; the vectors."""
+    vectors, problems, dim = _vectors(values, name, vector_dims.get(name))
+    for problem in problems.dropna().unique():
+        flags.flag(problems == problem, "bad_feature", problem)
+    if dim is not None:
+        vector_dims.setdefault(name, dim)
+    return vectors
+
+
+def _check_numeric(name: str, values: pd.Series, flags: _Flags, rules: IngestRules) -> pd.Series:
+    """Flag values of a numeric feature that are not finite numbers, naming a few; the numbers."""
+    numbers, bad = _numeric(values)
+    at = np.flatnonzero(bad.to_numpy(dtype=bool))
+    shown = _redact_values(_as_text(values.iloc[at]).str.slice(0, MAX_SHOWN_CHARS), rules).to_numpy()
+    for value in pd.unique(shown)[:MAX_SHOWN_VALUES]:  # name the value; the rest get the general detail
+        mask = np.zeros(len(values), dtype=bool)
+        mask[at[shown == value]] = True
+        flags.flag(mask, "bad_feature", f"feature {name} should be a number, got {value!r}")
+    flags.flag(bad, "bad_feature", f"feature {name} should be a number")
+    return numbers
+
+
+def _check_categorical(name: str, values: pd.Series, flags: _Flags, rules: IngestRules) -> pd.Series:
+    """Flag categorical values that hold NUL bytes or lone surrogates (or personal data, under
+    ``REFIT_PII_MODE=drop``); the values, stripped and redacted."""
+    categories = _as_text(values).str.strip().replace("", None)
+    bad_chars = categories.str.contains("\x00", regex=False) | _unencodable(categories)
+    flags.flag(bad_chars, "bad_feature", f"feature {name} contains NUL bytes or lone surrogates")
+    clean = _redact_values(categories, rules)
+    if rules.pii_mode == "drop":
+        found = categories.notna() & (clean != categories)
+        flags.flag(found, "contains_pii", f"feature {name} contains personal data (REFIT_PII_MODE=drop)")
+    return clean
+
+
+def _redact_values(values: pd.Series, rules: IngestRules) -> pd.Series:
+    """Feature text redacted like the text (a comment field, a referrer is free text too), once
+    per distinct value (categorical features have few)."""
+    if rules.pii_mode == "off":
+        return values
+    clean = {v: redact(v, rules.pii_handles) for v in values.dropna().unique() if isinstance(v, str)}
+    return values.map(lambda v: clean.get(v, v) if isinstance(v, str) else v)
+
+
+def _redact_text(body: pd.Series, body_array: pa.Array, flags: _Flags, rules: IngestRules) -> pd.Series:
+    """The text with its PII redacted (unless off); under ``drop``, rows with PII are flagged."""
+    if rules.pii_mode == "off":
+        return body
+    body, changed = redact_column(body, body_array, rules.pii_handles)
+    if rules.pii_mode == "drop":
+        flags.flag(changed, "contains_pii", "the text contains personal data (REFIT_PII_MODE=drop)")
+    return body
 
 
 def _vectors(series: pd.Series, name: str, dim: int | None) -> tuple[pd.Series, pd.Series, int | None]:
@@ -394,8 +500,10 @@ def _features_json(names: list[str], columns: list[pd.Series], n: int) -> list[s
 def _add_identity(valid: pd.DataFrame) -> None:
     """The content hash of each row, and its feedback id (a hash of the content when missing).
 
-    The hash is SHA-256 of ``text, repr(satisfaction), label, features, user_id or "", item_id or
-    "", created_at in ns`` joined by U+001F, as stored rows have it; the keys are joined in Arrow.
+    The hash is SHA-256 of ``text, repr(satisfaction), label or "", features, user_id or "",
+    item_id or "", created_at in ns`` joined by U+001F, as stored rows have it; the keys are joined
+    in Arrow. An unlabelled row's hash differs from its labelled version's, so a label that
+    arrives later is an edit.
     """
     if not len(valid):
         valid["content_hash"] = []
@@ -408,14 +516,14 @@ def _add_identity(valid: pd.DataFrame) -> None:
     keys = pc.binary_join_element_wise(
         strings("text"),
         pa.array(list(map(repr, valid["satisfaction"].tolist())), type=pa.string()),
-        strings("label"),
+        pc.fill_null(strings("label"), ""),  # an unlabelled row: "nan" and "" for its targets
         strings("features"),
         pc.fill_null(strings("user_id"), ""),
         pc.fill_null(strings("item_id"), ""),
         pa.array(valid["created_at"].astype("int64").to_numpy()).cast(pa.string()),
         "\x1f",
     )
-    assert keys.null_count == 0, "a valid row without text, label, features or time"
+    assert keys.null_count == 0, "a valid row without text, features or time"
     digests = sha256_hex(keys)
     valid["content_hash"] = digests
     missing = np.flatnonzero(valid["feedback_id"].isna().to_numpy())

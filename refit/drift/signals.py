@@ -112,6 +112,7 @@ def column_kinds(
 ) -> dict[str, str]:
     """Each measured column's kind: ``text``, ``numeric`` or ``categorical``.
 
+    The target is measured only when both sides hold a labelled row (unlabelled rows have none).
     A feature's kind is its type in ``feature_types`` (the feature schema's) when it has one there;
     a feature the schema lacks (or every feature, without a schema) is guessed from its values.
     """
@@ -123,7 +124,8 @@ def column_kinds(
         if column in reference and column in current:
             kinds[column] = "categorical"
     target_kind = "numeric" if task == "regression" else "categorical"
-    kinds["target"] = target_kind
+    if reference["target"].notna().any() and current["target"].notna().any():
+        kinds["target"] = target_kind  # the label signal compares labelled rows: none, no signal
     if "prediction" in reference and "prediction" in current:
         kinds["prediction"] = target_kind
     for column in reference.columns:
@@ -165,7 +167,10 @@ def typed_columns(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
         if kind == "numeric":
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
         elif kind == "categorical":
-            frame[column] = frame[column].astype(str)
+            values = frame[column].astype(str)
+            # An unlabelled row's target stays missing (not the category "None"): the label signal
+            # compares the labelled rows only.
+            frame[column] = values.where(frame[column].notna(), np.nan) if column == "target" else values
     return frame
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from refit.core.settings import PACKAGED_MODEL, Settings
-from refit.data.snapshots import features_frame
+from refit.data.snapshots import features_frame, labelled
 from refit.models.config import TrainConfig, TrainData
 from refit.models.metrics import baseline_prediction, task_metrics
 from refit.training.recipe import Recipe, decide
@@ -105,6 +105,8 @@ def training_data(
 ) -> TrainData:
     """Train and dev data (texts, targets, features) from snapshot rows that carry a ``split`` column.
 
+    Unlabelled rows (no target) are left out of both, whatever split a caller gave them.
+
     Args:
         retention_days: training rows older than this (by ``created_at``) are left out; they stay
             in the table.
@@ -116,7 +118,7 @@ def training_data(
             window new since the champion) plus a seeded sample of ``replay_fraction`` times as
             many older rows, so the model does not forget; without them, on every training row.
     """
-    train = rows[rows["split"] == "train"]
+    train = rows[(rows["split"] == "train") & labelled(rows)]
     if retention_days is not None:
         cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=retention_days)
         train = train[train["created_at"] >= cutoff]
@@ -127,6 +129,7 @@ def training_data(
     if val_fraction is not None:
         train, dev = validation_fold(train, val_fraction, task, seed)
     dev = rows[rows["split"] == "dev"] if dev is None else dev
+    dev = dev[labelled(dev)]
     return TrainData(
         train_texts=train["text"].tolist(),
         train_targets=targets(train, task, labels),

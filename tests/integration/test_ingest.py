@@ -63,7 +63,6 @@ BAD_ROWS = [
     ({"rating": "9"}, "rating_out_of_range"),
     ({"rating": "", "satisfaction": "1.5"}, "satisfaction_out_of_range"),
     ({"rating": "", "label": "ecstatic"}, "unknown_label"),
-    ({"rating": "", "satisfaction": ""}, "missing_target"),
     ({"rating": "five"}, "bad_rating"),
 ]
 
@@ -82,6 +81,17 @@ def test_bad_row_is_quarantined_and_good_rows_land(engine, tmp_path, change, rea
         raw = conn.execute(text("SELECT raw FROM quarantine")).scalar_one()
     assert raw["feedback_id"] == "g2"  # the raw row is kept, for requeueing later
     assert count(engine, "feedback") == 2
+
+
+def test_text_without_a_target_is_stored_unlabelled_and_neither_is_quarantined(engine, tmp_path):
+    rows = [good(1), {**good(2), "rating": ""}, {**good(3), "rating": "", "text": ""}]
+    summary = ingest_file(engine, write_csv(tmp_path / "f.csv", rows), RULES)
+    assert (summary.accepted, summary.unlabelled, summary.reasons) == (2, 1, {"missing_text": 1})
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT satisfaction, label FROM feedback WHERE feedback_id = 'g2'")).one()
+        detail = conn.execute(text("SELECT detail FROM quarantine WHERE feedback_id = 'g3'")).scalar_one()
+    assert tuple(stored) == (None, None)
+    assert detail == "no text and no satisfaction, rating or label"
 
 
 def test_invalid_utf8_row_is_quarantined(engine, tmp_path):
