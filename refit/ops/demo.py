@@ -41,9 +41,16 @@ def start_embedded_postgres(folder: Path) -> str:
 
 
 def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | None = print) -> dict:
-    """Run the demo end to end; returns what happened in each phase."""
-    from refit.core.settings import load_settings
-    from refit.data.db import engine_for, upgrade
+    """Run the demo end to end: a first feedback file, a retrain, a shifted one, a retrain.
+
+    Args:
+        data_dir: where the embedded Postgres, the store, the work folder and the files go.
+        rows: feedback rows per file.
+        echo: where progress lines go (None: nowhere).
+
+    Returns:
+        What happened in each phase (ingest summary, the run, seconds), and the whole run's time.
+    """
     from refit.data.devset import refresh_devset
     from refit.data.ingest import ingest_file
     from refit.data.snapshots import SplitConfig
@@ -54,28 +61,9 @@ def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | Non
     data_dir = Path(data_dir).resolve()
     started = time.perf_counter()
     say(f"refit demo in {data_dir}")
-    database_url = start_embedded_postgres(data_dir / "pg")
-    # The demo is an entry point: it configures this process the way an operator would.
-    os.environ.update(
-        {
-            "REFIT_DATABASE_URL": database_url,
-            "REFIT_STORE_URL": (data_dir / "store").as_uri(),
-            "REFIT_WORK_DIR": str(data_dir / "work"),
-            **{k: v for k, v in DEMO_SETTINGS.items() if k not in os.environ},
-        }
-    )
-    settings = load_settings()
-    engine = engine_for(settings)
-    upgrade(engine)
+    settings, engine, database_url = _configure(data_dir)
     say("  embedded Postgres ready, schema applied")
-
-    now = datetime.now(timezone.utc)
-    before = generate_feedback(rows, seed=1, start=now - timedelta(days=60), id_prefix="before")
-    after = generate_feedback(rows, seed=2, shifted=True, start=now - timedelta(days=20), id_prefix="after")
-    files = {
-        "before": write_feedback(before, data_dir / "feedback_before.csv"),
-        "after": write_feedback(after, data_dir / "feedback_after.jsonl"),
-    }
+    files = _write_feedback_files(data_dir, rows)
     rules = IngestRules.from_settings(settings)
     report: dict = {"data_dir": str(data_dir), "phases": {}}
     for phase, path in files.items():
@@ -96,9 +84,47 @@ def run_demo(data_dir: Path, rows: int = 1200, echo: Callable[[str], None] | Non
         }
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["store"] = settings.store_url
+    _say_where(say, data_dir, settings, database_url)
+    say(f"done in {report['seconds']:.0f} s")
+    return report
+
+
+def _configure(data_dir: Path):
+    """Start the embedded Postgres, point this process's settings at it and at ``data_dir``, and
+    apply the schema; returns the settings, the engine and the database URL."""
+    from refit.core.settings import load_settings
+    from refit.data.db import engine_for, upgrade
+
+    database_url = start_embedded_postgres(data_dir / "pg")
+    # The demo is an entry point: it configures this process the way an operator would.
+    os.environ.update(
+        {
+            "REFIT_DATABASE_URL": database_url,
+            "REFIT_STORE_URL": (data_dir / "store").as_uri(),
+            "REFIT_WORK_DIR": str(data_dir / "work"),
+            **{k: v for k, v in DEMO_SETTINGS.items() if k not in os.environ},
+        }
+    )
+    settings = load_settings()
+    engine = engine_for(settings)
+    upgrade(engine)
+    return settings, engine, database_url
+
+
+def _write_feedback_files(data_dir: Path, rows: int) -> dict[str, Path]:
+    """The demo's two feedback files: two months ago as usual, and a shifted regime since."""
+    now = datetime.now(timezone.utc)
+    before = generate_feedback(rows, seed=1, start=now - timedelta(days=60), id_prefix="before")
+    after = generate_feedback(rows, seed=2, shifted=True, start=now - timedelta(days=20), id_prefix="after")
+    return {
+        "before": write_feedback(before, data_dir / "feedback_before.csv"),
+        "after": write_feedback(after, data_dir / "feedback_after.jsonl"),
+    }
+
+
+def _say_where(say, data_dir: Path, settings, database_url: str) -> None:
+    """Where the demo left what it made: the pointer, the reports, the checkpoints, the database."""
     say(f"\nchampion pointer: {data_dir / 'store' / pointer_key(settings.model_name)}")
     say(f"drift reports:    {data_dir / 'store' / 'reports' / 'drift'}")
     say(f"checkpoints:      {data_dir / 'store' / 'models'}")
     say(f"database URL:     {database_url}")
-    say(f"done in {report['seconds']:.0f} s")
-    return report

@@ -179,23 +179,11 @@ def up(
         stack.save()  # from here on, `refit down` can clean up whatever happens next
         echo(f"starting the Prefect server (pid {pid}) ...")
         _wait_healthy(api_url, pid, log, timeout_s)
-        for pool in POOLS:
-            _run([*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"], env, root,
-                 f"creating the {pool} pool", timeout_s)  # fmt: skip
-        echo("deploying deployments/prefect.yaml ...")
-        out = _run(
-            [*prefect, "--no-prompt", "deploy", "--prefect-file", str(deployments_dir() / "prefect.yaml"), "--all"],
-            env, root, "prefect deploy", timeout_s,
-        )  # fmt: skip
-        stack.deployments = sorted(set(_deployed_names(out)))
+        stack.deployments = _create_pools_and_deploy(prefect, env, root, timeout_s, echo)
         if settings is not None:
             alerts = _install_alerts(api_url, settings)
             echo(f"failure alerts: {'installed' if alerts else 'none (no Slack or webhook target configured)'}")
-        for pool in POOLS:
-            name = f"worker-{pool}"
-            args = [*prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", f"refit-{pool}"]
-            stack.pids[name], stack.logs[name] = _spawn(name, args, env, root, logs)
-            stack.save()
+        _start_workers(stack, prefect, env, root, logs)
         _wait_workers(api_url, stack, timeout_s)
     except BaseException:
         echo("start failed; stopping what was started")
@@ -204,6 +192,28 @@ def up(
     stack.save()
     echo(f"refit is up: the Prefect UI is at {stack.ui_url}")
     return stack
+
+
+def _create_pools_and_deploy(prefect: list[str], env: dict, root: Path, timeout_s: float, echo) -> list[str]:
+    """Create the work pools and deploy ``deployments/prefect.yaml``; returns the deployments' names."""
+    for pool in POOLS:
+        _run([*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"], env, root,
+             f"creating the {pool} pool", timeout_s)  # fmt: skip
+    echo("deploying deployments/prefect.yaml ...")
+    out = _run(
+        [*prefect, "--no-prompt", "deploy", "--prefect-file", str(deployments_dir() / "prefect.yaml"), "--all"],
+        env, root, "prefect deploy", timeout_s,
+    )  # fmt: skip
+    return sorted(set(_deployed_names(out)))
+
+
+def _start_workers(stack: Stack, prefect: list[str], env: dict, root: Path, logs: Path) -> None:
+    """Start one worker per pool, each saved in the stack as soon as it runs (for `refit down`)."""
+    for pool in POOLS:
+        name = f"worker-{pool}"
+        args = [*prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", f"refit-{pool}"]
+        stack.pids[name], stack.logs[name] = _spawn(name, args, env, root, logs)
+        stack.save()
 
 
 def _deployed_names(output: str) -> list[str]:
