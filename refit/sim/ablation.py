@@ -188,18 +188,9 @@ def run_ablation(
     Returns:
         ``{"metric", "direction", "seeds", "train_rows", "dev_rows", "test_rows", "variants": {name: {...}}}``.
     """
-    from refit.models.ensemble import EnsembleModel
-
     frame = pd.concat([train_frame.assign(split="train"), rows.dev.assign(split="dev")], ignore_index=True)
     data = training_data(frame, base.task, base.labels)
-    cache: dict[tuple, object] = {}
-
-    def trained(overrides: dict, seed: int):
-        key = (json.dumps(overrides, sort_keys=True), seed)
-        if key not in cache:
-            cache[key] = train(replace(base, seed=seed, **overrides), data)
-        return cache[key]
-
+    models = _TrainedModels(base, data)
     out = {
         "metric": base.metric,
         "direction": "higher is better" if DIRECTION[base.metric] else "lower is better",
@@ -214,26 +205,7 @@ def run_ablation(
     for variant in variants:
         runs = []
         for seed in seeds:
-            member_seeds = challenger.member_seeds(seed, variant.ensemble)
-            cached = [(json.dumps(variant.overrides, sort_keys=True), s) in cache for s in member_seeds]
-            # the retrain's own member loop; a member another variant already trained is reused
-            results = challenger.train_seed_members(
-                replace(base, seed=seed),
-                variant.ensemble,
-                lambda _i, config, overrides=variant.overrides: trained(overrides, config.seed),
-            )
-            config = results[0].config
-            models = [r.model for r in results]
-            model = EnsembleModel(models, config.task) if variant.ensemble > 1 else models[0]
-            run = {
-                "seed": seed,
-                "member_seeds": member_seeds,
-                # An ensemble's cost is all of its members' training, reused ones included.
-                "train_seconds": sum(r.train_seconds for r in results),
-                "retrained_members": cached.count(False),
-                "epochs_run": [len(r.history) for r in results],
-                **evaluate(model, results[0].tokenizer, config, rows),
-            }
+            run = _run_variant(variant, seed, base, rows, models)
             runs.append(run)
             if echo:
                 echo(
@@ -243,6 +215,51 @@ def run_ablation(
         out["variants"][variant.name] = {"overrides": variant.overrides, "ensemble": variant.ensemble, "runs": runs}
     summarize(out)
     return out
+
+
+class _TrainedModels:
+    """The models an ablation trained, by (overrides, seed): a member that another variant
+    already trained is reused, not trained again."""
+
+    def __init__(self, base: TrainConfig, data):
+        self.base, self.data = base, data
+        self.cache: dict[tuple, object] = {}
+
+    @staticmethod
+    def key(overrides: dict, seed: int) -> tuple:
+        return json.dumps(overrides, sort_keys=True), seed
+
+    def trained(self, overrides: dict, seed: int):
+        key = self.key(overrides, seed)
+        if key not in self.cache:
+            self.cache[key] = train(replace(self.base, seed=seed, **overrides), self.data)
+        return self.cache[key]
+
+
+def _run_variant(variant: Variant, seed: int, base: TrainConfig, rows: EvalRows, models: _TrainedModels) -> dict:
+    """One run of a variant at one seed (one model, or an ensemble's members), evaluated."""
+    from refit.models.ensemble import EnsembleModel
+
+    member_seeds = challenger.member_seeds(seed, variant.ensemble)
+    cached = [models.key(variant.overrides, s) in models.cache for s in member_seeds]
+    # the retrain's own member loop; a member another variant already trained is reused
+    results = challenger.train_seed_members(
+        replace(base, seed=seed),
+        variant.ensemble,
+        lambda _i, config, overrides=variant.overrides: models.trained(overrides, config.seed),
+    )
+    config = results[0].config
+    members = [r.model for r in results]
+    model = EnsembleModel(members, config.task) if variant.ensemble > 1 else members[0]
+    return {
+        "seed": seed,
+        "member_seeds": member_seeds,
+        # An ensemble's cost is all of its members' training, reused ones included.
+        "train_seconds": sum(r.train_seconds for r in results),
+        "retrained_members": cached.count(False),
+        "epochs_run": [len(r.history) for r in results],
+        **evaluate(model, results[0].tokenizer, config, rows),
+    }
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
