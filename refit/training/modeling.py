@@ -29,9 +29,18 @@ def resolve_base_model(name: str) -> str:
 def train_config(
     settings: Settings, base_model: str | None = None, init_from: str | None = None, recipe: Recipe | None = None
 ) -> TrainConfig:
-    """The trainer's config from the settings; ``init_from`` is the champion's folder for a warm
-    start; ``recipe`` is what the auto recipe decided for the data (default: its choices for an
-    unknown size, i.e. the pinned settings or the minimum epochs)."""
+    """The trainer's config from the settings.
+
+    Args:
+        settings: refit's settings.
+        base_model: the model to start from (default: REFIT_BASE_MODEL, resolved).
+        init_from: the champion's folder, for a warm start (used when REFIT_WARM_START).
+        recipe: what the training recipe decided for the data (default: its choices for an
+            unknown size, i.e. the pinned settings or the minimum epochs).
+
+    Returns:
+        The config :func:`refit.models.train.train` takes.
+    """
     from refit.models.paths import machine_cache  # torch, only when training is configured
 
     recipe = recipe or decide(settings, n_train=0)
@@ -81,7 +90,19 @@ def train_config(
 
 
 def targets(frame: pd.DataFrame, task: str, labels: list[str]) -> np.ndarray:
-    """Satisfaction scores (regression) or label indices (classification)."""
+    """The rows' targets.
+
+    Args:
+        frame: feedback rows, with ``satisfaction`` (regression) or ``label`` (classification).
+        task: ``regression`` or ``classification``.
+        labels: the class labels, in the model's order.
+
+    Returns:
+        Satisfaction scores (regression) or label indices (classification).
+
+    Raises:
+        ValueError: a row's label is not among ``labels``.
+    """
     if task == "regression":
         return frame["satisfaction"].astype(float).to_numpy()
     index = {name: i for i, name in enumerate(labels)}
@@ -108,6 +129,10 @@ def training_data(
     Unlabelled rows (no target) are left out of both, whatever split a caller gave them.
 
     Args:
+        rows: the snapshot's rows, each with its ``split`` (train, dev, test).
+        task: ``regression`` or ``classification``.
+        labels: the class labels, in the model's order (classification).
+        max_train_rows: keep only the newest this many training rows (by id).
         retention_days: training rows older than this (by ``created_at``) are left out; they stay
             in the table.
         dev: the rows to stop early on; default: the snapshot's dev split.
@@ -117,6 +142,10 @@ def training_data(
         new_after, replay_fraction: for a warm start, train on the rows with ``id > new_after`` (the
             window new since the champion) plus a seeded sample of ``replay_fraction`` times as
             many older rows, so the model does not forget; without them, on every training row.
+        seed: the seed of the replay sample and of the validation fold.
+
+    Returns:
+        The texts, targets and features the trainer takes.
     """
     train = rows[(rows["split"] == "train") & labelled(rows)]
     if retention_days is not None:
@@ -141,8 +170,20 @@ def training_data(
 
 
 def validation_fold(train: pd.DataFrame, fraction: float, task: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split training rows into (train, validation fold): a seeded ``fraction`` of them, at least
-    one row and never all, stratified by label in classification (each label keeps its share)."""
+    """Split training rows into the rows to train on and a validation fold.
+
+    Args:
+        train: the training rows.
+        fraction: the share of them held out: at least one row, and never all.
+        task: ``regression`` or ``classification`` (stratified by label: each label keeps its share).
+        seed: the seed of the draw.
+
+    Returns:
+        (the rows to train on, the validation fold).
+
+    Raises:
+        ValueError: fewer than two training rows.
+    """
     if len(train) < 2:
         raise ValueError(f"{len(train)} training row(s): too few to hold out a validation fold")
     rng = np.random.default_rng(seed)
@@ -160,8 +201,18 @@ def validation_fold(train: pd.DataFrame, fraction: float, task: str, seed: int) 
 
 
 def replay_window(train: pd.DataFrame, new_after: int, replay_fraction: float, seed: int) -> pd.DataFrame:
-    """The rows new since ``new_after`` plus a seeded replay sample of older ones, in id order; all
-    of them when nothing is new (a forced retrain on the same feedback)."""
+    """The rows a warm start trains on: the new ones, and a replay sample of older ones.
+
+    Args:
+        train: the training rows.
+        new_after: the champion's watermark: rows with a greater id are new.
+        replay_fraction: older rows drawn, as a multiple of the new rows' count.
+        seed: the seed of the draw.
+
+    Returns:
+        The new rows and the sample, in id order; every row when nothing is new (a forced retrain
+        on the same feedback).
+    """
     new = train[train["id"] > new_after]
     old = train[train["id"] <= new_after]
     if new.empty:
@@ -183,12 +234,33 @@ def prediction_problem(prediction: np.ndarray, task: str) -> str | None:
 
 
 def score(prediction: np.ndarray, dev: pd.DataFrame, task: str, labels: list[str]) -> dict[str, float]:
+    """The task's metrics of a prediction of some rows, against their own targets.
+
+    Args:
+        prediction: scores (regression) or class probabilities (classification), one row per row.
+        dev: the rows predicted.
+        task: ``regression`` or ``classification``.
+        labels: the class labels, in the model's order.
+
+    Returns:
+        Each metric's value, by name.
+    """
     n_labels = 1 if task == "regression" else len(labels)
     return task_metrics(task, targets(dev, task, labels), prediction, n_labels)
 
 
 def baseline_metrics(train: pd.DataFrame, dev: pd.DataFrame, task: str, labels: list[str]) -> dict[str, float]:
-    """Metrics of the trivial predictor (train mean, or majority class) on the dev rows."""
+    """Metrics of the trivial predictor (train mean, or majority class) on the dev rows.
+
+    Args:
+        train: the rows the trivial predictor learns its one answer from.
+        dev: the rows it is scored on.
+        task: ``regression`` or ``classification``.
+        labels: the class labels, in the model's order.
+
+    Returns:
+        Each metric's value, by name.
+    """
     n_labels = 1 if task == "regression" else len(labels)
     prediction = baseline_prediction(task, targets(train, task, labels), len(dev), n_labels)
     return score(prediction, dev, task, labels)
