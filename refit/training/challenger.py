@@ -47,6 +47,19 @@ FIRST_DEVSET_REASON = "initial: first training"
 
 @dataclass
 class Challenger:
+    """A trained challenger, before the gate judges it.
+
+    Attributes:
+        version: its version name.
+        folder: its checkpoint folder (weights, tokenizer, metadata, manifest-ready).
+        dev_metrics: its metrics on the rows it stopped early on (a blend's or an ensemble's
+            when it is one).
+        best_epoch: the epoch whose weights it kept.
+        epochs_run: the epochs it trained.
+        train_rows: the rows it trained on.
+        samples_per_second: the training speed.
+    """
+
     version: str
     folder: Path
     dev_metrics: dict
