@@ -27,8 +27,17 @@ class Approval(RunInput):
 def await_approval(decision: GateDecision, version: str, timeout_s: int, poll_s: int = 10) -> GateDecision:
     """Pause the flow run for an operator's verdict on a challenger that passed the gate.
 
-    Call from a flow (not a task). Returns the decision with the operator's verdict and note
-    recorded; a rejection or a timeout turns it into a rejection.
+    Call from a flow (not a task).
+
+    Args:
+        decision: the gate's decision (a pass).
+        version: the challenger's version.
+        timeout_s: how long to wait for an answer.
+        poll_s: how often the paused run checks for one.
+
+    Returns:
+        The decision with the operator's verdict and note recorded; a rejection or a timeout turns
+        it into a rejection.
     """
     logger = get_run_logger()
     description = (
@@ -64,9 +73,18 @@ def await_approval(decision: GateDecision, version: str, timeout_s: int, poll_s:
 def await_stage_approval(decision: RolloutDecision, version: str, timeout_s: int, poll_s: int = 10) -> RolloutDecision:
     """Pause the rollout step for an operator's verdict before the rollout moves to its next stage.
 
-    Call from a flow (not a task). Approved: the decision stands, with the verdict recorded. Rejected:
-    the rollout stops (``stopped_by`` ``operator``). No answer within ``timeout_s``: the stage holds
-    (``wait``); the next step checks the guards again and asks again.
+    Call from a flow (not a task).
+
+    Args:
+        decision: the rollout's decision to move on.
+        version: the candidate's version.
+        timeout_s: how long to wait for an answer.
+        poll_s: how often the paused run checks for one.
+
+    Returns:
+        Approved: the decision as it stands, with the verdict recorded. Rejected: a stop
+        (``stopped_by`` ``operator``). No answer within ``timeout_s``: a ``wait`` (the stage holds;
+        the next step checks the guards again and asks again).
     """
     logger = get_run_logger()
     target = "champion" if decision.next_stage == "champion" else f"the {decision.next_stage} stage"

@@ -58,7 +58,16 @@ def history_markdown(
 
 
 def summary_row(summary: dict, run_url: str | None = None, at: datetime | None = None) -> dict:
-    """One retrain run as one table row: when, outcome, drift, gate numbers, versions, the run."""
+    """One retrain run as one table row: when, outcome, drift, gate numbers, versions, the run.
+
+    Args:
+        summary: the retrain flow's summary.
+        run_url: the flow run's page in the UI.
+        at: when (default: now).
+
+    Returns:
+        The row, by column.
+    """
     drift = summary.get("drift") or {}
     gate = summary.get("gate") or {}
     interval = gate.get("interval")
@@ -122,7 +131,15 @@ def training_curve_artifact(
 @task(name="retrain-summary-artifact", cache_policy=NONE, timeout_seconds=60)
 def retrain_summary_artifact(settings: Settings, summary: dict) -> dict:
     """One row per retrain run under the key ``retrain-summary`` (the key's history in the UI is
-    the list of runs). Call it with the flow's final summary, on every return path."""
+    the list of runs).
+
+    Args:
+        settings: refit's settings (the UI's address, for the run's link).
+        summary: the flow's final summary; call it on every return path.
+
+    Returns:
+        The row written.
+    """
     row = summary_row(summary, current_run_url(settings))
     create_table_artifact(table=[row], key=SUMMARY_KEY, description=summary_line(row))
     return row

@@ -73,8 +73,15 @@ def notify_rollout(settings: Settings, summary: dict) -> dict[str, bool]:
 
 
 def failed_task_name(exc: BaseException | None) -> str | None:
-    """The Prefect task whose function raised ``exc``, read from its traceback (the innermost one
-    that is a module-level task), or None when the error came from the flow's own code."""
+    """The Prefect task whose function raised an error, read from its traceback.
+
+    Args:
+        exc: the error (None: no error).
+
+    Returns:
+        The innermost module-level task in the traceback, or None when the error came from the
+        flow's own code.
+    """
     if exc is None:
         return None
     name = None

@@ -19,6 +19,14 @@ def sync(settings: Settings, reconcile: bool | None = None) -> dict:
 
     Retried like other I/O (a source that is down or too slow): every batch commits whole with
     its cursor, so a retry resumes where the last committed batch ended.
+
+    Args:
+        settings: refit's settings (the source, the database).
+        reconcile: compare every source key now (True), never (False), or when
+            REFIT_SOURCE_RECONCILE_HOURS have passed since the last time (None).
+
+    Returns:
+        The sync's summary: the counts, the cursor and the snapshot's horizon.
     """
     engine = engine_for(settings)
     require_schema(engine)

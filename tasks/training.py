@@ -20,9 +20,18 @@ from refit.training.challenger import Challenger
 # run, so that a retried run resumes after a finished training.
 @task(name="train-challenger", cache_policy=RESUMABLE, timeout_seconds=6 * 3600)
 def train_challenger(settings: Settings, snapshot: Snapshot, champion: dict | None) -> Challenger:
-    """Train the challenger on ``snapshot``, in this process or, with REFIT_TRAIN_IN_CHILD_PROCESS,
-    in a child process whose death (out of memory, SIGKILL) fails the run cleanly; with
-    REFIT_TRAIN_PROCESSES above 1, in that many data-parallel child processes under torchrun."""
+    """Train the challenger, in this process or, with REFIT_TRAIN_IN_CHILD_PROCESS, in a child
+    process whose death (out of memory, SIGKILL) fails the run cleanly; with REFIT_TRAIN_PROCESSES
+    above 1, in that many data-parallel child processes under torchrun.
+
+    Args:
+        settings: refit's settings.
+        snapshot: the snapshot to train on.
+        champion: the champion's registry row, or None before the first promotion.
+
+    Returns:
+        The challenger.
+    """
     in_child = settings.train_in_child_process or settings.train_processes > 1
     train = launch.train_in_child if in_child else challenger.train_challenger
     return train(settings, snapshot, champion, logger=get_run_logger())
