@@ -65,8 +65,18 @@ def one_champion(engine: Engine, store, model_name: str) -> list[str]:
 
 def champion_intact(engine: Engine, store, model_name: str, verified: dict | None = None) -> list[str]:
     """The champion's manifest in the store matches the registry's checksum, and every file
-    matches the manifest (size and SHA-256 of the stored bytes). ``verified`` caches the ETags of
-    files already hashed, so unchanged objects are not downloaded again."""
+    matches the manifest (size and SHA-256 of the stored bytes).
+
+    Args:
+        engine: the registry's database.
+        store: the object store.
+        model_name: the model checked.
+        verified: the ETags of files already hashed, kept between calls, so unchanged objects are
+            not downloaded again.
+
+    Returns:
+        What is broken, one line each (empty: the invariant holds).
+    """
     import hashlib
 
     from refit.models.checkpoint import MANIFEST, manifest_digest

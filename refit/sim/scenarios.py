@@ -169,8 +169,19 @@ def draw_rows(
     min_rows: int = 100,
     start: datetime | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """:func:`draw` as generated rows (what ``refit ingest`` reads); the current window starts at
-    ``start`` (default: 60 days after the reference's)."""
+    """:func:`draw` as generated rows (what ``refit ingest`` reads).
+
+    Args:
+        kind: one of :data:`SCENARIOS`.
+        size: rows in each window.
+        seed: the draw's seed; the same seed gives the same pair.
+        noise_fraction: share of shuffled ratings for ``label_noise``.
+        min_rows: the policy's minimum, for ``tiny``.
+        start: when the current window starts (default: 60 days after the reference's).
+
+    Returns:
+        The reference window's rows and the current window's rows.
+    """
     if kind not in SCENARIOS:
         raise ValueError(f"unknown scenario {kind!r}; expected one of {', '.join(SCENARIOS)}")
     later = start or START + timedelta(days=60)
@@ -235,7 +246,22 @@ def measure_rates(
     noise_fraction: float = 0.1,
     first_seed: int = 0,
 ) -> Rates:
-    """Run the drift check (no report rendering) on ``draws`` fresh pairs of a scenario."""
+    """Run the drift check (no report rendering) on fresh pairs of a scenario.
+
+    Args:
+        kind: one of :data:`SCENARIOS`.
+        size: rows in each window.
+        draws: how many pairs.
+        policy: the drift policy checked.
+        champion: the champion model, for the signals that need one.
+        dev: the champion's dev rows, for the same.
+        task: ``regression`` or ``classification``.
+        noise_fraction: share of shuffled ratings for ``label_noise``.
+        first_seed: the first pair's seed; the others follow it.
+
+    Returns:
+        The decisions, whether each named the scenario's expected signal, and the time taken.
+    """
     from refit.drift.check import check_drift
 
     rates = Rates(kind, size, draws)
@@ -267,8 +293,18 @@ def tiny_bert(folder: Path, seed: int = 0) -> Path:
 
 
 def train_champion(base_model: Path, folder: Path, rows: int = 800, dev: pd.DataFrame | None = None) -> Path:
-    """Fine-tune ``base_model`` on the base regime into a checkpoint folder: a champion with real
-    skill, so that label noise can raise its error. Early stopping uses ``dev``, as in refit."""
+    """Fine-tune a base model on the base regime: a champion with real skill, so that label noise
+    can raise its error.
+
+    Args:
+        base_model: the model to fine-tune.
+        folder: where the checkpoint is written.
+        rows: training rows drawn from the base regime.
+        dev: the rows early stopping uses (their first 400), as in refit (default: :func:`dev_frame`).
+
+    Returns:
+        The checkpoint folder.
+    """
     from refit.models.config import TrainConfig, TrainData
     from refit.models.saving import save_checkpoint
     from refit.models.train import train

@@ -110,10 +110,17 @@ class Step:
 
 
 def steps_of(stream: pd.DataFrame, step_days: float, start: datetime | None = None, warmup: int = 1) -> list[Step]:
-    """The stream cut into consecutive windows of ``step_days`` of feedback time (empty ones kept).
+    """The stream cut into consecutive windows of feedback time (empty ones kept).
 
-    ``warmup``: the first that many windows are one step 0, the history a first champion is
-    trained on before the replay (so every policy starts from the same, realistic champion).
+    Args:
+        stream: the feedback, with ``created_at``.
+        step_days: each window's width, in days.
+        start: where the first window starts (default: the day of the first feedback).
+        warmup: the first that many windows are one step 0, the history a first champion is
+            trained on before the replay (so every policy starts from the same, realistic champion).
+
+    Returns:
+        The steps, in order.
     """
     begin = pd.Timestamp(start or stream["created_at"].min()).floor("D")
     width = pd.Timedelta(days=step_days)
