@@ -91,6 +91,20 @@ def test_an_unlabelled_row_is_stored_counted_and_in_no_split(engine, tmp_path):
     assert devset.rows == 12 and not set(dev["feedback_id"]) & set(unlabelled)
 
 
+def test_an_unlabelled_row_is_redacted_and_checked_against_the_feature_schema_as_any_row(engine, tmp_path):
+    rows = [{**row(f"s{i}", rating=4), "sessions": str(i)} for i in range(3)]  # the schema: sessions is numeric
+    ingest_file(engine, write_csv(tmp_path / "a.csv", rows), RULES)
+    unlabelled = [
+        {**row("p1", text_="write me at jane@example.com"), "sessions": "2"},
+        {**row("p2"), "sessions": "lots"},
+    ]
+    summary = ingest_file(engine, write_csv(tmp_path / "b.csv", unlabelled), RULES)
+    assert (summary.accepted, summary.unlabelled, summary.reasons) == (1, 1, {"bad_feature": 1})
+    with engine.connect() as conn:
+        stored_text = conn.execute(text("SELECT text FROM feedback WHERE feedback_id = 'p1'")).scalar_one()
+    assert stored_text == "write me at [EMAIL]"
+
+
 def test_a_label_arriving_in_a_file_with_the_same_id_turns_the_row_labelled_as_an_edit(engine, tmp_path):
     [fid] = ids_in("train", 1, "late-")
     first = ingest_file(engine, write_csv(tmp_path / "a.csv", [row(fid), row("other", rating=4)], FIELDS), RULES)
