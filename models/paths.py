@@ -136,14 +136,7 @@ def choose_attention(
         return TrainPath(setting, precision, "setting")
     if distributed or steps < PROBE_MIN_STEPS:
         return TrainPath(DEFAULT_LAYOUT, precision, "default (a short or distributed run)")
-    cfg = model.encoder.config
-    key = "|".join(
-        map(
-            str,
-            (device, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, batch_size, precision,
-             torch.__version__, torch.backends.cpu.get_cpu_capability(), processor_name(device)),
-        )
-    )  # fmt: skip
+    key = _layout_key(model, device, batch_size, precision)
     if key in _CHOSEN:
         layout, timings = _CHOSEN[key]
         return TrainPath(layout, precision, "measured earlier in this process", timings)
@@ -158,6 +151,19 @@ def choose_attention(
     _CHOSEN[key] = (layout, timings)
     _write_cache(cache, key, {"attention": layout, "step_ms": timings})
     return TrainPath(layout, precision, "measured", timings)
+
+
+def _layout_key(model: torch.nn.Module, device: torch.device, batch_size: int, precision: str) -> str:
+    """What a layout measurement holds for: the machine, torch, the model's shape, the batch and
+    the precision (another of any of them is measured again)."""
+    cfg = model.encoder.config
+    return "|".join(
+        map(
+            str,
+            (device, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, batch_size, precision,
+             torch.__version__, torch.backends.cpu.get_cpu_capability(), processor_name(device)),
+        )
+    )  # fmt: skip
 
 
 def machine_cache() -> Path:

@@ -77,16 +77,22 @@ def train_config(
         budget_seconds=recipe.budget_seconds,
         head_lr_factor=recipe.head_lr_factor,
         recipe=recipe.as_dict(),
-        # --- defences and compression
-        augment_delete_rate=settings.augment_delete_rate,
-        augment_swap_rate=settings.augment_swap_rate,
-        augment_synonym_rate=settings.augment_synonym_rate,
-        adversarial=settings.adversarial,
-        adversarial_epsilon=settings.adversarial_epsilon,
-        adversarial_steps=settings.adversarial_steps,
-        keep_layers=settings.keep_layers,
-        prune_heads=settings.prune_heads,
+        **_defences_and_compression(settings),
     )
+
+
+def _defences_and_compression(settings: Settings) -> dict:
+    """The trainer's augmentation, adversarial training and pruning options, from the settings."""
+    return {
+        "augment_delete_rate": settings.augment_delete_rate,
+        "augment_swap_rate": settings.augment_swap_rate,
+        "augment_synonym_rate": settings.augment_synonym_rate,
+        "adversarial": settings.adversarial,
+        "adversarial_epsilon": settings.adversarial_epsilon,
+        "adversarial_steps": settings.adversarial_steps,
+        "keep_layers": settings.keep_layers,
+        "prune_heads": settings.prune_heads,
+    }
 
 
 def targets(frame: pd.DataFrame, task: str, labels: list[str]) -> np.ndarray:
