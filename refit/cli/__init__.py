@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from refit.cli import data, models, ops, rollout
+from refit.cli import data, estimate, models, ops, rollout
 from refit.cli._shared import group, state
 from refit.core.errors import one_line
 
@@ -47,6 +47,7 @@ for _command in (
     data.forget,
     models.run,
     models.drift,
+    estimate.estimate,
     models.rollback,
     models.gc,
     models.serve,
