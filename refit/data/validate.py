@@ -263,10 +263,9 @@ def _check_text(frame: pd.DataFrame, flags: _Flags, rules: IngestRules) -> tuple
     body, body_array = strip(raw_body, raw_array)
     lengths = pc.utf8_length(body_array)
     missing = as_bool(pc.or_kleene(pc.is_null(body_array), pc.equal(lengths, 0)))
-    # Text without a target is stored unlabelled; with neither, there is nothing to store.
-    flags.flag(
-        missing & _no_target(frame).to_numpy(dtype=bool), "missing_text", "no text and no satisfaction, rating or label"
-    )
+    if missing.any():  # text without a target is stored unlabelled; with neither, nothing is left
+        neither = missing & _no_target(frame).to_numpy(dtype=bool)
+        flags.flag(neither, "missing_text", "no text and no satisfaction, rating or label")
     flags.flag(missing, "missing_text", "text is missing or empty")
     flags.flag(has_nul(body_array), "invalid_text", "text contains NUL bytes")
     flags.flag(surrogates, "invalid_text", "text is not valid Unicode (a lone surrogate)")
