@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for
-from refit.data.devset import dev_periods, dev_rows, ensure_devset, grow_devset
+from refit.data.devset import dev_periods, dev_rows, devset_for
 from refit.data.schema import schema_types
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
 from refit.gate.baselines import baseline_predictions
@@ -52,9 +52,7 @@ def gate_challenger(
     logger = get_run_logger()
     engine = engine_for(settings)
     split = SplitConfig.from_settings(settings)
-    devset = ensure_devset(engine, split, snapshot.watermark_to, "initial: first gate")
-    if settings.devset_grow:
-        devset = grow_devset(engine, split, devset, snapshot.watermark_to, snapshot.id)
+    devset = devset_for(engine, split, snapshot, "initial: first gate", grow=settings.devset_grow)
     dev = dev_rows(engine, devset, split)
     n_labels = 1 if settings.task == "regression" else len(settings.labels)
     data = None

@@ -57,6 +57,14 @@ def ensure_devset(engine: Engine, split: SplitConfig, upto: int, reason: str) ->
     return current_devset(engine) or refresh_devset(engine, split, reason, upto=upto)
 
 
+def devset_for(engine: Engine, split: SplitConfig, snapshot, reason: str, grow: bool = True) -> DevSet:
+    """The dev set a run on ``snapshot`` trains beside and is gated on: the first one is created up
+    to the snapshot (recorded with ``reason``); with ``grow`` (``REFIT_DEVSET_GROW``), the
+    snapshot's dev-split rows join it (:func:`grow_devset`)."""
+    devset = ensure_devset(engine, split, snapshot.watermark_to, reason)
+    return grow_devset(engine, split, devset, snapshot.watermark_to, snapshot.id) if grow else devset
+
+
 def _digest(engine: Engine, split: SplitConfig, watermark: int) -> tuple[int, str]:
     """The number of dev-split rows up to ``watermark`` and the hash of their contents."""
     digest, rows = hashlib.sha256(), 0

@@ -19,7 +19,7 @@ import pandas as pd
 
 from refit.core.settings import Settings
 from refit.data.db import engine_for
-from refit.data.devset import DevSet, ensure_devset
+from refit.data.devset import DevSet, devset_for
 from refit.data.feature_types import feature_types_for
 from refit.data.schema import schema_types
 from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
@@ -185,7 +185,7 @@ def plan_training(
     """
     split = SplitConfig.from_settings(settings)
     rows = snapshot_rows(engine, snapshot, split)
-    devset = ensure_devset(engine, split, snapshot.watermark_to, FIRST_DEVSET_REASON)
+    devset = devset_for(engine, split, snapshot, FIRST_DEVSET_REASON, grow=settings.devset_grow)
     champion_folder, champion_watermark = _warm_start(settings, engine, champion)
     on_cpu = pick_device(settings.device).type == "cpu"
     warm = champion_folder is not None

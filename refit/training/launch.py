@@ -25,7 +25,7 @@ from pathlib import Path
 from refit.core.errors import ConfigError, RefitError
 from refit.core.settings import Settings
 from refit.data.db import engine_for
-from refit.data.devset import ensure_devset
+from refit.data.devset import devset_for
 from refit.data.snapshots import Snapshot, SplitConfig, get_snapshot
 from refit.models.distributed import backend_for, die_with_launcher, is_main_rank, process_group
 from refit.registry.versions import checkout, new_version
@@ -164,11 +164,12 @@ def _check_data_parallel(settings: Settings) -> None:
 
 
 def _prepare_shared_inputs(settings: Settings, snapshot: Snapshot, champion: dict | None) -> None:
-    """Create, once, what every rank of a data-parallel run reads: the first dev set (two ranks
-    would record two), and the warm start's local copy of the champion (two would download it
+    """Create, once, what every rank of a data-parallel run reads: the dev set of the snapshot (two
+    ranks would record two versions), and the warm start's local copy of the champion (two would download it
     into the same folder). The ranks then find both and only read them."""
     engine = engine_for(settings)
-    ensure_devset(engine, SplitConfig.from_settings(settings), snapshot.watermark_to, FIRST_DEVSET_REASON)
+    split = SplitConfig.from_settings(settings)
+    devset_for(engine, split, snapshot, FIRST_DEVSET_REASON, grow=settings.devset_grow)
     if champion is not None and settings.warm_start:
         checkout(settings, champion["version"])
 

@@ -83,7 +83,7 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert first["gate"]["dev_set"] == 1 and second["gate"]["dev_set"] == 2
     with engine.connect() as conn:
         reasons = conn.execute(text("SELECT reason FROM dev_sets ORDER BY version")).scalars().all()
-    assert reasons[0] == "initial: first gate" and reasons[1].startswith(
+    assert reasons[0].startswith("initial") and reasons[1].startswith(
         f"grown with snapshot {second['snapshot']['id']}: +"
     )
     assert second["gate"]["rule"] == "recent" and "dev rows newer than" in " ".join(second["gate"]["reasons"])
