@@ -104,28 +104,20 @@ def explain(
     if model.fused:
         feature_real, feature_base, feature_path = _feature_path(model, features, alphas, device)
 
-    def output(logits: torch.Tensor) -> torch.Tensor:
-        if predictor.task == "regression":
-            return torch.sigmoid(logits.squeeze(-1))
-        return torch.softmax(logits, dim=-1)[:, target_index]
-
     model.eval()
     with torch.no_grad():
         full_logits = model(inputs_embeds=real, attention_mask=mask, feature_input=feature_real)
-        target_index = 0
-        if predictor.task == "classification":
-            target_index = predictor.labels.index(label) if label else int(full_logits.argmax(-1))
+        target_index = _target_index(predictor, full_logits, label)
         base_logits = model(inputs_embeds=base, attention_mask=mask, feature_input=feature_base)
-        out_real, out_base = float(output(full_logits)), float(output(base_logits))
+        out_real = float(_output(full_logits, predictor.task, target_index))
+        out_base = float(_output(base_logits, predictor.task, target_index))
     with torch.enable_grad():
         logits = model(inputs_embeds=path, attention_mask=mask.expand(steps, -1), feature_input=feature_path)
-        output(logits).sum().backward()
+        _output(logits, predictor.task, target_index).sum().backward()
     token_scores = ((real - base) * path.grad.mean(0, keepdim=True)).sum(-1)[0].tolist()
     feature_scores = {}
     if feature_path is not None:
-        per_dim = ((feature_real - feature_base) * feature_path.grad.mean(0, keepdim=True))[0]
-        feature_scores = {name: float(per_dim[where].sum()) for name, where in _feature_slices(predictor)}
-
+        feature_scores = _feature_scores(predictor, feature_real, feature_base, feature_path)
     pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
     target = "score" if predictor.task == "regression" else predictor.labels[target_index]
     return Explanation(
@@ -137,6 +129,26 @@ def explain(
         words=_word_scores(str(text), encoding, token_scores),
         features=feature_scores,
     )
+
+
+def _target_index(predictor: Predictor, logits: torch.Tensor, label: str | None) -> int:
+    """The class explained: ``label``'s, else the predicted one (0 for regression's one output)."""
+    if predictor.task != "classification":
+        return 0
+    return predictor.labels.index(label) if label else int(logits.argmax(-1))
+
+
+def _output(logits: torch.Tensor, task: str, target_index: int) -> torch.Tensor:
+    """What is explained: the score (regression), or the target class's probability."""
+    if task == "regression":
+        return torch.sigmoid(logits.squeeze(-1))
+    return torch.softmax(logits, dim=-1)[:, target_index]
+
+
+def _feature_scores(predictor: Predictor, real: torch.Tensor, base: torch.Tensor, path: torch.Tensor) -> dict:
+    """The features' attributions, summed per feature over the dimensions of its encoding."""
+    per_dim = ((real - base) * path.grad.mean(0, keepdim=True))[0]
+    return {name: float(per_dim[where].sum()) for name, where in _feature_slices(predictor)}
 
 
 def _text_path(model, tokenizer, ids: torch.Tensor, alphas: torch.Tensor):
