@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from refit.core.errors import InputError
 from refit.models.metrics import DIRECTION, classification_metrics, regression_metrics
@@ -494,6 +495,7 @@ def estimate_performance(
     window_embeddings: np.ndarray | None = None,
     window_true: np.ndarray | None = None,
     labels: list[str] | None = None,
+    window_embedded: np.ndarray | None = None,
     method: str = DEFAULT_METHOD,
     min_rows: int = 100,
     resamples: int = 300,
@@ -517,6 +519,9 @@ def estimate_performance(
         window_true: the window's targets where they are in (NaN, or a negative class index,
             where not): the realized values stand beside the estimates.
         labels: class names, for the messages.
+        window_embedded: which window rows ``window_embeddings`` belong to (indices), when only a
+            sample of the window was embedded (the drift check embeds ``embedding_rows``); the
+            weights need no more, and a regression estimate is then made on those rows.
         method: one of ``METHODS``.
         min_rows: below this many window (or dev) rows there is no estimate.
         resamples: bootstrap rounds.
@@ -542,17 +547,31 @@ def estimate_performance(
     else:
         dev_true = np.asarray(dev_true).astype(int)
     _check_inputs(task, dev_true, dev_prediction, window_prediction, n_labels, labels, min_rows)
-    dev_x, win_x, words = domain_features(dev_prediction, window_prediction, dev_embeddings, window_embeddings)
+    embedded = np.arange(len(window_prediction)) if window_embedded is None else np.asarray(window_embedded)
+    if window_embeddings is not None and len(window_embeddings) != len(embedded):
+        raise InputError(f"{len(window_embeddings)} window embeddings for {len(embedded)} embedded window rows")
+    if (dev_embeddings is None) != (window_embeddings is None):
+        dev_embeddings = window_embeddings = None  # one side alone cannot tell the two apart
+    dev_x, win_x, words = domain_features(
+        dev_prediction, window_prediction[embedded], dev_embeddings, window_embeddings
+    )
     weights, auc = shift_weights(dev_x, win_x, seed)
     if task == "classification":
         values, without, dev_values, rounds = _classification_rounds(
             dev_prediction, dev_true, window_prediction, weights, method, n_labels, resamples, seed
         )
     else:
-        pcs_dev = dev_x[:, 1:] if dev_embeddings is not None else None
-        pcs_win = win_x[:, 1:] if window_embeddings is not None else None
+        with_embeddings = dev_embeddings is not None
         values, without, dev_values, rounds = _regression_rounds(
-            dev_prediction, dev_true, window_prediction, pcs_dev, pcs_win, weights, method, resamples, seed
+            dev_prediction,
+            dev_true,
+            window_prediction[embedded] if with_embeddings else window_prediction,
+            dev_x[:, 1:] if with_embeddings else None,  # the embeddings' components, not the prediction
+            win_x[:, 1:] if with_embeddings else None,
+            weights,
+            method,
+            resamples,
+            seed,
         )
     realized, labelled = _realized(task, window_true, window_prediction, n_labels)
     alpha = (1 - confidence) / 2
@@ -616,6 +635,7 @@ def estimated_performance_signal(
     window_embeddings: np.ndarray | None = None,
     window_true: np.ndarray | None = None,
     labels: list[str] | None = None,
+    window_embedded: np.ndarray | None = None,
     seed: int = 0,
 ) -> dict:
     """The ``estimated_performance`` signal: the estimated metric on the window against the dev
@@ -635,6 +655,7 @@ def estimated_performance_signal(
         window_embeddings: the same of the window's rows.
         window_true: the window's targets where they are in (NaN or negative where not).
         labels: class names.
+        window_embedded: which window rows ``window_embeddings`` belong to, when a sample was embedded.
         seed: the bootstrap's seed.
 
     Returns:
@@ -656,6 +677,7 @@ def estimated_performance_signal(
             window_embeddings,
             window_true,
             labels,
+            window_embedded,
             min_rows=policy.min_rows,
             resamples=policy.bootstrap_rounds,
             loss_confidence=policy.performance_confidence,
@@ -684,6 +706,7 @@ def estimated_performance_signal(
         realized=m.realized,
         gap=m.gap,
         domain_auc=estimate.shift.auc,
+        shift_features=estimate.shift.features,
         effective_dev_rows=estimate.shift.effective_rows,
         dev_rows=estimate.dev_rows,
         current_rows=estimate.window_rows,
@@ -691,3 +714,63 @@ def estimated_performance_signal(
         note=estimate.line(metric),
     )
     return {**signal, "group": GROUP}  # group_of() does not know the column yet: see the module doc
+
+
+def champion_estimate(
+    champion,
+    dev: pd.DataFrame,
+    window: pd.DataFrame,
+    window_prediction: np.ndarray,
+    task: str,
+    labels: list[str] | None,
+    policy,
+    window_embeddings: np.ndarray | None = None,
+    window_embedded: np.ndarray | None = None,
+) -> dict:
+    """The ``estimated_performance`` signal of a check, from feedback frames: what the drift check
+    calls beside :func:`refit.drift.performance.champion_performance`.
+
+    Args:
+        champion: the champion (a :class:`models.predict.Predictor`); its dev predictions and
+            embeddings are memoized per model and content.
+        dev: the gate's dev rows; a time-stratified ``policy.sample_cap`` of them calibrate.
+        window: the window's rows, labelled and unlabelled alike.
+        window_prediction: the champion's raw predictions of ``window``'s rows.
+        task: ``regression`` or ``classification``.
+        labels: class names, for classification.
+        policy: the drift policy.
+        window_embeddings: the champion's embeddings of (a sample of) the window's rows, as the
+            embeddings signal computed them; without them, the shift is seen through the
+            predictions alone.
+        window_embedded: the positions in ``window`` of the embedded rows (default: every row).
+
+    Returns:
+        The signal.
+    """
+    from refit.drift.signals import champion_output, targets_of
+    from refit.drift.windows import time_stratified_sample
+
+    dev_rows = time_stratified_sample(dev, policy.sample_cap).reset_index(drop=True)
+    dev_true = targets_of(dev_rows, task)
+    window_true = targets_of(window.reset_index(drop=True), task)
+    if task == "classification":
+        index = {name: i for i, name in enumerate(labels or [])}
+        dev_true, window_true = dev_true.map(index), window_true.map(index)
+    known = dev_true.notna().to_numpy()  # a dev row without a target (or a label unknown) says nothing
+    dev_rows, dev_true = dev_rows[known].reset_index(drop=True), dev_true[known]
+    dev_prediction = champion_output(champion, "predict", dev_rows) if len(dev_rows) else np.zeros((0, 1))
+    dev_embeddings = None
+    if window_embeddings is not None and hasattr(champion, "embed") and len(dev_rows):
+        dev_embeddings = champion_output(champion, "embed", dev_rows)
+    return estimated_performance_signal(
+        task,
+        dev_true.to_numpy(dtype=float),
+        dev_prediction,
+        window_prediction,
+        policy,
+        dev_embeddings,
+        window_embeddings if dev_embeddings is not None else None,
+        window_true.to_numpy(dtype=float),
+        labels,
+        window_embedded,
+    )

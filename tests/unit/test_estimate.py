@@ -202,3 +202,47 @@ def test_the_estimate_is_reproducible_from_its_seed_and_serializable():
     second = estimate_performance("regression", dev_true, dev_pred, win_pred, dev_x, win_x, resamples=30, seed=3)
     assert first.as_dict() == second.as_dict()
     assert set(first.as_dict()["metrics"]) == {"mse", "mae", "spearman"}
+
+
+class _Champion:
+    """A two-class champion whose text is a number: it predicts class 1 with that probability
+    and embeds the number with a second, irrelevant coordinate."""
+
+    labels = ["unhappy", "happy"]
+
+    def predict(self, texts):
+        p = np.array([float(t) for t in texts])
+        return np.c_[1 - p, p]
+
+    def embed(self, texts):
+        return np.array([[float(t), float(t) ** 2] for t in texts])
+
+
+def _feedback(scores: np.ndarray, labelled: np.ndarray, rng: np.random.Generator):
+    import pandas as pd
+
+    happy = rng.random(len(scores)) < scores
+    label = np.where(happy, "happy", "unhappy").astype(object)
+    label[~labelled] = None
+    return pd.DataFrame({"text": [f"{s:.6f}" for s in scores], "label": label, "satisfaction": np.nan})
+
+
+def test_a_check_estimates_from_feedback_frames_with_or_without_embeddings():
+    from refit.drift.estimate import champion_estimate
+
+    rng = np.random.default_rng(11)
+    champion, policy = _Champion(), DriftPolicy(bootstrap_rounds=50)
+    dev = _feedback(rng.beta(2, 2, 800), np.ones(800, dtype=bool), rng)
+    window = _feedback(rng.beta(2, 2, 400), np.arange(400) < 100, rng)  # a quarter labelled
+    prediction = champion.predict(window["text"].tolist())
+    sample = np.arange(0, 400, 2)  # the drift check embeds a sample of the window
+    embeddings = champion.embed(window["text"].iloc[sample].tolist())
+    with_embeddings = champion_estimate(champion, dev, window, prediction, "classification", champion.labels,
+                                        policy, embeddings, sample)  # fmt: skip
+    served = champion_estimate(champion, dev, window, prediction, "classification", champion.labels, policy)
+    for signal in (with_embeddings, served):
+        assert signal["group"] == GROUP and signal["score"] is not None and not signal["drifted"]
+        assert signal["detail"]["labelled_rows"] == 100 and signal["detail"]["current_rows"] == 400
+        assert abs(signal["detail"]["current"] - signal["detail"]["dev"]) < 0.1
+    assert with_embeddings["detail"]["shift_features"] == "prediction + 2 embedding components"
+    assert served["detail"]["shift_features"] == "prediction"
