@@ -150,30 +150,40 @@ def simulate(
         from refit.ops.demo import start_embedded_postgres
 
         settings = settings.with_overrides(database_url=start_embedded_postgres(Path(settings.work_dir) / "pg"))
-    faults_for = None
-    if chaos:
-        from refit.sim.faults import Chaos, FaultProxy, plan
-
-        proxy, endpoint = None, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if settings.store_url.startswith("s3://") and endpoint and endpoint.startswith("http://"):
-            proxy = FaultProxy(endpoint).start()
-            os.environ["AWS_ENDPOINT_URL_S3"] = proxy.url  # boto3 reaches the store through the proxy
-        faults_for = lambda n: Chaos(plan(seed, n), proxy=proxy)  # noqa: E731
+    faults_for = _chaos_faults(settings, seed) if chaos else None
     echo = (lambda _r: None) if as_json else (lambda r: typer.echo(step_line(r)))
     result = sim.backtest(
         settings, policies, out, feedback=feedback, scenario=scenario, rows=rows, steps=steps,
         step_days=1.0 if step == "day" else 7.0, seed=seed, real_model=real_model,
         devset_every=devset_every or None, warmup=warmup, faults_for=faults_for, keep=keep, on_step=echo,
     )  # fmt: skip
+    emit({k: v for k, v in result.items() if k != "steps"}, as_json, _simulate_text(result))
+    if result["violations"]:
+        raise RefitError(f"{result['violations']} invariant violation(s); see {result['outputs']['json']}")
+
+
+def _chaos_faults(settings, seed: int):
+    """What ``--chaos`` injects: a seeded fault plan per policy, an S3 store reached through a
+    fault proxy (when it is an http:// endpoint) so that its faults can be injected too."""
+    from refit.sim.faults import Chaos, FaultProxy, plan
+
+    proxy, endpoint = None, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if settings.store_url.startswith("s3://") and endpoint and endpoint.startswith("http://"):
+        proxy = FaultProxy(endpoint).start()
+        os.environ["AWS_ENDPOINT_URL_S3"] = proxy.url  # boto3 reaches the store through the proxy
+    return lambda n: Chaos(plan(seed, n), proxy=proxy)
+
+
+def _simulate_text(result: dict) -> str:
+    """``refit simulate``'s report: the table, the time, the invariant violations, the outputs and
+    (with --chaos) the step each fault fired at."""
     text = f"{result['table']}\n\n{len(result['steps'])} policy-steps in {result['seconds']:.0f} s; "
     text += f"invariant violations: {result['violations']}\n" + "\n".join(
         f"{k}: {v}" for k, v in result["outputs"].items()
     )
     if "chaos" in result:
         text += "\nfaults (step fired per policy): " + json.dumps({k: v["fired"] for k, v in result["chaos"].items()})
-    emit({k: v for k, v in result.items() if k != "steps"}, as_json, text)
-    if result["violations"]:
-        raise RefitError(f"{result['violations']} invariant violation(s); see {result['outputs']['json']}")
+    return text
 
 
 def step_line(record: dict) -> str:
