@@ -73,8 +73,17 @@ def backend_for(device: str) -> str:
 @contextmanager
 def process_group(device: str) -> Iterator[None]:
     """This torchrun worker's process group, for the block (torchrun's environment says where the
-    others are). On CUDA, each rank's own GPU is made current, as :func:`refit.models.train.pick_device`
-    places its model, so that collectives outside the model do not all land on GPU 0."""
+    others are).
+
+    On CUDA, each rank's own GPU is made current, as :func:`refit.models.train.pick_device` places
+    its model, so that collectives outside the model do not all land on GPU 0.
+
+    Args:
+        device: the run's device setting (``auto``, ``cpu``, ``cuda``): NCCL on CUDA, else gloo.
+
+    Yields:
+        Nothing; the group is destroyed when the block ends.
+    """
     backend = backend_for(device)
     dist.init_process_group(backend=backend)
     try:

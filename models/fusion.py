@@ -72,8 +72,16 @@ class FeatureSchema:
 
     @classmethod
     def fit(cls, feature_types: dict[str, str], frame: pd.DataFrame | None, vector: str | None = None) -> FeatureSchema:
-        """Learn the statistics and vocabularies of ``feature_types`` (name -> numeric|categorical)
-        and of the optional ``vector`` column from the training rows' features."""
+        """Learn the features' statistics and vocabularies from the training rows.
+
+        Args:
+            feature_types: name -> ``numeric`` or ``categorical``.
+            frame: the training rows' features (None: no rows, no statistics).
+            vector: the column that holds a precomputed embedding vector, if any.
+
+        Returns:
+            The schema the model encodes its features by.
+        """
         if not feature_types and not vector:
             return cls()
         if frame is None:
@@ -103,7 +111,20 @@ class FeatureSchema:
         return schema
 
     def encode(self, frame: pd.DataFrame | None, n_rows: int) -> dict[str, torch.Tensor]:
-        """The model's feature tensors for ``n_rows`` rows (missing columns read as missing values)."""
+        """The model's feature tensors for some rows.
+
+        Args:
+            frame: the rows' features (None, or a missing column: read as missing values).
+            n_rows: how many rows.
+
+        Returns:
+            ``numeric`` (standardized) and ``categorical`` (vocabulary indices, 0 for missing or
+            unseen), and with a vector column ``vector`` and ``has_vector``: ``n_rows`` rows each
+            (empty for a model without features).
+
+        Raises:
+            ValueError: ``frame`` has another number of rows, or a vector that the model cannot read.
+        """
         if self.empty:
             return {}
         if frame is None:
@@ -296,7 +317,21 @@ def build_model(
     fusion_width: int = 64,
     dropout: float | None = None,
 ):
-    """A new model on a pretrained encoder folder (offline), and its tokenizer."""
+    """A new model on a pretrained encoder folder (offline), and its tokenizer.
+
+    Args:
+        base_model: the pretrained encoder's folder.
+        n_outputs: 1 for regression, the number of classes for classification.
+        schema: the behaviour features the head reads.
+        fusion_width: the width of the head's fusion layer.
+        dropout: the encoder's dropout (default: its config's).
+
+    Returns:
+        The model and its tokenizer.
+
+    Raises:
+        ValueError: the base model cannot be loaded.
+    """
     from transformers import AutoTokenizer  # slow to import: only building a model needs it
 
     _quiet_transformers()

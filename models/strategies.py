@@ -60,7 +60,16 @@ def warm_start_problem(config: TrainConfig, schema: FeatureSchema) -> str | None
 
 
 def initial_model(config: TrainConfig, schema: FeatureSchema):
-    """The model to train: the champion's weights when they fit, else the base encoder and a new head."""
+    """The model to train: the champion's weights when they fit, else the base encoder and a new head.
+
+    Args:
+        config: the run's config (``init_from``: the champion's folder, for a warm start).
+        schema: the behaviour features the head reads.
+
+    Returns:
+        The model, its tokenizer, and where it started from (the champion, or the base model and
+        why the warm start was refused).
+    """
     init = {"from": "base", "base_model": config.base_model}
     if config.init_from:
         problem = warm_start_problem(config, schema)

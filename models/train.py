@@ -80,8 +80,19 @@ def pick_device(name: str, rank: int = 0) -> torch.device:
 def length_bucketed_batches(
     lengths: list[int], batch_size: int, rng: np.random.Generator, pool: int = 50
 ) -> list[np.ndarray]:
-    """Shuffled batches of similar length: shuffle, sort within pools of ``pool`` batches, cut,
-    then shuffle the batch order, so each batch pads little and the order stays random."""
+    """Shuffled batches of similar length, so each batch pads little and the order stays random.
+
+    Shuffle, sort within pools of ``pool`` batches, cut, then shuffle the batch order.
+
+    Args:
+        lengths: each row's token count.
+        batch_size: rows per batch.
+        rng: the run's random generator.
+        pool: batches sorted together.
+
+    Returns:
+        The batches, as arrays of row indices.
+    """
     order = rng.permutation(len(lengths))
     lengths_arr = np.asarray(lengths)
     batches = []
