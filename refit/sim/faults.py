@@ -220,8 +220,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 
 def terminate_connections(admin, application_name: str, only_waiting: bool = False) -> int:
-    """``pg_terminate_backend`` on every connection of a sandbox (by its application name), as a
-    server restart would drop them. Returns how many went."""
+    """``pg_terminate_backend`` on every connection of a sandbox, as a server restart would drop them.
+
+    Args:
+        admin: an engine with the right to terminate others' connections.
+        application_name: the sandbox's connections' application name.
+        only_waiting: only the connections waiting on a lock.
+
+    Returns:
+        How many connections were terminated.
+    """
     where = " AND wait_event_type = 'Lock'" if only_waiting else ""
     with admin.connect() as conn:
         pids = conn.execute(
@@ -238,11 +246,19 @@ def terminate_connections(admin, application_name: str, only_waiting: bool = Fal
 
 @contextmanager
 def drop_when_blocked(admin, schema: str, table: str, application_name: str, timeout_s: float = 60.0):
-    """Hold an exclusive lock on ``schema.table`` while the body runs; the first sandbox query
-    that waits on it has its connection terminated, then the lock goes. The dropped connection
-    is therefore one in the middle of its work (a pull's COPY, a promotion's transaction).
+    """Hold an exclusive lock on a table while the body runs; the first sandbox query that waits
+    on it has its connection terminated, then the lock goes. The dropped connection is therefore
+    one in the middle of its work (a pull's COPY, a promotion's transaction).
 
-    Yields a dict whose ``dropped`` counts the connections terminated.
+    Args:
+        admin: an engine with the right to lock the table and terminate connections.
+        schema: the sandbox's schema.
+        table: the table locked.
+        application_name: the sandbox's connections' application name.
+        timeout_s: the longest the lock is held waiting for a query.
+
+    Yields:
+        A dict whose ``dropped`` counts the connections terminated.
     """
     state = {"dropped": 0}
     locked = threading.Event()
@@ -275,9 +291,16 @@ def drop_when_blocked(admin, schema: str, table: str, application_name: str, tim
 
 
 def kill_training_when_started(stop: threading.Event, after_s: float, state: dict) -> None:
-    """Watch this process's children for a training process (``python -m refit.training.launch``);
-    once it reports that it trains (its status file), SIGKILL it ``after_s`` seconds later, as an
-    out-of-memory kill would. Sets ``state["killed"]`` when the kill landed."""
+    """Kill a training child process once it trains, as an out-of-memory kill would.
+
+    Watches this process's children for a training process (``python -m refit.training.launch``);
+    once it reports that it trains (its status file), SIGKILLs it a little later.
+
+    Args:
+        stop: set to stop watching.
+        after_s: seconds between the child's report and the kill.
+        state: ``state["killed"]`` is set when the kill landed.
+    """
     import psutil
 
     me = psutil.Process()
@@ -305,7 +328,16 @@ def kill_training_when_started(stop: threading.Event, after_s: float, state: dic
 
 
 def plan(seed: int, steps: int, faults: tuple[str, ...] = FAULTS) -> dict[str, int]:
-    """The step each fault is armed from, drawn with ``seed`` (from step 1: a champion exists)."""
+    """The step each fault is armed from, drawn at random (from step 1: a champion exists).
+
+    Args:
+        seed: the draw's seed.
+        steps: the run's steps.
+        faults: the faults to arm.
+
+    Returns:
+        The step each fault is armed from, by fault.
+    """
     rng = np.random.default_rng(seed)
     return {fault: int(rng.integers(1, max(steps, 2))) for fault in faults}
 
