@@ -42,13 +42,27 @@ class ServingMetrics:
         self.models = ModelMetrics(registry)
 
     def measure(self, request: Request, status: int, seconds: float) -> None:
-        """Count and time one request under its route's template."""
+        """Count and time one request under its route's template.
+
+        Args:
+            request: the request (its scope says which route served it).
+            status: the response's status code.
+            seconds: how long the app took to answer.
+        """
         endpoint = route_of(request)
         self.latency.labels(endpoint).observe(seconds)
         self.requests.labels(endpoint, str(status)).inc()
 
     def render(self, champion: Champion, candidate: Candidate) -> str:
-        """The registry in Prometheus' text format, the models' series set from the followers first."""
+        """The registry in Prometheus' text format, the models' series set from the followers first.
+
+        Args:
+            champion: the champion follower.
+            candidate: the candidate follower.
+
+        Returns:
+            The exposition text.
+        """
         self.reloads.set(champion.reloads)
         self.failures.set(champion.reload_failures)
         self.candidate_failures.set(candidate.reload_failures)
