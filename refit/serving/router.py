@@ -128,10 +128,11 @@ class ShadowScorer:
     """Items scored in shadow after their responses: off the live path, in calls the size of the
     live calls that answered them (at most ``batch`` items).
 
-    Work waits until ``idle()`` has said no live request is in flight for ``QUIET_S``, runs on one thread of its own
-    (never the live batcher's), and its queue holds at most ``capacity`` items: what comes beyond
-    is dropped, counted in :attr:`dropped` and in the metrics. Items of a rollout that ended while
-    they waited (``live(item)`` is false) are discarded, not scored.
+    Work waits until ``idle()`` has said no live request is in flight for ``QUIET_S``, then runs
+    call after call while that holds, on one thread of its own (never the live batcher's), and its
+    queue holds at most ``capacity`` items: what comes beyond is dropped, counted in
+    :attr:`dropped` and in the metrics. Items of a rollout that ended while they waited
+    (``live(item)`` is false) are discarded, not scored.
     """
 
     def __init__(
@@ -197,45 +198,56 @@ class ShadowScorer:
         loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
-            quiet_since = None
-            while quiet_since is None or loop.time() - quiet_since < QUIET_S:  # live requests first
-                if not self.idle():
-                    quiet_since = None
-                elif quiet_since is None:
-                    quiet_since = loop.time()
-                await asyncio.sleep(IDLE_POLL_S)
-            batch = self._take()
-            if not batch:
-                self._ready.clear()
-                continue
-            loaded = batch[0].loaded
-            # The untimed call: the shadow scorer times its own calls, and they must not be taken
-            # for the live batch a request waited on.
-            untimed = loaded.timer.predict if loaded.timer is not None else None
-            started = time.perf_counter()
-            try:
-                prediction, seconds = await loop.run_in_executor(
-                    self._executor,
-                    model_call,
-                    loaded.predictor,
-                    [i.text for i in batch],
-                    [i.features for i in batch],
-                    untimed,
-                )
-                records, error = loaded.predictor.to_records(prediction), None
-            except Exception as exc:  # the shadow model failing never touches a live answer
-                records, error, seconds = None, exc, time.perf_counter() - started
-            try:
-                self.report(batch, records, seconds, error)
-            except Exception:  # a bug in reporting must not stop the worker
-                log.exception("shadow results not reported")
-            # Counted once reported: an item counted as scored has its rows in the prediction log.
-            if error is None:
-                self.scored += len(batch)
-            else:
-                self.errors += len(batch)
+            await self._quiet(loop)  # live requests first
+            # Once quiet, calls follow one another while no live request comes (each waits for one
+            # small call at most): the model stays as warm as a live model taking back-to-back
+            # requests, so its calls are timed as the live ones are.
+            while self.idle():
+                batch = self._take()
+                if not batch:
+                    break
+                await self._score(loop, batch)
             if not self.queue:
                 self._ready.clear()
+
+    async def _quiet(self, loop) -> None:
+        """Return once no live request has been in flight for ``QUIET_S``."""
+        quiet_since = None
+        while quiet_since is None or loop.time() - quiet_since < QUIET_S:
+            if not self.idle():
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = loop.time()
+            await asyncio.sleep(IDLE_POLL_S)
+
+    async def _score(self, loop, batch: list[ShadowItem]) -> None:
+        """One shadow call, made and timed as a live call is, then reported and counted."""
+        loaded = batch[0].loaded
+        # The untimed call: the shadow scorer times its own calls, and they must not be taken
+        # for the live batch a request waited on.
+        untimed = loaded.timer.predict if loaded.timer is not None else None
+        started = time.perf_counter()
+        try:
+            prediction, seconds = await loop.run_in_executor(
+                self._executor,
+                model_call,
+                loaded.predictor,
+                [i.text for i in batch],
+                [i.features for i in batch],
+                untimed,
+            )
+            records, error = loaded.predictor.to_records(prediction), None
+        except Exception as exc:  # the shadow model failing never touches a live answer
+            records, error, seconds = None, exc, time.perf_counter() - started
+        try:
+            self.report(batch, records, seconds, error)
+        except Exception:  # a bug in reporting must not stop the worker
+            log.exception("shadow results not reported")
+        # Counted once reported: an item counted as scored has its rows in the prediction log.
+        if error is None:
+            self.scored += len(batch)
+        else:
+            self.errors += len(batch)
 
 
 class _CandidateSource:
