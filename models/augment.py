@@ -73,6 +73,16 @@ def synonyms() -> dict[str, tuple[str, ...]]:
 
 
 def random_deletion(words: list[str], rate: float, rng: np.random.Generator) -> list[str]:
+    """Drop each word with probability ``rate``, keeping at least one.
+
+    Args:
+        words: the text's words.
+        rate: each word's chance to go.
+        rng: the run's random generator.
+
+    Returns:
+        The words kept, in order (the words as they are for a one-word text or a zero rate).
+    """
     if rate <= 0 or len(words) < 2:
         return words
     kept = [w for w, drop in zip(words, rng.random(len(words)) < rate, strict=True) if not drop]
@@ -80,6 +90,16 @@ def random_deletion(words: list[str], rate: float, rng: np.random.Generator) -> 
 
 
 def random_swap(words: list[str], rate: float, rng: np.random.Generator) -> list[str]:
+    """Swap random pairs of words: ``rate`` times the word count of swaps, at least one.
+
+    Args:
+        words: the text's words.
+        rate: swaps per word.
+        rng: the run's random generator.
+
+    Returns:
+        A swapped copy (the words as they are for a one-word text or a zero rate).
+    """
     if rate <= 0 or len(words) < 2:
         return words
     words = list(words)
@@ -90,6 +110,18 @@ def random_swap(words: list[str], rate: float, rng: np.random.Generator) -> list
 
 
 def synonym_replacement(words: list[str], rate: float, rng: np.random.Generator) -> list[str]:
+    """Replace words that have synonyms in the shipped list, each with probability ``rate``.
+
+    Case and trailing punctuation are kept: "Great," can become "Superb,".
+
+    Args:
+        words: the text's words.
+        rate: each replaceable word's chance to be replaced.
+        rng: the run's random generator.
+
+    Returns:
+        The words, some replaced.
+    """
     if rate <= 0:
         return words
     table = synonyms()
@@ -108,7 +140,16 @@ def synonym_replacement(words: list[str], rate: float, rng: np.random.Generator)
 
 
 def augment_text(text: str, config: AugmentConfig, rng: np.random.Generator) -> str:
-    """One augmented copy of ``text``: synonyms, then swaps, then deletions."""
+    """One augmented copy of a text: synonyms, then swaps, then deletions.
+
+    Args:
+        text: the text.
+        config: the three rates.
+        rng: the run's random generator.
+
+    Returns:
+        The augmented text (the text as it is when it has no words).
+    """
     words = text.split()
     if not words:
         return text
