@@ -3,3 +3,7 @@ and ``refit.drift`` (which measures them) can read them, without the settings im
 
 # In this order: the order signals are listed in a drift report.
 GROUPS = ("performance", "embeddings", "text", "descriptors", "labels", "predictions", "features")
+
+# The groups whose drift triggers a retrain on its own when ``REFIT_DRIFT_TRIGGERS`` is not set
+# (README "Drift policy" gives the measurements behind the choice).
+DEFAULT_TRIGGERS = GROUPS

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from refit.core.drift_groups import GROUPS
+from refit.core.drift_groups import DEFAULT_TRIGGERS, GROUPS
 from refit.core.errors import ConfigError
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
@@ -249,14 +249,20 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Current window: the last N days of feedback instead of all since the champion."
     )
     drift_triggers: Annotated[list[str], NoDecode] = Field(
-        default=["performance", "embeddings", "text", "descriptors", "labels", "predictions", "features"],
+        default_factory=lambda: list(DEFAULT_TRIGGERS),
         description="Signal groups whose drift triggers a retrain on its own.",
     )
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted signals that triggers.")
-    drift_numeric_threshold: float = Field(default=0.2, gt=0, description="Normed Wasserstein distance for drift.")
-    drift_categorical_threshold: float = Field(default=0.1, gt=0, le=1, description="Jensen-Shannon distance.")
-    drift_text_auc: float = Field(default=0.56, gt=0.5, lt=1, description="Text domain classifier ROC AUC.")
-    drift_embeddings_auc: float = Field(default=0.56, gt=0.5, lt=1, description="Embeddings classifier ROC AUC.")
+    drift_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Level of the drift tests, corrected over the family of signals."
+    )
+    drift_correction: Literal["holm", "bh"] = Field(
+        default="holm", description="Family correction of the drift tests: Holm or Benjamini-Hochberg."
+    )
+    drift_numeric_threshold: float = Field(default=0.2, gt=0, description="Floor: normed Wasserstein distance.")
+    drift_categorical_threshold: float = Field(default=0.1, gt=0, le=1, description="Floor: Jensen-Shannon distance.")
+    drift_text_auc: float = Field(default=0.56, gt=0.5, lt=1, description="Floor: text domain classifier ROC AUC.")
+    drift_embeddings_auc: float = Field(default=0.56, gt=0.5, lt=1, description="Floor: embeddings classifier AUC.")
     drift_performance_min_degradation: float = Field(
         default=0.1, gt=0, description="Relative loss of the champion's metric on current vs dev that counts."
     )

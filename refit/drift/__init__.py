@@ -9,6 +9,8 @@ One concept a module:
   and their time-stratified samples.
 - ``descriptors``: the text descriptors (length, out-of-vocabulary rate, dominant language, short).
 - ``signals``: the measured frame, each column's kind, and the per-column and embeddings signals.
+- ``significance``: each distribution signal's p-value under its own null at the window's sizes,
+  the family correction, and the effect floor.
 - ``performance``: the champion's metric on the current window against its dev-set metric.
 - ``report``: Evidently's report, its HTML and JSON in the store, and the markdown table.
 - ``history``: the ``drift_reports`` rows, and the earlier checks that confirmation reads.

@@ -2,13 +2,16 @@
 
 ``check_drift`` is a plain function: the reference and current feedback frames, the champion, its
 dev rows and the history of earlier checks in; a :class:`~refit.drift.policy.DriftResult` out
-(every signal with its score, threshold, method and verdict, the decision with its reasons, and
-Evidently's HTML and JSON). ``run_drift_check`` reads its inputs from Postgres and the store and
+(every signal with its score, floor, method, p-values and verdict, the decision with its reasons,
+and Evidently's HTML and JSON). ``run_drift_check`` reads its inputs from Postgres and the store and
 records the result; announcing a retrain is the caller's (``refit.tasks.drift``).
 
 Two paths give the same signals: with ``render`` they are read from Evidently's report (which the
 recorded check needs for its HTML); without it the same stat tests and embeddings drift method are
-called directly, which costs a fraction (calibration runs and ``refit simulate``).
+called directly, which costs a fraction (calibration runs and ``refit simulate``). Either way each
+distribution signal is then judged against its own null at the window's sizes, corrected over the
+family (``refit.drift.significance``): the report shows Evidently's view, the decision reads the
+tests.
 ``tests/model/test_drift.py`` holds them to the same scores; both stay, because the report is still
 needed for the HTML and the plain path is what keeps many checks cheap.
 """
@@ -39,7 +42,9 @@ from refit.drift.signals import (
     embeddings_signal,
     prediction_column,
     stattest_signals,
+    typed_columns,
 )
+from refit.drift.significance import attach_p_values, judge
 from refit.drift.windows import reference_and_current, time_stratified_sample
 from refit.models.predict import Predictor
 from refit.registry.store import store_for
@@ -138,6 +143,11 @@ def check_drift(
         if embeddings is not None:
             signals.append(embeddings_signal(embeddings[0], embeddings[1], policy))
 
+    # Both paths judge alike: each distribution signal against its own null at these sizes, the
+    # family corrected as a whole, and the effect against its floor.
+    sizes = None if embeddings is None else (len(embeddings[0]), len(embeddings[1]))
+    attach_p_values(signals, typed_columns(ref, kinds), typed_columns(cur, kinds), kinds, sizes)
+    judge(signals, policy.alpha, policy.correction)
     if champion is not None and dev is not None and len(dev) > 0:
         signals.append(champion_performance(champion, dev, perf_rows, perf_pred, task, labels, policy))
     signals.sort(key=lambda s: (GROUPS.index(s["group"]), s["column"]))

@@ -48,6 +48,8 @@ def performance_signal(
     high = float(np.quantile(boot, policy.performance_confidence))
     relative = loss / abs(dev_value) if dev_value else float("inf") if loss > 0 else 0.0
     drifted = relative >= policy.performance_min_degradation and low > 0
+    # The bootstrap's one-sided p-value of "no loss": recorded beside the interval that decides.
+    p_value = (1 + int(np.sum(boot <= 0))) / (len(boot) + 1)
     return make_signal(
         "performance",
         f"bootstrap {metric}",
@@ -60,6 +62,9 @@ def performance_signal(
         loss=loss,
         interval=[low, high],
         confidence=policy.performance_confidence,
+        p_value=p_value,
+        effect=relative,
+        floor=policy.performance_min_degradation,
         dev_rows=len(dev_true),
         current_rows=len(current_true),
     )

@@ -1,9 +1,12 @@
 """The drift decision: the policy built from the settings, one check's result, and the rule that
 turns the signals and the earlier checks into "retrain or not".
 
-Thresholds are effect sizes (normed Wasserstein, Jensen-Shannon, classifier AUC, relative metric
-loss) rather than p-values; a check retrains when a trigger group's signal drifted or the drifted
-share of all signals is large enough, confirmed in N of the last M checks and outside the cooldown.
+A distribution signal drifts when its p-value under its own null, corrected over the family of
+signals at ``alpha``, says the difference is more than chance at this window's sizes, and its
+effect (normed Wasserstein, Jensen-Shannon, classifier AUC) reaches its threshold, a floor
+(``refit.drift.significance``); the performance signal drifts by its own interval of the relative
+metric loss. A check retrains when a trigger group's signal drifted or the drifted share of all
+signals is large enough, confirmed in N of the last M checks and outside the cooldown.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from refit.core.drift_groups import GROUPS
+from refit.core.drift_groups import DEFAULT_TRIGGERS, GROUPS
 from refit.core.errors import InputError
 
 RETRAIN, NO_DRIFT, INSUFFICIENT = "retrain", "no_drift", "insufficient_data"
@@ -27,8 +30,10 @@ class DriftPolicy:
     sample_cap: int = 2000
     embedding_rows: int = 1000
     embeddings_picture: bool = True
-    triggers: tuple[str, ...] = GROUPS
+    triggers: tuple[str, ...] = DEFAULT_TRIGGERS
     drift_share: float = 0.5
+    alpha: float = 0.01
+    correction: str = "holm"
     numeric_threshold: float = 0.2
     categorical_threshold: float = 0.1
     text_auc: float = 0.56
@@ -48,6 +53,10 @@ class DriftPolicy:
         unknown = sorted(set(self.triggers) - set(GROUPS))
         if unknown:
             raise InputError(f"unknown drift trigger group(s): {', '.join(unknown)}")
+        if self.correction not in ("holm", "bh"):
+            raise InputError(f"unknown drift correction {self.correction!r}; expected holm or bh")
+        if not 0 < self.alpha < 1:
+            raise InputError(f"the drift tests' alpha must be between 0 and 1, got {self.alpha}")
         if not 1 <= self.confirm_n <= self.confirm_m:
             raise InputError(f"drift confirmation needs 1 <= N <= M, got {self.confirm_n} of {self.confirm_m}")
 
@@ -61,6 +70,8 @@ class DriftPolicy:
             embeddings_picture=settings.drift_embeddings_picture,
             triggers=tuple(settings.drift_triggers),
             drift_share=settings.drift_share,
+            alpha=settings.drift_alpha,
+            correction=settings.drift_correction,
             numeric_threshold=settings.drift_numeric_threshold,
             categorical_threshold=settings.drift_categorical_threshold,
             text_auc=settings.drift_text_auc,
@@ -122,14 +133,25 @@ def detect(signals: list[dict], policy: DriftPolicy) -> tuple[bool, float | None
     signals reached ``policy.drift_share``. Returns the verdict, the share and the reasons."""
     measured = [s for s in signals if s["score"] is not None]
     share = sum(s["drifted"] for s in measured) / len(measured) if measured else None
-    reasons = [
-        f"{s['column']} drifted ({s['method']}: {s['score']:.3g}, threshold {s['threshold']:.3g})"
-        for s in measured
-        if s["drifted"] and s["group"] in policy.triggers
-    ]
+    reasons = [reason_of(s) for s in measured if s["drifted"] and s["group"] in policy.triggers]
     if share is not None and share >= policy.drift_share:
         reasons.append(f"{share:.0%} of signals drifted (threshold {policy.drift_share:.0%})")
     return bool(reasons), share, reasons
+
+
+def reason_of(signal: dict) -> str:
+    """Why a drifted signal drifted, in one line: its effect against the floor and, for a tested
+    distribution signal, its p-value before and after the family correction."""
+    detail = signal.get("detail", {})
+    text = f"{signal['column']} drifted ({signal['method']}: {signal['score']:.3g}, floor {signal['threshold']:.3g}"
+    if detail.get("p_adjusted") is not None:
+        text += (
+            f"; p {detail['p_value']:.2g}, {detail['correction']}-adjusted {detail['p_adjusted']:.2g}"
+            f" < {detail['alpha']:g} over {detail['family']} signals"
+        )
+    elif detail.get("p_value") is not None:
+        text += f"; p {detail['p_value']:.2g}"
+    return text + ")"
 
 
 def decide(

@@ -58,7 +58,10 @@ def _run(report, reference: pd.DataFrame, current: pd.DataFrame, definition):
 
 
 def signals_from_report(report_dict: dict, policy: DriftPolicy) -> list[dict]:
-    """Per-column drift signals (score, method, threshold, verdict) from an Evidently report."""
+    """Per-column drift signals (score, method, threshold, verdict) from an Evidently report.
+
+    The verdict is Evidently's (the effect against its threshold alone); the check then judges each
+    signal against its own null (``refit.drift.significance.judge``), as the plain path does."""
     metrics = {m["id"]: m for m in report_dict.get("metrics", [])}
     signals = []
     for test in report_dict.get("tests", []):
@@ -120,12 +123,18 @@ def signals_markdown(result: DriftResult, html_uri: str | None = None) -> str:
         *[f"- {reason}" for reason in result.reasons],
     ]
     if result.signals:
-        lines += ["", "| signal | group | method | score | threshold | drifted |", "|---|---|---|---|---|---|"]
         lines += [
-            f"| {s['column']} | {s['group']} | {s['method']} | {_num(s['score'])} | {_num(s['threshold'])} |"
-            f" {'**yes**' if s['drifted'] else 'no'} |"
-            for s in result.signals
+            "",
+            "| signal | group | method | effect | floor | test | p-value | adjusted p | drifted |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
+        for s in result.signals:
+            detail = s.get("detail") or {}
+            lines.append(
+                f"| {s['column']} | {s['group']} | {s['method']} | {_num(s['score'])} | {_num(s['threshold'])} |"
+                f" {detail.get('test', '-')} | {_num(detail.get('p_value'))} | {_num(detail.get('p_adjusted'))} |"
+                f" {'**yes**' if s['drifted'] else 'no'} |"
+            )
     if html_uri:
         lines += ["", f"[Full report (HTML)]({html_uri})"]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ seeds; ``tests/test_drift_e2e.py`` runs every scenario kind once through Postgre
 and ``bench/drift_bench.py`` measures the full 20-draw rates at every size.
 """
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -100,6 +101,37 @@ def test_the_rendered_report_and_the_plain_check_measure_the_same(drift_champion
     groups = {s["group"] for s in rendered.signals}
     assert groups == {"performance", "embeddings", "text", "descriptors", "labels", "predictions", "features"}
     assert rendered.decision == RETRAIN
+
+
+def _with_wide_feature(frame: pd.DataFrame, values) -> pd.DataFrame:
+    frame = frame.copy()
+    pairs = zip(frame["features"], values, strict=True)
+    frame["features"] = [json.dumps({**json.loads(f), "condition": str(v)}) for f, v in pairs]
+    return frame
+
+
+def test_a_wide_categorical_decides_by_its_null_not_a_fixed_distance(drift_champion, drift_dev):
+    """Two random halves of one population of 400 rows with a feature of 300 long-tailed values
+    (the issue's medical conditions): the fixed 0.1 Jensen-Shannon threshold fires on it, the
+    decision (champion, embeddings and performance included) does not; when a tenth of its values
+    take over half of the window, it drifts and the check retrains."""
+    names = np.array([f"condition-{i:03d}" for i in range(300)])
+    weights = 1.0 / np.arange(1, 301) ** 1.1
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        reference, current = draw("null", 400, seed)
+        values = rng.choice(names, size=800, p=weights / weights.sum())
+        reference, quiet = _with_wide_feature(reference, values[:400]), _with_wide_feature(current, values[400:])
+        null = check_drift(reference, quiet, POLICY, "regression", drift_champion, drift_dev, render=False)
+        wide = next(s for s in null.signals if s["column"] == "f_condition")
+        assert wide["score"] > POLICY.categorical_threshold and not wide["drifted"], wide
+        assert null.decision == NO_DRIFT, null.reasons
+        taken = values[400:].copy()
+        chosen = rng.random(400) < 0.5
+        taken[chosen] = rng.choice(rng.choice(names, size=30, replace=False), size=int(chosen.sum()))
+        moved = check_drift(reference, _with_wide_feature(current, taken), POLICY, "regression", drift_champion,
+                            drift_dev, render=False)  # fmt: skip
+        assert moved.decision == RETRAIN and "f_condition" in moved.drifted, moved.reasons
 
 
 # --- calibration ---------------------------------------------------------------------------------------
