@@ -120,7 +120,6 @@ def run_cycle(box: Sandbox, step: Step, faults: NoFaults, trigger: int = 0) -> d
         failure hook delivered the alert).
     """
     from refit.flows.retrain import retrain
-    from refit.notify.delivery import targets
 
     settings, policy = box.settings, box.policy
     cycle: dict = {"trigger": trigger}
@@ -132,37 +131,47 @@ def run_cycle(box: Sandbox, step: Step, faults: NoFaults, trigger: int = 0) -> d
         state = retrain(force=policy.kind != "drift", as_of=step.end, return_state=True)
     seconds = round(time.perf_counter() - started, 2)
     if state.is_completed():
-        summary = state.result()
-        snapshot = summary.get("snapshot") or {}
-        cycle.update(
-            snapshot=snapshot.get("id"), drift=_drift(summary.get("drift")) if policy.kind == "drift" else None
-        )
-        outcome = summary["outcome"]
-        if outcome in DECIDED:
-            box.attempts.append(
-                {"step": step.index, "trigger": trigger, "version": summary["version"], "outcome": outcome}
-            )
-            cycle.update(
-                retrain=True,
-                version=summary["version"],
-                train_seconds=summary.get("train_seconds", seconds),
-                train_samples=summary.get("train_samples", 0),
-                gate=summary["gate"]["reason"],
-                improvement=summary["gate"]["improvement"],
-            )
-        return {**cycle, "outcome": outcome}
+        return _completed(box, step, trigger, state.result(), cycle, seconds)
+    return _failed(box, step, trigger, state, cycle, undelivered.count, reports, checkpoints)
 
-    # The run failed: Prefect ran its on_failure hook, which alerts; record what the replay can see.
+
+def _completed(box: Sandbox, step: Step, trigger: int, summary: dict, cycle: dict, seconds: float) -> dict:
+    """The record of a cycle whose flow run completed; a decided retrain joins the box's attempts."""
+    snapshot = summary.get("snapshot") or {}
+    drift = _drift(summary.get("drift")) if box.policy.kind == "drift" else None
+    cycle.update(snapshot=snapshot.get("id"), drift=drift)
+    outcome = summary["outcome"]
+    if outcome in DECIDED:
+        box.attempts.append({"step": step.index, "trigger": trigger, "version": summary["version"], "outcome": outcome})
+        cycle.update(
+            retrain=True,
+            version=summary["version"],
+            train_seconds=summary.get("train_seconds", seconds),
+            train_samples=summary.get("train_samples", 0),
+            gate=summary["gate"]["reason"],
+            improvement=summary["gate"]["improvement"],
+        )
+    return {**cycle, "outcome": outcome}
+
+
+def _failed(
+    box: Sandbox, step: Step, trigger: int, state, cycle: dict, alerts_missed: int, reports: int, checkpoints: set
+) -> dict:
+    """The record of a cycle whose flow run failed: Prefect ran its on_failure hook, which alerts;
+    record what the replay can see: the drift report it wrote after ``reports``, the checkpoint it
+    left beside ``checkpoints``."""
+    from refit.notify.delivery import targets
+
     error = state.result(raise_on_failure=False)
     error = one_line(error) if isinstance(error, BaseException) else (state.message or "unknown error")
-    alerting = bool(targets(settings))  # read once: a block target is a Prefect API call
-    alerted = alerting and undelivered.count == 0
+    alerting = bool(targets(box.settings))  # read once: a block target is a Prefect API call
+    alerted = alerting and alerts_missed == 0
     with box.engine.connect() as conn:
         report = conn.execute(
             text("SELECT id, decision, drift_share FROM drift_reports WHERE id > :r ORDER BY id DESC LIMIT 1"),
             {"r": reports},
         ).first()
-    if report is not None and policy.kind == "drift":
+    if report is not None and box.policy.kind == "drift":
         cycle["drift"] = {"decision": report.decision, "drift_share": report.drift_share, "report_id": report.id}
     if report is not None and report.decision == "retrain":  # it failed after deciding to retrain
         new = sorted(_checkpoints(box) - checkpoints)
