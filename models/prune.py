@@ -31,7 +31,15 @@ def _bert(encoder):
 
 
 def drop_layers(encoder, keep: int) -> None:
-    """Keep the bottom ``keep`` encoder layers (in place) and say so in the encoder's config."""
+    """Keep the bottom encoder layers (in place) and say so in the encoder's config.
+
+    Args:
+        encoder: the encoder.
+        keep: how many layers stay.
+
+    Raises:
+        ValueError: ``keep`` is not between 1 and the encoder's layer count.
+    """
     bert = _bert(encoder)
     layers = bert.encoder.layer
     if not 1 <= keep <= len(layers):

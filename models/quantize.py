@@ -199,7 +199,15 @@ class OnnxModel:
 
 
 def quantize_model(model: torch.nn.Module, threads: int | None = None) -> OnnxModel:
-    """``model`` exported to ONNX and quantized to int8 (``model`` is left as it is)."""
+    """A model exported to ONNX and quantized to int8 (the model itself is left as it is).
+
+    Args:
+        model: the float model.
+        threads: ONNX Runtime's intra-op threads (default: torch's, ``torch.get_num_threads()``).
+
+    Returns:
+        The int8 model.
+    """
     with tempfile.TemporaryDirectory(prefix="refit-int8-") as tmp:
         source, target = Path(tmp) / "model.onnx", Path(tmp) / INT8_FILE
         export_onnx(model, source)

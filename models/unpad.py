@@ -74,10 +74,24 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 def attention(q, k, v, mask, p: float, training: bool, scale: float) -> torch.Tensor:
-    """Scaled dot-product attention over ``[..., heads, length, dim]``; ``mask`` is a boolean
-    ``[..., 1, 1, length]`` of the keys to attend to, or None. PyTorch's fused kernels where there
-    is no dropout (or on a GPU); on the CPU with dropout, the same product with this module's dropout
-    (PyTorch falls back to its unfused math there anyway, with ``bernoulli_``)."""
+    """Scaled dot-product attention over ``[..., heads, length, dim]``.
+
+    PyTorch's fused kernels where there is no dropout (or on a GPU); on the CPU with dropout, the
+    same product with this module's dropout (PyTorch falls back to its unfused math there anyway,
+    with ``bernoulli_``).
+
+    Args:
+        q: the queries, ``[..., heads, length, dim]``.
+        k: the keys, shaped as ``q``.
+        v: the values, shaped as ``q``.
+        mask: a boolean ``[..., 1, 1, length]`` of the keys to attend to, or None.
+        p: the dropout probability on the attention weights.
+        training: whether dropout applies.
+        scale: the scale of the attention scores.
+
+    Returns:
+        The context, shaped as ``q``.
+    """
     if not training or p <= 0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0, scale=scale)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
@@ -93,8 +107,20 @@ def attention(q, k, v, mask, p: float, training: bool, scale: float) -> torch.Te
 def unpadded_mean_pool(
     bert, input_ids: torch.Tensor, attention_mask: torch.Tensor, layout: str = "padded"
 ) -> torch.Tensor:
-    """The last hidden state mean-pooled over real tokens, computed on the real tokens only, with
-    the attention in ``layout`` (``padded`` or ``packed``, see the module doc)."""
+    """The last hidden state mean-pooled over real tokens, computed on the real tokens only.
+
+    Args:
+        bert: the BERT encoder.
+        input_ids: the padded batch, ``[batch, length]``.
+        attention_mask: 1 for a real token, 0 for padding.
+        layout: the attention's layout, ``padded`` or ``packed`` (see the module doc).
+
+    Returns:
+        One pooled vector per row, ``[batch, hidden]``.
+
+    Raises:
+        ValueError: ``layout`` is not a layout.
+    """
     if layout not in ATTENTION_LAYOUTS:
         raise ValueError(f"attention layout must be one of {', '.join(ATTENTION_LAYOUTS)}, not {layout!r}")
     batch, length = input_ids.shape

@@ -61,14 +61,31 @@ def notify_gate(settings: Settings, decision: GateDecision | dict, challenger_ve
 
 @task(name="notify-rollback", cache_policy=NONE, timeout_seconds=60)
 def notify_rollback(settings: Settings, result: dict, reason: str, actor: str) -> dict[str, bool]:
-    """A rollback (``result`` is what :func:`refit.registry.rollback` returned)."""
+    """A rollback.
+
+    Args:
+        settings: refit's settings (the targets).
+        result: what :func:`refit.registry.promotion.rollback` returned.
+        reason: why, as the operator gave it.
+        actor: who rolled back.
+
+    Returns:
+        Whether each target got it, by target name.
+    """
     return _send(settings, rollback_notice(result, reason, actor, current_run_url(settings)))
 
 
 @task(name="notify-rollout", cache_policy=NONE, timeout_seconds=60)
 def notify_rollout(settings: Settings, summary: dict) -> dict[str, bool]:
-    """A live rollout moved (to canary, to champion) or was stopped, with its evidence table
-    (``summary`` is the step's, :func:`refit.rollout.report.step_summary`)."""
+    """A live rollout moved (to canary, to champion) or was stopped, with its evidence table.
+
+    Args:
+        settings: refit's settings (the targets).
+        summary: the rollout step's summary (:func:`refit.rollout.report.step_summary`).
+
+    Returns:
+        Whether each target got it, by target name.
+    """
     return _send(settings, rollout_notice(summary, evidence_table(summary), current_run_url(settings)))
 
 

@@ -390,8 +390,18 @@ def ablate(
 
 
 def ingest_demo_snapshots(engine, settings, folder: Path, rows: int = 1200) -> list:
-    """Ingest the demo's feedback (``rows`` reviews, then ``rows`` from the shifted regime) and take a
-    snapshot after each; for the ablation's test and benchmark. Returns the two snapshots."""
+    """Ingest the demo's feedback and take a snapshot after each file; for the ablation's test and
+    benchmark.
+
+    Args:
+        engine: the database.
+        settings: refit's settings (the ingest rules, the split).
+        folder: where the feedback files are written.
+        rows: reviews per file: the base regime, then the shifted one.
+
+    Returns:
+        The two snapshots.
+    """
     from datetime import datetime, timedelta, timezone
 
     from refit.data.ingest import ingest_file

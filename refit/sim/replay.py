@@ -187,8 +187,15 @@ def _failed(
 def run_step(box: Sandbox, step: Step, faults: NoFaults, devset_every: int | None = None) -> dict:
     """Online quality, delivery, the loop's cycles and the invariants for one step of one policy.
 
-    ``devset_every``: refresh the gate's dev set every that many steps, as a scheduled
-    ``refit devset refresh`` would (the first dev set is made by the first gate).
+    Args:
+        box: the policy's sandbox.
+        step: the step: its window and its feedback.
+        faults: the fault injector.
+        devset_every: refresh the gate's dev set every that many steps, as a scheduled
+            ``refit devset refresh`` would (the first dev set is made by the first gate).
+
+    Returns:
+        The step's record.
     """
     from refit.data.devset import current_devset, refresh_devset
     from refit.data.snapshots import SplitConfig

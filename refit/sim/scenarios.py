@@ -133,6 +133,15 @@ def label_noise_fraction(champion, rise: float = 0.3, rows: int = 3000, seed: in
 
     With a further share ``f`` shuffled, the error is ``(1 - f) * e0 + f * e_shuffled`` in
     expectation, where ``e0`` is the error on base rows and ``e_shuffled`` on fully shuffled ones.
+
+    Args:
+        champion: the champion's predictor.
+        rise: the increase of the squared error wanted.
+        rows: rows drawn to measure ``e0`` and ``e_shuffled``.
+        seed: the draw's seed.
+
+    Returns:
+        The share ``f``.
     """
     clean = feedback_frame(base_rows(rows, seed))
     shuffled = feedback_frame(_shuffle_ratings(generate_feedback(rows, seed=seed), 1.0, seed + 1))
