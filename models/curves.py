@@ -22,13 +22,25 @@ class TensorBoardLog:
             self.writer = SummaryWriter(log_dir=str(folder))
 
     def step(self, loss: float, learning_rate: float, step: int) -> None:
-        """Record one optimizer step's mean loss and the learning rate it used."""
+        """Record one optimizer step's mean loss and the learning rate it used.
+
+        Args:
+            loss: the step's mean loss.
+            learning_rate: the rate it used.
+            step: the optimizer step's number.
+        """
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/learning_rate", learning_rate, step)
 
     def epoch(self, train_loss: float, metrics: dict[str, float], epoch: int) -> None:
-        """Record an epoch's mean training loss and its dev metrics, and flush them to disk."""
+        """Record an epoch's mean training loss and its dev metrics, and flush them to disk.
+
+        Args:
+            train_loss: the epoch's mean training loss.
+            metrics: its dev metrics, by name.
+            epoch: the epoch's number.
+        """
         if self.writer is not None:
             self.writer.add_scalar("train/epoch_loss", train_loss, epoch)
             for name, value in metrics.items():

@@ -76,7 +76,15 @@ class Predictor:
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """The model's own sentence embeddings: its encoder's last hidden state, mean-pooled over
-        the real tokens, one row per text (in the input order)."""
+        the real tokens.
+
+        Args:
+            texts: the texts.
+            batch_size: texts per model call.
+
+        Returns:
+            One row per text, in the input order.
+        """
         ids = encode(self.tokenizer, [str(t) for t in texts], self.max_length)
         pad_id = self.tokenizer.pad_token_id or 0
         order = np.argsort([len(seq) for seq in ids], kind="stable")

@@ -68,7 +68,17 @@ def _prefect() -> list[str]:
 
 def stack_env(root: Path, state_dir: Path, api_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every process of the stack: its own Prefect home (SQLite unless
-    ``PREFECT_API_DATABASE_CONNECTION_URL`` is set), its API, and the checkout the workers run."""
+    ``PREFECT_API_DATABASE_CONNECTION_URL`` is set), its API, and the checkout the workers run.
+
+    Args:
+        root: the checkout the workers run (``REFIT_HOME``).
+        state_dir: the stack's folder (the Prefect home is under it).
+        api_url: the Prefect API's URL.
+        base: the environment to start from (default: this process's).
+
+    Returns:
+        The environment.
+    """
     env = dict(os.environ if base is None else base)
     env.update(
         PREFECT_HOME=str(state_dir / "prefect"),
