@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.transactions import get_transaction
 
+from refit.core.errors import CheckpointError
 from refit.core.settings import Settings
 from refit.data.db import engine_for
 from refit.data.snapshots import Snapshot
@@ -30,6 +32,8 @@ from refit.registry.store import store_for
 from refit.registry.versions import Published, publish_checkpoint, withdraw_unregistered
 from refit.tasks.data import IO_RETRIES
 from refit.training.challenger import Challenger
+
+log = logging.getLogger("refit.publish")
 
 
 @task(name="upload-checkpoint", cache_policy=NONE, timeout_seconds=3600, **IO_RETRIES)
@@ -65,17 +69,23 @@ def complete_artifacts(settings: Settings, folder: Path) -> dict | None:
     saved by other code) is quantized here and measured against its float self on its dev sample
     (``dev_sample.jsonl``; fixed texts for a checkpoint without one), as serving's own check does,
     and the file is saved when the largest difference is within ``REFIT_SERVE_QUANTIZE_TOLERANCE``.
-    So a version has the same files whichever way it goes after publishing.
+    So a version has the same files whichever way it goes after publishing. A folder refit cannot
+    load as a model (one holding other files than a model's) is published as it is, with a warning.
 
     Returns:
-        The int8 record made here, or None when nothing was to be made.
+        The int8 record made here, or None when nothing was made.
     """
     folder = Path(folder)
     meta = read_metadata(folder)
     if not settings.publish_int8 or meta.get("int8") is not None:
         return None
+    try:
+        predictor = Predictor(folder, verify=False)
+    except CheckpointError as exc:
+        log.warning("no int8 artifact for %s: %s", folder, exc)
+        return None
     tolerance = settings.serve_quantize_tolerance
-    check = quantized(Predictor(folder, verify=False), math.inf)
+    check = quantized(predictor, math.inf)
     close = check.int8_check
     record = {
         "file": None,
