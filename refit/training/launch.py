@@ -80,6 +80,15 @@ def train_in_child(
     settings (``training`` once it trains), and its challenger as the last line of its output
     (rank 0's under torchrun; the other ranks write nothing).
 
+    Args:
+        settings: refit's settings (the child gets them as a file, without credentials).
+        snapshot: the snapshot to train on.
+        champion: the champion's registry row, or None before the first promotion.
+        logger: where progress goes (the task passes Prefect's run logger).
+
+    Returns:
+        The challenger the child trained.
+
     Raises:
         ConfigError: REFIT_TRAIN_PROCESSES asks for what this worker or these settings cannot do.
         TrainingKilled: the child, or one of its ranks, died from a signal.
