@@ -48,6 +48,7 @@ SPLIT = SplitConfig()
 RULES = {
     "old: fixed dev set, whole, two-sided": ("fixed", "whole"),
     "grown dev set, whole, two-sided": ("grown", "whole"),
+    "grown dev set, pooled, one-sided": ("grown", "pooled"),
     "new: grown dev set, recent, one-sided": ("grown", "recent"),
 }
 NEW = "new: grown dev set, recent, one-sided"

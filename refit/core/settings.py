@@ -405,11 +405,11 @@ class Settings(BaseSettings):
         ge=0,
         description="The lower end of the bootstrap interval of the improvement must be above this.",
     )
-    gate_rule: Literal["recent", "whole"] = Field(
+    gate_rule: Literal["recent", "pooled", "whole"] = Field(
         default="recent",
         description="recent: against a champion, a one-sided test (a challenger no better passes with a chance of at"
-        " most 1 - REFIT_GATE_CONFIDENCE) on the dev rows newer than the champion's training data; whole: the"
-        " two-sided interval on every dev row.",
+        " most 1 - REFIT_GATE_CONFIDENCE) on the dev rows newer than the champion's training data; pooled: the same"
+        " one-sided test on every dev row; whole: the two-sided interval on every dev row.",
     )
     gate_recent_min_rows: int = Field(
         default=100, ge=1, description="Fewer dev rows newer than the champion than this: every dev row decides."

@@ -28,7 +28,7 @@ from refit.models.metrics import DEFAULT_METRIC, DIRECTION, improvement, task_me
 SLICE_TOLERANCE = {"mse": 0.01, "mae": 0.03, "spearman": 0.05, "accuracy": 0.03, "macro_f1": 0.05}
 REPORT_SLICE_ROWS = 20  # slices this big are reported; gating needs ``slice_min_rows``
 CALIBRATION_BINS = 10
-RULES = ("recent", "whole")
+RULES = ("recent", "pooled", "whole")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class GatePolicy:
     slice_min_rows: int = 50
     slice_tolerance: float | None = None  # None: SLICE_TOLERANCE[metric]
     calibration_tolerance: float = 0.03
-    rule: str = "recent"  # "recent": one-sided, on the dev rows newer than the champion; "whole": as before
+    # "recent": one-sided, on the dev rows newer than the champion; "pooled": one-sided, on every dev
+    # row; "whole": two-sided, on every dev row (the rule before)
+    rule: str = "recent"
     recent_min_rows: int = 100  # fewer newer dev rows than this: every dev row decides
 
     def __post_init__(self) -> None:
@@ -299,7 +301,7 @@ def _deciding_rows(policy: GatePolicy, against: str, recent: np.ndarray | None, 
 def _compare(policy, task, y_true, challenger, references, n_labels, metrics, deciding) -> tuple[dict, list[str]]:
     """Each reference's comparison with the challenger, by the paired bootstrap, and its reason.
 
-    Against a champion under the ``recent`` rule the test is one-sided: the challenger passes when
+    Against a champion under the ``recent`` and ``pooled`` rules the test is one-sided: the challenger passes when
     the lower end of the two-sided interval at ``2 * confidence - 1`` (the one-sided bound at
     ``confidence``) is above the minimum improvement, on the deciding rows. Against the baselines
     (a first model) and under the ``whole`` rule, the two-sided interval at ``confidence`` decides.
@@ -308,7 +310,7 @@ def _compare(policy, task, y_true, challenger, references, n_labels, metrics, de
     reasons: list[str] = []
     comparisons: dict[str, dict] = {}
     for name, reference in references.items():
-        one_sided = name == "champion" and policy.rule == "recent"
+        one_sided = name == "champion" and policy.rule in ("recent", "pooled")
         level = 2 * policy.confidence - 1 if one_sided else policy.confidence
         rows = np.ones(len(y_true), dtype=bool) if deciding is None or name != "champion" else deciding
         y, new, old = y_true[rows], np.asarray(challenger)[rows], np.asarray(reference)[rows]

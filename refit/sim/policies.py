@@ -13,6 +13,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([hdw]?)$")
 # A policy's promotion rule (``+RULE``): the gate's rule and whether the dev set grows.
 GATE_RULES = {
     "recent": {"gate_rule": "recent", "devset_grow": True},
+    "pooled": {"gate_rule": "pooled", "devset_grow": True},
     "whole": {"gate_rule": "whole", "devset_grow": True},
     "old": {"gate_rule": "whole", "devset_grow": False},
 }
