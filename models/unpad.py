@@ -129,13 +129,7 @@ def unpadded_mean_pool(
     row_of = real // length
     positions = real % length
     counts = mask.sum(1)
-    emb = bert.embeddings
-    x = (
-        emb.word_embeddings(input_ids.reshape(-1)[real])
-        + emb.position_embeddings(positions)
-        + emb.token_type_embeddings(torch.zeros_like(positions))
-    )
-    x = dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
+    x = _embed_real_tokens(bert.embeddings, input_ids, real, positions)
     if layout == "packed":
         # Rows of the packed matrix are in row-major order, so sequence i is one contiguous slice.
         sizes = [int(c) for c in counts.tolist()]
@@ -168,6 +162,17 @@ def unpadded_mean_pool(
         x = out.LayerNorm(dropout(out.dense(inner), out.dropout.p, out.training) + x)
     sums = x.new_zeros(batch, hidden).index_add(0, row_of, x)
     return sums / counts.clamp(min=1).to(x.dtype).unsqueeze(1)
+
+
+def _embed_real_tokens(emb, input_ids: torch.Tensor, real: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """BERT's input embeddings (word, position and token type, then LayerNorm and dropout) of the
+    real tokens only: ``real`` are their flat positions in the batch, ``positions`` in their rows."""
+    x = (
+        emb.word_embeddings(input_ids.reshape(-1)[real])
+        + emb.position_embeddings(positions)
+        + emb.token_type_embeddings(torch.zeros_like(positions))
+    )
+    return dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
 
 
 def packed_attention(
