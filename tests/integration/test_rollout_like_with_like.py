@@ -47,7 +47,12 @@ pytestmark = pytest.mark.integration
 TOKEN = "like-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REQUESTS = 400  # one item each, one at a time: the next is sent when the answer comes
-SLOW_MS_PER_ITEM = 20.0  # what the slow candidate's wrapper adds to every item it scores
+# The tiny test BERT scores an item in under a millisecond, where the shared test machine's
+# scheduling alone puts 4 to 9 ms into a p99 of such calls; the packaged all-MiniLM-L6-v2 in int8
+# scores about 100 texts/s here (README, Benchmarks). Both models take this much longer per item,
+# so the p99s are of models of a real size, not of the machine's jitter.
+ENCODER_MS_PER_ITEM = 10.0
+SLOW_MS_PER_ITEM = 100.0  # what the slow candidate takes longer still, per item (11x the encoder)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +139,7 @@ def test_a_candidate_in_rollout_has_the_artifacts_of_a_promoted_champion(
 # --- the latency guard under one-at-a-time traffic ---------------------------------------------
 
 
-class SlowPerItem:
+class PerItem:
     """A model that takes ``ms`` longer for every item it scores (a real slowdown: the call waits)."""
 
     def __init__(self, model, ms: float):
@@ -160,8 +165,7 @@ def quantized_folder(trained, tmp_path_factory):
 @pytest.fixture
 def one_thread():
     """One intra-op thread per model call (ONNX Runtime takes torch's count), as the tests train:
-    on two shared cores, a call's second thread waits for a core, and those waits, not the models,
-    would make the p99s."""
+    on two shared cores, a call's second thread waits for a core."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -171,7 +175,8 @@ def one_thread():
 @contextmanager
 def rollout_served(folder: Path, s3_bucket: str, db_url: str, tmp_path: Path, slow_ms: float = 0.0):
     """v1 champion and v2 (the same model: the same encoder) in a live shadow rollout, served by a
-    real `refit serve` on the int8 artifact; v2 made ``slow_ms`` slower per item when asked."""
+    real `refit serve` on the int8 artifact, both taking ``ENCODER_MS_PER_ITEM`` per item; v2
+    ``slow_ms`` more per item when asked."""
     settings = load_settings(
         store_url=f"s3://{s3_bucket}/refit",
         work_dir=tmp_path / "work",
@@ -198,8 +203,8 @@ def rollout_served(folder: Path, s3_bucket: str, db_url: str, tmp_path: Path, sl
         served, shadow = router.champion.current.predictor, router.candidate.current.predictor
         # The same scorer for both: the int8 artifact each version was published with.
         assert type(served.model) is type(shadow.model) is OnnxModel
-        if slow_ms:
-            shadow.model = SlowPerItem(shadow.model, slow_ms)
+        served.model = PerItem(served.model, ENCODER_MS_PER_ITEM)
+        shadow.model = PerItem(shadow.model, ENCODER_MS_PER_ITEM + slow_ms)
         later = generate_feedback(REQUESTS, seed=11, id_prefix="one")
         for row in later:
             item = {"text": row["text"], "feedback_id": row["feedback_id"], "user_id": row["user_id"]}
@@ -253,4 +258,4 @@ def test_a_candidate_truly_slower_per_item_is_still_stopped(quantized_folder, s3
     latency = next(c for c in decision.checks if c.name == "latency")
     print(f"\nslow candidate: {latency.detail}")
     assert decision.action == "stop" and "latency" in decision.stopped_by, decision.reason
-    assert evidence.candidate.p50_ms >= SLOW_MS_PER_ITEM  # the wait is in the timed call
+    assert evidence.candidate.p50_ms >= ENCODER_MS_PER_ITEM + SLOW_MS_PER_ITEM  # the wait is in the timed call
