@@ -47,7 +47,7 @@ def retrain(
             trigger passes the snapshot its drift check decided on.
         drift_report_id: The drift report that triggered this run (recorded in the summary).
         strategy: Fine-tuning strategy for this run: full, freeze (train the head only) or lora.
-            Empty: REFIT_FINE_TUNE.
+            Empty: REFIT_STRATEGY.
         warm_start: Start from the champion (true) or from the base model (false). Empty:
             REFIT_WARM_START.
         train_processes: Processes that train the challenger data-parallel (DDP through torchrun:
@@ -62,7 +62,7 @@ def retrain(
         rollout instead of being promoted (outcome ``rollout``; see the ``rollout`` flow).
     """
     settings = load_settings().with_overrides(  # validated, like REFIT_*
-        fine_tune=strategy, warm_start=warm_start, train_processes=train_processes
+        strategy=strategy, warm_start=warm_start, train_processes=train_processes
     )
     preflight(settings)
     champion = current_champion(engine_for(settings))

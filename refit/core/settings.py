@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from refit.core.drift_groups import DEFAULT_TRIGGERS, GROUPS
@@ -39,7 +39,12 @@ DEFAULT_LABELS = ("negative", "neutral", "positive")
 class Settings(BaseSettings):
     """refit's configuration, read once and passed down."""
 
-    model_config = SettingsConfigDict(env_prefix="REFIT_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # populate_by_name: a field with an alias (a renamed setting that still reads its former
+    # variable) is also set by its field name, as with_overrides, model_validate and the training
+    # child's settings file do; every other field is set by its name anyway.
+    model_config = SettingsConfigDict(
+        env_prefix="REFIT_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
 
     # --- where things live -------------------------------------------------------------------
     database_url: str | None = Field(
@@ -328,11 +333,16 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     # --- model -----------------------------------------------------------------------
-    fine_tune: Strategy = Field(
-        default="full", description="full; freeze the lower REFIT_FREEZE_LAYERS layers; or LoRA adapters (merged)."
+    strategy: Strategy = Field(
+        default="full",
+        # env_prefix does not apply to aliases, so the variables are named in full; the former
+        # name REFIT_FINE_TUNE is still read, and REFIT_STRATEGY wins when both are set
+        validation_alias=AliasChoices("REFIT_STRATEGY", "REFIT_FINE_TUNE"),
+        description="Fine-tuning strategy: full; freeze the lower REFIT_FREEZE_LAYERS layers; or LoRA adapters "
+        "(merged). REFIT_FINE_TUNE, its former name, is still accepted.",
     )
-    freeze_layers: int = Field(default=0, ge=0, description="Encoder layers kept fixed with REFIT_FINE_TUNE=freeze.")
-    lora_r: int = Field(default=8, ge=1, description="LoRA rank with REFIT_FINE_TUNE=lora.")
+    freeze_layers: int = Field(default=0, ge=0, description="Encoder layers kept fixed with REFIT_STRATEGY=freeze.")
+    lora_r: int = Field(default=8, ge=1, description="LoRA rank with REFIT_STRATEGY=lora.")
     grad_accum_steps: int = Field(default=1, ge=1, description="Batches per optimizer step.")
     max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0: no clipping).")
     min_delta: float = Field(default=0.0, ge=0, description="Smallest dev-metric change that counts as better.")
@@ -548,8 +558,8 @@ class Settings(BaseSettings):
                     f"REFIT_EARLY_STOPPING_METRIC={self.early_stopping_metric} does not fit REFIT_TASK={self.task}"
                 )
         # --- defences and compression
-        if self.prune_heads and self.fine_tune == "lora":
-            raise ValueError("REFIT_PRUNE_HEADS does not combine with REFIT_FINE_TUNE=lora")
+        if self.prune_heads and self.strategy == "lora":
+            raise ValueError("REFIT_PRUNE_HEADS does not combine with REFIT_STRATEGY=lora")
         if self.prune_heads and self.epochs is not None and self.epochs < 2:
             raise ValueError("REFIT_PRUNE_HEADS needs REFIT_EPOCHS >= 2: heads go after epoch 1, then it fine-tunes")
         # --- the Postgres source
@@ -667,7 +677,23 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
-        name = f"REFIT_{field.upper()}" if field else "settings"
         message = err["msg"].removeprefix("Value error, ")
-        parts.append(f"invalid setting {name}: {message}")
+        parts.append(f"invalid setting {_variable_name(field)}: {message}")
     return "; ".join(parts)
+
+
+def _variable_name(field: str) -> str:
+    """The variable that sets ``field``, with any former name it is still read under.
+
+    An error locates a renamed setting by its field name (a value given in code) or by its first
+    alias (a value read from the environment, whichever of its names was set): both name the
+    current variable, and the former one is mentioned since the value may have come from it.
+    """
+    if not field:
+        return "settings"
+    name = field.upper() if field.upper().startswith("REFIT_") else f"REFIT_{field.upper()}"
+    for field_name, info in Settings.model_fields.items():
+        if isinstance(info.validation_alias, AliasChoices) and f"REFIT_{field_name.upper()}" == name:
+            former = [str(choice) for choice in info.validation_alias.choices if str(choice) != name]
+            return f"{name} (or {', '.join(former)})" if former else name
+    return name

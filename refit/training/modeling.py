@@ -63,7 +63,7 @@ def train_config(
         loss=settings.regression_loss if settings.task == "regression" else "",
         class_weights=recipe.class_weights,
         grad_accum_steps=settings.grad_accum_steps,
-        strategy=settings.fine_tune,
+        strategy=settings.strategy,
         freeze_layers=settings.freeze_layers,
         lora_r=settings.lora_r,
         lora_alpha=2 * settings.lora_r,

@@ -95,7 +95,7 @@ def decide(
     why = f"about {TARGET_STEPS} steps at {steps_per_epoch} steps per epoch ({n_train} rows)"
     epochs = choices.pick("epochs", wanted, why)
     patience = choices.pick("patience", PATIENCE, f"stop after {PATIENCE} epochs without a better validation score")
-    strategy = settings.fine_tune
+    strategy = settings.strategy
     if strategy == "freeze" and n_encoder_layers is not None and settings.freeze_layers >= n_encoder_layers:
         strategy = "freeze_all"
     learning_rate = choices.pick("learning_rate", LEARNING_RATES[strategy], f"the rate for strategy {strategy}")

@@ -184,7 +184,7 @@ def test_accumulation_threads_curve_and_class_weights(tiny_model, tmp_path):
 
 def test_settings_drive_the_trainer(monkeypatch, tmp_path):
     for key, value in {
-        "REFIT_FINE_TUNE": "lora",
+        "REFIT_STRATEGY": "lora",
         "REFIT_LORA_R": "4",
         "REFIT_GRAD_ACCUM_STEPS": "2",
         "REFIT_NUM_THREADS": "1",

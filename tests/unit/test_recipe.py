@@ -80,9 +80,9 @@ def test_schedules_follow_the_data_size_and_pins_win():
 
 
 def test_each_strategy_gets_its_own_learning_rate():
-    assert decide(load_settings(fine_tune="lora"), 500).learning_rate == LEARNING_RATES["lora"]
-    assert decide(load_settings(fine_tune="full"), 500).learning_rate == LEARNING_RATES["full"]
-    head_only = decide(load_settings(fine_tune="freeze", freeze_layers=6), 500, n_encoder_layers=6)
+    assert decide(load_settings(strategy="lora"), 500).learning_rate == LEARNING_RATES["lora"]
+    assert decide(load_settings(strategy="full"), 500).learning_rate == LEARNING_RATES["full"]
+    head_only = decide(load_settings(strategy="freeze", freeze_layers=6), 500, n_encoder_layers=6)
     assert head_only.learning_rate == LEARNING_RATES["freeze_all"]
     assert LEARNING_RATES["lora"] > LEARNING_RATES["full"]
 
@@ -106,6 +106,6 @@ def test_the_replay_window_is_new_rows_plus_as_many_old_and_everything_when_noth
 
 def test_the_fresh_head_learns_faster_than_the_encoder_up_to_a_cap():
     assert decide(load_settings(), 500).head_lr_factor == 20.0  # 5e-5 encoder, 1e-3 head
-    assert decide(load_settings(fine_tune="lora"), 500).head_lr_factor == 2.0  # capped at 1e-3
+    assert decide(load_settings(strategy="lora"), 500).head_lr_factor == 2.0  # capped at 1e-3
     assert decide(load_settings(learning_rate=1e-3), 500).head_lr_factor == 1.0
     assert decide(load_settings(recipe="manual"), 500).head_lr_factor == 1.0
