@@ -259,3 +259,46 @@ def test_a_candidate_truly_slower_per_item_is_still_stopped(quantized_folder, s3
     print(f"\nslow candidate: {latency.detail}")
     assert decision.action == "stop" and "latency" in decision.stopped_by, decision.reason
     assert evidence.candidate.p50_ms >= ENCODER_MS_PER_ITEM + SLOW_MS_PER_ITEM  # the wait is in the timed call
+
+
+# --- the evidence, from rows of mixed call sizes ---------------------------------------------
+
+
+def test_the_evidence_times_each_model_per_item_on_the_call_sizes_both_made(engine, s3_bucket, tmp_path):
+    from helpers import checkpoint, publish_and_record
+
+    store = open_store(f"s3://{s3_bucket}/refit")
+    publish_and_record(engine, store, tmp_path, "v1", gate_decision(True), None)
+    v2 = publish_checkpoint(store, checkpoint(tmp_path, "v2"), "v2")
+    start_rollout(engine, store, v2, snapshot_id=None, task="regression", metrics={}, decision=gate_decision(True),
+                  champion_version="v1", stage="shadow", canary_share=0.1, shadow_share=1.0)  # fmt: skip
+    rollout = live_rollout(engine)
+    # The champion answered 60 items one at a time in 10 ms and 8 in one call of 40 ms (5 ms an
+    # item); the candidate scored 60 one at a time in 11 ms and 40 four at a time in 24 ms.
+    calls = [("champion", 1, 10.0)] * 60 + [("champion", 8, 40.0)] * 8
+    calls += [("candidate", 1, 11.0)] * 60 + [("candidate", 4, 24.0)] * 40
+    rows = [
+        {"v": "v1" if role == "champion" else "v2", "role": role, "served": role == "champion", "r": rollout["id"],
+         "q": f"req-{i}", "ms": ms, "c": size}
+        for i, (role, size, ms) in enumerate(calls)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO prediction_log (model_version, text_chars, role, served, rollout_id, request_id,"
+                " satisfaction, latency_ms, call_items) VALUES (:v, 8, :role, :served, :r, :q, 0.5, :ms, :c)"
+            ),
+            rows,
+        )
+    evidence = gather_evidence(engine, rollout, GatePolicy("mse"), "regression", [])
+    champion, candidate = evidence.champion, evidence.candidate
+    assert (champion.items, candidate.items) == (68, 100)
+    assert champion.call_sizes == candidate.call_sizes == [1] and champion.timed == candidate.timed == 60
+    assert (champion.p99_ms, candidate.p99_ms) == pytest.approx((10.0, 11.0))
+    assert (champion.any_call_sizes, candidate.any_call_sizes) == ([1, 8], [1, 4])
+    assert (champion.any_size_p99_ms, candidate.any_size_p99_ms) == pytest.approx((10.0, 11.0))
+    latency = next(c for c in decide(evidence, "shadow", 0.1, RolloutPolicy()).checks if c.name == "latency")
+    assert latency.status == "passed" and latency.value == pytest.approx(1.1)
+    assert latency.detail.endswith("per item on calls of 1 item")
+    # The whole calls' p99 would have been 24 ms against 40 ms, or, without the 8-item calls,
+    # 24 against 10: a 4-item call set against a 1-item call.
