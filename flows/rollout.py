@@ -24,12 +24,13 @@ from refit.tasks.rollout import (
 def rollout_flow() -> dict:
     """One step of the live rollout (gate passed, then shadow, canary, champion).
 
-    The guards come first: the candidate's error rate or p99 latency above the champion's by
-    REFIT_ROLLOUT_MAX_ERROR_INCREASE or REFIT_ROLLOUT_MAX_P99_RATIO, worse on the joined live labels
-    by the gate's paired bootstrap, or its answers further from the champion's than
-    REFIT_ROLLOUT_MAX_DISAGREEMENT, stop the rollout (the champion stays). A stage with its evidence
-    moves on (with REFIT_ROLLOUT_APPROVAL, after an operator approves); one without it after
-    REFIT_ROLLOUT_STAGE_MAX_HOURS stops the rollout.
+    The guards come first: the candidate's error rate or p99 latency per item (on calls of the
+    sizes both models made) above the champion's by REFIT_ROLLOUT_MAX_ERROR_INCREASE or
+    REFIT_ROLLOUT_MAX_P99_RATIO, worse on the joined live labels by the gate's paired bootstrap,
+    or its answers further from the champion's than REFIT_ROLLOUT_MAX_DISAGREEMENT, stop the
+    rollout (the champion stays). A stage with its evidence moves on (with REFIT_ROLLOUT_APPROVAL,
+    after an operator approves); one without it after REFIT_ROLLOUT_STAGE_MAX_HOURS stops the
+    rollout.
 
     Returns:
         The step: outcome (no_rollout, wait, canary, promoted, rolled_back, superseded, raced),
