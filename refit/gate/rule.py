@@ -180,56 +180,82 @@ def gate(
     valid = {name: p for name, p in models.items() if name == "challenger" or invalid_predictions(p, task) is None}
     scored = {name: p for name, p in valid.items() if problem is None or name != "challenger"}
     metrics = {name: task_metrics(task, y_true, p, n_labels) for name, p in scored.items()}
-    if slices is not None:
-        slices = slices.reset_index(drop=True)
-    if periods is not None:
-        slices = _with_periods(slices, periods, len(y_true))
+    slices = _slice_frame(slices, periods, len(y_true))
     if problem is not None:
         return _refused(policy, problem, against, metrics, len(y_true))
-    per_slice = None
-    if slices is not None:
-        per_slice = {
-            name: slice_metrics(
-                slices, lambda mask, p=p: task_metrics(task, y_true[mask], p[mask], n_labels), REPORT_SLICE_ROWS
-            )
-            for name, p in valid.items()
-        }
-
+    per_slice = _slice_report(slices, valid, task, y_true, n_labels)
     deciding = _deciding_rows(policy, against, recent, len(y_true))
     comparisons, reasons = _compare(policy, task, y_true, challenger, references, n_labels, metrics, deciding)
-    slice_checks, failed_slices = {}, []
-    if against == "champion" and slices is not None:
-        slice_checks, failed_slices = _check_slices(
-            policy, task, y_true, challenger, references["champion"], slices, n_labels
-        )
-        if failed_slices:
-            worst = ", ".join(f"{s} ({slice_checks[s]['improvement']:+.4f})" for s in failed_slices)
-            reasons.append(f"worse than the champion by more than {policy.tolerance:g} {policy.metric} on: {worst}")
-        else:
-            reasons.append(f"no slice of >= {policy.slice_min_rows} rows is worse by more than {policy.tolerance:g}")
-    calibration = {}
+    checks = {"slice_checks": {}, "failed_slices": [], "calibration": {}}
     if against == "champion":
-        calibration = _check_calibration(policy, task, y_true, challenger, references["champion"])
-        reasons.append(calibration["reason"])
+        checks = _champion_checks(policy, task, y_true, challenger, references["champion"], slices, n_labels)
+        reasons += checks.pop("reasons")
+    hardest = min(comparisons.values(), key=lambda c: c["point"])
+    power = _power(policy, hardest, deciding, periods, recent)
+    return _decision(
+        policy, against, comparisons, reasons, checks, power, metrics=metrics, slices=per_slice, dev_rows=len(y_true)
+    )
 
+
+def _slice_frame(slices: pd.DataFrame | None, periods: np.ndarray | None, rows: int) -> pd.DataFrame | None:
+    """The slice families, indexed from 0, with ``period`` among them when the periods are known."""
+    if slices is not None:
+        slices = slices.reset_index(drop=True)
+    return slices if periods is None else _with_periods(slices, periods, rows)
+
+
+def _slice_report(slices, valid: dict, task: str, y_true, n_labels: int) -> dict | None:
+    """Every scored model's metrics on every slice of at least ``REPORT_SLICE_ROWS`` rows."""
+    if slices is None:
+        return None
+    return {
+        name: slice_metrics(
+            slices, lambda mask, p=p: task_metrics(task, y_true[mask], p[mask], n_labels), REPORT_SLICE_ROWS
+        )
+        for name, p in valid.items()
+    }
+
+
+def _champion_checks(policy, task, y_true, challenger, champion, slices, n_labels) -> dict:
+    """The checks only a champion faces: no slice (period included) clearly worse, and calibration."""
+    checks = {"slice_checks": {}, "failed_slices": [], "reasons": []}
+    if slices is not None:
+        checks["slice_checks"], failed = _check_slices(policy, task, y_true, challenger, champion, slices, n_labels)
+        checks["failed_slices"] = failed
+        if failed:
+            worst = ", ".join(f"{s} ({checks['slice_checks'][s]['improvement']:+.4f})" for s in failed)
+            checks["reasons"].append(
+                f"worse than the champion by more than {policy.tolerance:g} {policy.metric} on: {worst}"
+            )
+        else:
+            checks["reasons"].append(
+                f"no slice of >= {policy.slice_min_rows} rows is worse by more than {policy.tolerance:g}"
+            )
+    checks["calibration"] = _check_calibration(policy, task, y_true, challenger, champion)
+    checks["reasons"].append(checks["calibration"]["reason"])
+    return checks
+
+
+def _decision(policy, against, comparisons, reasons, checks, power, **measured) -> GateDecision:
+    """The verdict and its one-line summary from every comparison and check."""
     # The reference reported as "the champion's score": the champion, or the hardest baseline.
     hardest = min(comparisons, key=lambda name: comparisons[name]["point"])
+    best = comparisons[hardest]
+    failed_slices, calibration = checks["failed_slices"], checks["calibration"]
     promote = all(c["passed"] for c in comparisons.values()) and not failed_slices and calibration.get("passed", True)
-    failing = [r for name, r in zip(comparisons, reasons, strict=False) if not comparisons[name]["passed"]]
+    failing = [c["reason"] for c in comparisons.values() if not c["passed"]]
     if promote:
-        summary = f"promote: {reasons[list(comparisons).index(hardest)]}"
+        summary = f"promote: {best['reason']}"
     elif failing:
         summary = f"reject: {failing[0]}"
     elif failed_slices:
         summary = f"reject: worse on slice(s) {', '.join(failed_slices)}"
     else:
         summary = f"reject: calibration got worse ({calibration['reason']})"
-    power = _power(policy, comparisons[hardest], deciding, periods, recent)
     if against == "champion":
-        reasons.append(power["reason"])
-        if not comparisons[hardest]["passed"]:
+        reasons = [*reasons, power["reason"]]
+        if not best["passed"]:
             summary += f"; not shown better: {power['can_show']}"
-    best = comparisons[hardest]
     return GateDecision(
         promote=promote,
         metric=policy.metric,
@@ -243,15 +269,13 @@ def gate(
         interval=(best["low"], best["high"]),
         comparisons=comparisons,
         failed_slices=failed_slices,
-        slice_checks=slice_checks,
+        slice_checks=checks["slice_checks"],
         calibration=calibration,
-        metrics=metrics,
-        slices=per_slice,
-        dev_rows=len(y_true),
         confidence=best["confidence"],
         resamples=policy.resamples,
         rule=policy.rule if against == "champion" else "baseline",
         power=power,
+        **measured,
     )
 
 
@@ -323,13 +347,14 @@ def _compare(policy, task, y_true, challenger, references, n_labels, metrics, de
             ours = task_metrics(task, y, new, n_labels)[metric]
             theirs = task_metrics(task, y, old, n_labels)[metric]
             where = f" on the {int(rows.sum())} dev rows newer than its training data"
-        comparisons[name] = {"challenger": ours, "reference": theirs, "rows": int(rows.sum()), **interval.as_dict()}
-        comparisons[name]["passed"] = passed
-        reasons.append(
+        reason = (
             f"{metric} vs {name}{where}: {ours:.4f} vs {theirs:.4f}, improvement {interval.point:+.4f} "
             f"({level:.0%} interval {interval.low:+.4f} to {interval.high:+.4f}) "
             f"{'>' if passed else 'is not >'} {policy.min_improvement:g}"
         )
+        comparisons[name] = {"challenger": ours, "reference": theirs, "rows": int(rows.sum()), **interval.as_dict()}
+        comparisons[name].update(passed=passed, reason=reason)
+        reasons.append(reason)
         if where:
             whole = paired_bootstrap(
                 metric, y_true, challenger, reference, n_labels, policy.resamples, level, policy.seed
