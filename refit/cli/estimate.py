@@ -122,14 +122,13 @@ def _served(engine, version: str, task: str, labels, since, until):
     import numpy as np
     from sqlalchemy import text
 
-    query = "SELECT satisfaction, probabilities FROM prediction_log WHERE model_version = :v"
-    params = {"v": version}
-    if since is not None:
-        query, params["since"] = query + " AND logged_at >= :since", since
-    if until is not None:
-        query, params["until"] = query + " AND logged_at < :until", until
+    query = text(
+        "SELECT satisfaction, probabilities FROM prediction_log WHERE model_version = :v"
+        " AND (CAST(:since AS timestamptz) IS NULL OR logged_at >= :since)"
+        " AND (CAST(:until AS timestamptz) IS NULL OR logged_at < :until) ORDER BY id"
+    )
     with engine.connect() as conn:
-        rows = conn.execute(text(query + " ORDER BY id"), params).all()
+        rows = conn.execute(query, {"v": version, "since": since, "until": until}).all()
     if task == "regression":
         values = np.array([r[0] for r in rows if r[0] is not None], dtype=float)
     else:
