@@ -146,8 +146,8 @@ def reason_of(signal: dict) -> str:
     text = f"{signal['column']} drifted ({signal['method']}: {signal['score']:.3g}, floor {signal['threshold']:.3g}"
     if detail.get("p_adjusted") is not None:
         text += (
-            f"; p {detail['p_value']:.2g}, {detail['correction']}-adjusted {detail['p_adjusted']:.2g}"
-            f" < {detail['alpha']:g} over {detail['family']} signals"
+            f"; p {detail['p_value']:.2g}, {detail['correction']}-adjusted over {detail['family']} signals"
+            f" {detail['p_adjusted']:.2g}, alpha {detail['alpha']:g}"
         )
     elif detail.get("p_value") is not None:
         text += f"; p {detail['p_value']:.2g}"
