@@ -2,7 +2,16 @@
 and ``refit.drift`` (which measures them) can read them, without the settings importing drift."""
 
 # In this order: the order signals are listed in a drift report.
-GROUPS = ("performance", "embeddings", "text", "descriptors", "labels", "predictions", "features")
+GROUPS = (
+    "performance",
+    "estimated_performance",
+    "embeddings",
+    "text",
+    "descriptors",
+    "labels",
+    "predictions",
+    "features",
+)
 
 # The groups whose drift triggers a retrain on its own when ``REFIT_DRIFT_TRIGGERS`` is not set:
 # every group. Each signal is tested against its own null and the family is corrected, so on real
