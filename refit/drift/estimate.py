@@ -539,7 +539,7 @@ def _check_inputs(task, dev_true, dev_prediction, window_prediction, n_labels, l
             )
         return
     name = (lambda k: labels[k]) if labels else str
-    if dev_prediction.ndim != 2 or window_prediction.ndim != 2 or dev_prediction.shape[1] != n_labels:
+    if dev_prediction.ndim != 2 or window_prediction.ndim != 2 or window_prediction.shape[1] != n_labels:
         raise InputError(f"classification estimates need class probabilities ({n_labels} columns) on both sides")
     predicted = np.bincount(dev_prediction.argmax(axis=1), minlength=n_labels)
     present = np.bincount(dev_true, minlength=n_labels)

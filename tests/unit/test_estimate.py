@@ -246,3 +246,11 @@ def test_a_check_estimates_from_feedback_frames_with_or_without_embeddings():
         assert abs(signal["detail"]["current"] - signal["detail"]["dev"]) < 0.1
     assert with_embeddings["detail"]["shift_features"] == "prediction + 2 embedding components"
     assert served["detail"]["shift_features"] == "prediction"
+
+
+def test_window_probabilities_over_other_classes_are_refused():
+    rng = np.random.default_rng(12)
+    _, dev_probs, dev_true = _classes(300, 0.0, rng)
+    with pytest.raises(InputError) as excinfo:
+        estimate_performance("classification", dev_true, dev_probs, dev_probs[:, :2])
+    assert _one_line(excinfo) == "classification estimates need class probabilities (3 columns) on both sides"
