@@ -160,7 +160,7 @@ def scenario(amazon: pd.DataFrame, yelp: pd.DataFrame):
         rows = amazon[amazon["held"] == group]
         for i, start in enumerate(range(0, len(rows) - WINDOW + 1, WINDOW)):
             windows.append((f"{group} {i + 1}", "shift", rows.iloc[start : start + WINDOW]))
-    # A shift of the labels: later reviews of the same products, a fifth of them negative (4% of
+    # A shift of the labels: later reviews of the same products, up to a fifth of them negative (4% of
     # the period's are).
     negative, other = later[later["label"] == 0], later[later["label"] != 0]
     half = min(len(negative) // 2, WINDOW // 5)
