@@ -123,7 +123,8 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     shown = refit_cli("models", "show", v2)
     assert shown.returncode == 0, shown.stderr
     assert f"lineage: {v2}" in shown.stdout and f"<- {v1}" in shown.stdout
-    assert "| vs | challenger mse | reference mse | improvement | 95% interval | passed |" in shown.stdout
+    # against a champion the test is one-sided at 95%: the table shows the 90% interval whose lower end decided
+    assert "| vs | challenger mse | reference mse | improvement | 90% interval | passed |" in shown.stdout
     assert "by flow-run " in shown.stdout  # the run that decided is recorded as the actor
     checked = json.loads(refit_cli("drift", "--json").stdout)
     # nothing has arrived since a promoted challenger's snapshot; a kept champion still sees the shift
