@@ -35,9 +35,9 @@ def estimate(
     from refit.data.devset import current_devset, dev_rows
     from refit.data.snapshots import SplitConfig, get_snapshot, read_feedback
     from refit.drift.check import load_champion
-    from refit.drift.estimate import METRICS, estimate_performance
+    from refit.drift.estimate import METRICS, dev_calibration, estimate_performance, numeric_targets
     from refit.drift.policy import DriftPolicy
-    from refit.drift.signals import champion_output, champion_predict, targets_of
+    from refit.drift.signals import champion_predict
     from refit.drift.windows import read_window, time_stratified_sample
     from refit.registry.table import require_champion
 
@@ -52,14 +52,8 @@ def estimate(
         raise InputError("no dev set yet: the estimate is calibrated on the gate's dev set (refit devset refresh)")
     champion = load_champion(settings, record)
     task, labels = champion.task, champion.labels
-    dev = time_stratified_sample(dev_rows(engine, devset, split), policy.sample_cap).reset_index(drop=True)
-    dev_true = targets_of(dev, task)
-    if task == "classification":
-        dev_true = dev_true.map({name: i for i, name in enumerate(labels)})
-    known = dev_true.notna().to_numpy()
-    dev, dev_true = dev[known].reset_index(drop=True), dev_true[known].to_numpy(dtype=float)
-    dev_pred = champion_output(champion, "predict", dev)
-    window_true = dev_emb = win_emb = embedded = None
+    dev = dev_rows(engine, devset, split)
+    window_true = win_emb = embedded = None
     if served:
         window_pred, described = _served(engine, record["version"], task, labels, since, until)
     else:
@@ -79,15 +73,12 @@ def estimate(
             described += f" until {until:%Y-%m-%d %H:%M}"
         rows = time_stratified_sample(rows, policy.performance_rows).reset_index(drop=True)
         window_pred = champion_predict(champion, rows) if len(rows) else np.zeros((0, len(labels or [1])))
-        truth = targets_of(rows, task)
-        if task == "classification":
-            truth = truth.map({name: i for i, name in enumerate(labels)})
-        window_true = truth.to_numpy(dtype=float)
+        window_true = numeric_targets(rows, task, labels).to_numpy(dtype=float)
         if len(rows) >= policy.min_rows:
             sample = time_stratified_sample(rows, policy.embedding_rows)
             embedded = sample.index.to_numpy()
-            dev_emb = champion_output(champion, "embed", dev)
             win_emb = champion.embed(sample["text"].astype(str).tolist())
+    dev_true, dev_pred, dev_emb = dev_calibration(champion, dev, task, labels, policy, embed=win_emb is not None)
     result = estimate_performance(
         task,
         dev_true,

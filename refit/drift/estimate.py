@@ -835,24 +835,12 @@ def champion_estimate(
     Returns:
         The signal.
     """
-    from refit.drift.signals import champion_output, targets_of
-    from refit.drift.windows import time_stratified_sample
-
-    dev_rows = time_stratified_sample(dev, policy.sample_cap).reset_index(drop=True)
-    dev_true = targets_of(dev_rows, task)
-    window_true = targets_of(window.reset_index(drop=True), task)
-    if task == "classification":
-        index = {name: i for i, name in enumerate(labels or [])}
-        dev_true, window_true = dev_true.map(index), window_true.map(index)
-    known = dev_true.notna().to_numpy()  # a dev row without a target (or a label unknown) says nothing
-    dev_rows, dev_true = dev_rows[known].reset_index(drop=True), dev_true[known]
-    dev_prediction = champion_output(champion, "predict", dev_rows) if len(dev_rows) else np.zeros((0, 1))
-    dev_embeddings = None
-    if window_embeddings is not None and hasattr(champion, "embed") and len(dev_rows):
-        dev_embeddings = champion_output(champion, "embed", dev_rows)
+    embed = window_embeddings is not None
+    dev_true, dev_prediction, dev_embeddings = dev_calibration(champion, dev, task, labels, policy, embed=embed)
+    window_true = numeric_targets(window.reset_index(drop=True), task, labels)
     return estimated_performance_signal(
         task,
-        dev_true.to_numpy(dtype=float),
+        dev_true,
         dev_prediction,
         window_prediction,
         policy,
@@ -862,3 +850,45 @@ def champion_estimate(
         labels,
         window_embedded,
     )
+
+
+def numeric_targets(rows: pd.DataFrame, task: str, labels: list[str] | None) -> pd.Series:
+    """The rows' targets as numbers: scores, or class indices (NaN where missing or not a known label)."""
+    from refit.drift.signals import targets_of
+
+    truth = targets_of(rows, task)
+    if task == "classification":
+        truth = truth.map({name: i for i, name in enumerate(labels or [])})
+    return truth
+
+
+def dev_calibration(
+    champion, dev: pd.DataFrame, task: str, labels: list[str] | None, policy, embed: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What the estimate is calibrated on: a time-stratified ``policy.sample_cap`` of the dev rows
+    with a target, and the champion's predictions (and, with ``embed``, embeddings) of them,
+    memoized per model and content.
+
+    Args:
+        champion: the champion (a :class:`models.predict.Predictor`).
+        dev: the gate's dev rows.
+        task: ``regression`` or ``classification``.
+        labels: class names, for classification.
+        policy: the drift policy.
+        embed: whether to embed the rows too (a champion that cannot embed gives None).
+
+    Returns:
+        The targets, the predictions and the embeddings (or None).
+    """
+    from refit.drift.signals import champion_output
+    from refit.drift.windows import time_stratified_sample
+
+    rows = time_stratified_sample(dev, policy.sample_cap).reset_index(drop=True)
+    truth = numeric_targets(rows, task, labels)
+    known = truth.notna().to_numpy()  # a dev row without a target (or a label unknown) says nothing
+    rows, truth = rows[known].reset_index(drop=True), truth[known]
+    prediction = champion_output(champion, "predict", rows) if len(rows) else np.zeros((0, 1))
+    embeddings = None
+    if embed and hasattr(champion, "embed") and len(rows):
+        embeddings = champion_output(champion, "embed", rows)
+    return truth.to_numpy(dtype=float), prediction, embeddings
