@@ -13,13 +13,16 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from refit.core.settings import Settings
+from refit.data.db import engine_for
 from refit.data.snapshots import Snapshot
 from refit.drift.check import run_drift_check
-from refit.drift.policy import RETRAIN, DriftPolicy, DriftResult
+from refit.drift.policy import INSUFFICIENT, RETRAIN, DriftPolicy, DriftResult
+from refit.drift.quality_history import store_quality_plot
 from refit.drift.report import signals_markdown
 from refit.notify.delivery import send
 from refit.notify.links import browser_url, current_run_url, report_link
 from refit.notify.notices import drift_notice
+from refit.registry.store import store_for
 from refit.tasks import RESUMABLE
 
 # The event the retrain deployment's trigger listens for (deployments/prefect.yaml).
@@ -38,7 +41,7 @@ def drift_check(
     """
     logger = get_run_logger()
     if champion is None:
-        result = DriftResult(RETRAIN, ["no champion yet: the first model is trained unconditionally"], forced=force)
+        result = first_model_decision(settings, snapshot, force)
         result.current_rows = snapshot.total_rows
         result.policy = DriftPolicy.from_settings(settings).as_dict()
         summary = run_and_announce(
@@ -50,13 +53,29 @@ def drift_check(
             now=now or datetime.now(timezone.utc),
         )  # fmt: skip
     logger.info("drift decision %s: %s", summary["decision"], "; ".join(summary["reasons"]))
-    create_markdown_artifact(
-        key="drift-report",
-        # a browser cannot open s3:// or file:// URIs: link a presigned URL when the store has one
-        markdown=signals_markdown(DriftResult(**_result_fields(summary)), report_link(settings, summary["html_uri"])),
-        description="refit drift check",
-    )
+    markdown = signals_markdown(DriftResult(**_result_fields(summary)), report_link(settings, summary["html_uri"]))
+    if champion is not None:
+        # the champion's quality over every check so far, estimated and realized, as a picture
+        plot_uri = store_quality_plot(engine_for(settings), store_for(settings), champion["version"])
+        summary["quality_plot_uri"] = plot_uri
+        if plot_uri:
+            markdown += f"\n\n[{champion['version']}'s quality over time (PNG)]({report_link(settings, plot_uri)})"
+    # a browser cannot open s3:// or file:// URIs: links are presigned URLs when the store has them
+    create_markdown_artifact(key="drift-report", markdown=markdown, description="refit drift check")
     return summary
+
+
+def first_model_decision(settings: Settings, snapshot: Snapshot, force: bool) -> DriftResult:
+    """The decision before any champion: train the first model, given enough labelled rows to
+    train on (unlabelled rows are in no split)."""
+    labelled, needed = snapshot.labelled_rows, DriftPolicy.from_settings(settings).min_rows
+    if labelled < needed:
+        why = (
+            f"insufficient data: no champion yet, and the feedback holds {labelled} labelled rows"
+            f" ({snapshot.unlabelled_rows} unlabelled); the first model needs {needed} (REFIT_DRIFT_MIN_ROWS)"
+        )
+        return DriftResult(INSUFFICIENT, [why], forced=force)
+    return DriftResult(RETRAIN, ["no champion yet: the first model is trained unconditionally"], forced=force)
 
 
 def run_and_announce(settings: Settings, champion: dict | None, **check) -> dict:

@@ -38,7 +38,7 @@ def estimate(
     from refit.drift.estimate import METRICS, dev_calibration, estimate_performance, numeric_targets
     from refit.drift.policy import DriftPolicy
     from refit.drift.signals import champion_predict
-    from refit.drift.windows import read_window, time_stratified_sample
+    from refit.drift.windows import read_served, read_window, time_stratified_sample
     from refit.registry.table import require_champion
 
     since, until = _utc(since), _utc(until)
@@ -55,7 +55,8 @@ def estimate(
     dev = dev_rows(engine, devset, split)
     window_true = win_emb = embedded = None
     if served:
-        window_pred, described = _served(engine, record["version"], task, labels, since, until)
+        window_pred = read_served(engine, record["version"], task, labels, since, until, policy.performance_rows)
+        described = f"{len(window_pred)} served answers of {record['version']}"
     else:
         if snapshot is not None:
             shot = get_snapshot(engine, snapshot)
@@ -104,26 +105,3 @@ def _utc(moment: datetime | None) -> datetime | None:
     from datetime import timezone
 
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
-
-
-def _served(engine, version: str, task: str, labels, since, until):
-    """The champion's logged answers in the window: probabilities (rows by classes) or scores."""
-    import json
-
-    import numpy as np
-    from sqlalchemy import text
-
-    query = text(
-        "SELECT satisfaction, probabilities FROM prediction_log WHERE model_version = :v"
-        " AND (CAST(:since AS timestamptz) IS NULL OR logged_at >= :since)"
-        " AND (CAST(:until AS timestamptz) IS NULL OR logged_at < :until) ORDER BY id"
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"v": version, "since": since, "until": until}).all()
-    if task == "regression":
-        values = np.array([r[0] for r in rows if r[0] is not None], dtype=float)
-    else:
-        probs = [json.loads(r[1]) if isinstance(r[1], str) else r[1] for r in rows]
-        values = np.array([[p[name] for name in labels] for p in probs if p], dtype=float)
-        values = values.reshape(-1, len(labels))
-    return values, f"{len(values)} served answers of {version}"

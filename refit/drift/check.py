@@ -19,17 +19,20 @@ needed for the HTML and the plain path is what keeps many checks cheap.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 
 from refit.core.drift_groups import GROUPS
 from refit.core.errors import InputError
+from refit.core.quality import quality_lines
 from refit.data.db import engine_for
 from refit.data.devset import current_devset, dev_rows
 from refit.data.schema import schema_types
 from refit.data.snapshots import SplitConfig
 from refit.drift.descriptors import describe_texts, dominant_words, tokenizer_words
+from refit.drift.estimate import champion_estimate
 from refit.drift.history import drift_history, save_drift_report
 from refit.drift.performance import champion_performance
 from refit.drift.policy import INSUFFICIENT, RETRAIN, DriftPolicy, DriftResult, decide, detect
@@ -45,7 +48,7 @@ from refit.drift.signals import (
     typed_columns,
 )
 from refit.drift.significance import attach_p_values, judge
-from refit.drift.windows import reference_and_current, time_stratified_sample
+from refit.drift.windows import read_served, reference_and_current, time_stratified_sample
 from refit.models.predict import Predictor
 from refit.registry.store import store_for
 from refit.registry.versions import checkout
@@ -65,6 +68,7 @@ def check_drift(
     render: bool = True,
     labels: list[str] | None = None,
     feature_types: dict[str, str] | None = None,
+    served: np.ndarray | None = None,
 ) -> DriftResult:
     """Compare current feedback with the reference and decide whether to retrain.
 
@@ -86,6 +90,8 @@ def check_drift(
         labels: class names, for classification.
         feature_types: the feature schema's types (numeric features are compared as numbers,
             categorical ones as categories); features it lacks are typed from their values.
+        served: the champion's answers ``refit serve`` logged since it became champion
+            (probabilities or scores): their quality is estimated too.
 
     Raises:
         InputError: a frame lacks the columns a feedback frame has.
@@ -149,7 +155,8 @@ def check_drift(
     attach_p_values(signals, typed_columns(ref, kinds), typed_columns(cur, kinds), kinds, sizes)
     judge(signals, policy.alpha, policy.correction)
     if champion is not None and dev is not None and len(dev) > 0:
-        signals.append(champion_performance(champion, dev, perf_rows, perf_pred, task, labels, policy))
+        embedded = None if embeddings is None else (cur_emb.index.to_numpy(), embeddings[1])
+        signals += measure_quality(champion, dev, perf_rows, perf_pred, task, labels, policy, embedded, served)
     signals.sort(key=lambda s: (GROUPS.index(s["group"]), s["column"]))
 
     detected, share, reasons = detect(signals, policy)
@@ -169,12 +176,49 @@ def check_drift(
         **base,
     )
     if render:
-        result.html = render_html(value_report)
+        result.html = render_html(value_report, quality_lines(signals))
         result.embeddings_html = render_html(embed_report) if embed_report is not None else None
         result.report_json = json.dumps(
             {**result.summary(), "evidently": report_dict, "evidently_embeddings": embed_dict}, default=str
         )
     return result
+
+
+def measure_quality(
+    champion,
+    dev: pd.DataFrame,
+    rows: pd.DataFrame,
+    prediction: np.ndarray,
+    task: str,
+    labels: list[str] | None,
+    policy: DriftPolicy,
+    embedded: tuple[np.ndarray, np.ndarray] | None = None,
+    served: np.ndarray | None = None,
+) -> list[dict]:
+    """The champion's quality on the window against its dev metric: realized on the window's
+    labelled rows (``performance``), estimated on all of them, labelled and unlabelled
+    (``estimated_performance``), and estimated on its served answers (``estimated_performance_served``).
+
+    Args:
+        champion: the champion.
+        dev: the gate's dev rows.
+        rows: the window's performance sample, labelled and unlabelled rows alike.
+        prediction: the champion's raw predictions of ``rows``.
+        task: ``regression`` or ``classification``.
+        labels: class names, for classification.
+        policy: the drift policy.
+        embedded: the positions in ``rows`` of the rows the embeddings signal embedded, and their
+            embeddings; the estimate's shift correction reads them (no second embedding pass).
+        served: the served answers' probabilities or scores, if any were logged.
+    """
+    signals = [champion_performance(champion, dev, rows, prediction, task, labels, policy)]
+    positions, vectors = embedded if embedded is not None else (None, None)
+    signals.append(champion_estimate(champion, dev, rows, prediction, task, labels, policy, vectors, positions))
+    if served is not None and len(served):
+        signals.append(
+            champion_estimate(champion, dev, None, served, task, labels, policy, column="estimated_performance_served")
+        )
+    return signals
 
 
 def _maybe(function, value, *args):
@@ -228,10 +272,15 @@ def run_drift_check(
         history, last_retrain = drift_history(engine, version, max(policy.confirm_m - 1, 0))
         enough = len(reference) >= policy.min_rows and len(current) >= policy.min_rows
         predictor = load_champion(settings, champion) if enough else None
+        served = None
+        if predictor is not None:
+            since = None if policy.window_days is None else now - timedelta(days=policy.window_days)
+            labels = list(settings.labels)
+            served = read_served(engine, version, settings.task, labels, since, now, policy.performance_rows)
         result = check_drift(
             reference, current, policy, settings.task, champion=predictor, dev=dev, history=history,
             last_retrain=last_retrain, now=now, force=force, labels=list(settings.labels), render=render,
-            feature_types=schema_types(engine),
+            feature_types=schema_types(engine), served=served,
         )  # fmt: skip
     saved = save_drift_report(engine, store, result, snapshot_id, version, created_at=now)
     summary = {**result.summary(), "report_id": saved["id"]}

@@ -724,6 +724,7 @@ def estimated_performance_signal(
     labels: list[str] | None = None,
     window_embedded: np.ndarray | None = None,
     seed: int = 0,
+    column: str = GROUP,
 ) -> dict:
     """The ``estimated_performance`` signal: the estimated metric on the window against the dev
     metric, drifted by the realized performance signal's rule.
@@ -744,6 +745,8 @@ def estimated_performance_signal(
         labels: class names.
         window_embedded: which window rows ``window_embeddings`` belong to, when a sample was embedded.
         seed: the bootstrap's seed.
+        column: the signal's name: ``estimated_performance`` for feedback,
+            ``estimated_performance_served`` for the answers ``refit serve`` logged.
 
     Returns:
         A signal (:func:`refit.drift.signals.make_signal`); unmeasured (no score, a one-line
@@ -771,12 +774,11 @@ def estimated_performance_signal(
             seed=seed,
         )
     except InputError as exc:
-        signal = make_signal(GROUP, method, None, policy.performance_min_degradation, False, note=str(exc))
-        return {**signal, "group": GROUP}
+        return make_signal(column, method, None, policy.performance_min_degradation, False, note=str(exc))
     m = estimate.metrics[metric]
     drifted = m.relative_loss >= policy.performance_min_degradation and m.loss_low > 0
-    signal = make_signal(
-        GROUP,
+    return make_signal(
+        column,
         method,
         m.relative_loss,
         policy.performance_min_degradation,
@@ -801,19 +803,19 @@ def estimated_performance_signal(
         labelled_rows=estimate.labelled_rows,
         note=estimate.line(metric),
     )
-    return {**signal, "group": GROUP}  # group_of() does not know the column yet: see the module doc
 
 
 def champion_estimate(
     champion,
     dev: pd.DataFrame,
-    window: pd.DataFrame,
+    window: pd.DataFrame | None,
     window_prediction: np.ndarray,
     task: str,
     labels: list[str] | None,
     policy,
     window_embeddings: np.ndarray | None = None,
     window_embedded: np.ndarray | None = None,
+    column: str = GROUP,
 ) -> dict:
     """The ``estimated_performance`` signal of a check, from feedback frames: what the drift check
     calls beside :func:`refit.drift.performance.champion_performance`.
@@ -822,7 +824,8 @@ def champion_estimate(
         champion: the champion (a :class:`models.predict.Predictor`); its dev predictions and
             embeddings are memoized per model and content.
         dev: the gate's dev rows; a time-stratified ``policy.sample_cap`` of them calibrate.
-        window: the window's rows, labelled and unlabelled alike.
+        window: the window's rows, labelled and unlabelled alike; None for served answers, which
+            carry no text and no target.
         window_prediction: the champion's raw predictions of ``window``'s rows.
         task: ``regression`` or ``classification``.
         labels: class names, for classification.
@@ -831,13 +834,16 @@ def champion_estimate(
             embeddings signal computed them; without them, the shift is seen through the
             predictions alone.
         window_embedded: the positions in ``window`` of the embedded rows (default: every row).
+        column: the signal's name (see :func:`estimated_performance_signal`).
 
     Returns:
         The signal.
     """
     embed = window_embeddings is not None
     dev_true, dev_prediction, dev_embeddings = dev_calibration(champion, dev, task, labels, policy, embed=embed)
-    window_true = numeric_targets(window.reset_index(drop=True), task, labels)
+    window_true = None
+    if window is not None:
+        window_true = numeric_targets(window.reset_index(drop=True), task, labels).to_numpy(dtype=float)
     return estimated_performance_signal(
         task,
         dev_true,
@@ -846,9 +852,10 @@ def champion_estimate(
         policy,
         dev_embeddings,
         window_embeddings if dev_embeddings is not None else None,
-        window_true.to_numpy(dtype=float),
+        window_true,
         labels,
         window_embedded,
+        column=column,
     )
 
 

@@ -4,6 +4,7 @@ store, and the markdown table of the signals for the Prefect UI."""
 
 from __future__ import annotations
 
+import html
 import os
 import tempfile
 import warnings
@@ -11,6 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from refit.core.quality import quality_lines
 from refit.drift.policy import DriftPolicy, DriftResult
 from refit.drift.signals import EMBEDDINGS, METHODS, embedding_method, make_signal, typed_columns
 
@@ -85,13 +87,21 @@ def signals_from_report(report_dict: dict, policy: DriftPolicy) -> list[dict]:
     return signals
 
 
-def render_html(snapshot) -> str:
-    """An Evidently report's HTML as a string (it saves only to a file)."""
+def render_html(snapshot, preface: list[str] | None = None) -> str:
+    """An Evidently report's HTML as a string (it saves only to a file), with ``preface`` lines
+    (the check's quality, estimated or realized, which Evidently's report does not show) on top."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "report.html")
         snapshot.save_html(path)
         with open(path, encoding="utf-8") as handle:
-            return handle.read()
+            page = handle.read()
+    if not preface:
+        return page
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in preface)
+    style = "font-family:sans-serif;padding:8px 16px"
+    block = f'<section id="refit-quality" style="{style}"><h3>Quality</h3><ul>{items}</ul></section>'
+    head, body, rest = page.partition("<body>")
+    return f"{head}{body}{block}{rest}" if body else block + page
 
 
 def store_report(store, result: DriftResult, report_id: int) -> tuple[str | None, str | None]:
@@ -122,6 +132,10 @@ def signals_markdown(result: DriftResult, html_uri: str | None = None) -> str:
         "",
         *[f"- {reason}" for reason in result.reasons],
     ]
+    quality = quality_lines(result.signals)
+    if quality:
+        lines += ["", "**Quality** (estimated needs no labels; realized is on labelled rows):", ""]
+        lines += [f"- {line}" for line in quality]
     if result.signals:
         lines += [
             "",

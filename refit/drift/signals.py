@@ -143,6 +143,10 @@ def column_kinds(
     return kinds
 
 
+# The estimated-quality signals: on the window's feedback, and on the answers ``refit serve`` logged.
+ESTIMATED = ("estimated_performance", "estimated_performance_served")
+
+
 def group_of(column: str) -> str:
     """The signal group a measured column belongs to (one of ``refit.core.drift_groups.GROUPS``)."""
     if column == "text":
@@ -157,6 +161,8 @@ def group_of(column: str) -> str:
         return "embeddings"
     if column == "performance":
         return "performance"
+    if column in ESTIMATED:
+        return "estimated_performance"
     return "features"
 
 

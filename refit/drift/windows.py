@@ -7,6 +7,7 @@ and a test's sensitivity does not grow with the window.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -63,3 +64,30 @@ def time_stratified_sample(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
         frame = frame.sort_values(order, kind="stable")
     positions = np.linspace(0, len(frame) - 1, cap).round().astype(int)
     return frame.iloc[np.unique(positions)]
+
+
+def read_served(
+    engine, version: str, task: str, labels: list[str] | None, since=None, until=None, cap: int | None = None
+) -> np.ndarray:
+    """The answers ``refit serve`` logged for ``version`` (``REFIT_SERVE_LOG_PREDICTIONS``), in
+    ``[since, until)`` of their logged time: class probabilities (rows by ``labels``) or scores.
+
+    With ``cap``, the newest ``cap`` answers. Shadow answers of a rollout's candidate are logged
+    under the candidate's version, so a version's answers are its own.
+    """
+    query = (
+        "SELECT satisfaction, probabilities FROM prediction_log WHERE model_version = :v"
+        " AND (CAST(:since AS timestamptz) IS NULL OR logged_at >= :since)"
+        " AND (CAST(:until AS timestamptz) IS NULL OR logged_at < :until) ORDER BY id DESC"
+    )
+    if cap is not None:
+        query += f" LIMIT {int(cap)}"
+    with engine.connect() as conn:
+        rows = conn.execute(text(query), {"v": version, "since": since, "until": until}).all()
+    rows = rows[::-1]
+    if task == "regression":
+        return np.array([r[0] for r in rows if r[0] is not None], dtype=float)
+    names = list(labels or [])
+    probs = [json.loads(r[1]) if isinstance(r[1], str) else r[1] for r in rows]
+    values = np.array([[p[name] for name in names] for p in probs if p], dtype=float)
+    return values.reshape(-1, len(names))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from refit.core.quality import quality_lines, quality_signals
 from refit.notify.message import Notice, escape_mrkdwn, fixed_table
 
 MAX_TABLE_ROWS = 25
@@ -44,6 +45,7 @@ def drift_notice(
         f"*Champion*: `{champion_version}` · {summary.get('current_rows')} current vs "
         f"{summary.get('reference_rows')} reference rows · {len(drifted)} of {len(signals)} signals drifted",
         *[f"• {escape_mrkdwn(reason)}" for reason in summary.get("reasons") or []],
+        *[f"• Quality: {escape_mrkdwn(line)}" for line in quality_lines(signals)],
     ]
     table = None
     if signals:
@@ -73,6 +75,16 @@ def drift_notice(
             "signals": [
                 {k: s.get(k) for k in ("column", "group", "method", "score", "threshold", "drifted")} for s in signals
             ],
+            # the quality figures, each marked estimated (no labels) or realized (labelled rows)
+            "quality": [
+                {
+                    "signal": s["column"],
+                    "estimated": s["group"] == "estimated_performance",
+                    **{k: (s.get("detail") or {}).get(k) for k in ("metric", "dev", "current", "interval", "realized")},
+                }
+                for s in quality_signals(signals)
+                if s.get("score") is not None
+            ],  # fmt: skip
         },
         table=table,
         links={"Drift report": report} if report else {},

@@ -99,7 +99,8 @@ def test_the_rendered_report_and_the_plain_check_measure_the_same(drift_champion
     ]
     np.testing.assert_allclose([s["score"] for s in rendered.signals], [s["score"] for s in plain.signals], rtol=1e-9)
     groups = {s["group"] for s in rendered.signals}
-    assert groups == {"performance", "embeddings", "text", "descriptors", "labels", "predictions", "features"}
+    assert groups == {"performance", "estimated_performance", "embeddings", "text", "descriptors", "labels",
+                      "predictions", "features"}  # fmt: skip
     assert rendered.decision == RETRAIN
 
 
