@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     # --- serving --------------------------------------------------------------------
     serve_host: str = Field(default="127.0.0.1", description="Where `refit serve` listens.")
-    serve_port: int = Field(default=8080, ge=1, le=65535)
+    serve_port: int = Field(default=8080, ge=1, le=65535, description="The port `refit serve` listens on.")
     serve_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for /predict, /explain and /reload (health checks stay open); "
@@ -171,11 +171,16 @@ class Settings(BaseSettings):
         default=PACKAGED_MODEL,
         description="A local Hugging Face model folder, a model id, or the packaged all-MiniLM-L6-v2.",
     )
-    task: Task = "regression"
-    labels: Annotated[list[str], NoDecode] = Field(default=list(DEFAULT_LABELS))
-    rating_min: float = 1.0
-    rating_max: float = 5.0
-    max_text_chars: int = Field(default=5000, gt=0)
+    task: Task = Field(
+        default="regression",
+        description="regression on satisfaction in [0, 1], or classification on the named REFIT_LABELS.",
+    )
+    labels: Annotated[list[str], NoDecode] = Field(
+        default=list(DEFAULT_LABELS), description="Class names, comma-separated, from least to most satisfied."
+    )
+    rating_min: float = Field(default=1.0, description="The lowest rating: a rating is scaled to 0..1 from here.")
+    rating_max: float = Field(default=5.0, description="The highest rating (scaled to 1).")
+    max_text_chars: int = Field(default=5000, gt=0, description="Longer texts are quarantined at ingest.")
     ingest_batch_rows: int = Field(default=50_000, ge=1, description="Rows per committed ingest batch.")
     pii_mode: Literal["off", "redact", "drop"] = Field(
         default="redact", description="Emails, phones, card numbers, URLs: replaced, rows dropped, or kept."
@@ -231,7 +236,13 @@ class Settings(BaseSettings):
         return value
 
     # --- splits -----------------------------------------------------------------------------
-    dev_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    dev_fraction: float = Field(
+        default=0.15,
+        gt=0,
+        lt=0.5,
+        description="Share of rows in the dev split, the gate's frozen dev set (a stable hash of the feedback id"
+        " decides the split).",
+    )
     test_fraction: float = Field(
         default=0.05,
         ge=0,
@@ -275,7 +286,9 @@ class Settings(BaseSettings):
     drift_performance_rows: int = Field(
         default=10_000, ge=10, description="Labelled rows per side scored for the performance signal."
     )
-    drift_bootstrap_rounds: int = Field(default=300, ge=50, le=10_000)
+    drift_bootstrap_rounds: int = Field(
+        default=300, ge=50, le=10_000, description="Bootstrap resamples of the performance signal (fixed seed)."
+    )
     drift_confirm_n: int = Field(default=1, ge=1, description="Retrain when drift was seen in N ...")
     drift_confirm_m: int = Field(default=1, ge=1, description="... of the last M checks against this champion.")
     drift_cooldown_hours: float = Field(default=0, ge=0, description="No drift-triggered retrain this soon after one.")
@@ -304,11 +317,13 @@ class Settings(BaseSettings):
         " balance (refit.training.recipe), unless pinned by REFIT_*; manual: the fixed defaults.",
     )
     epochs: int | None = Field(default=None, ge=1, description="Most epochs (unset: the recipe decides).")
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, description="Training batch size.")
     learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate (unset: per strategy).")
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=128, ge=8, le=512)
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of training steps spent warming the learning rate up."
+    )
+    max_length: int = Field(default=128, ge=8, le=512, description="Tokens per text; longer texts are cut.")
     patience: int | None = Field(default=None, ge=0, description="Stale epochs before stopping (unset: the recipe).")
     val_fraction: float = Field(
         default=0.15,
@@ -325,12 +340,14 @@ class Settings(BaseSettings):
         description="Blend the BERT's predictions with TF-IDF's, the weight fitted on the validation fold; a"
         " first model that cannot beat TF-IDF is TF-IDF itself.",
     )
-    seed: int = 13
+    seed: int = Field(default=13, description="Seed of training, sampling and the bootstraps.")
     retention_days: int | None = Field(
         default=None, ge=1, description="Feedback older than this many days is left out of training (kept)."
     )
     max_train_rows: int | None = Field(default=None, ge=1, description="Newest rows kept for training.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where training runs: auto (CUDA when available), cpu or cuda."
+    )
 
     # --- model -----------------------------------------------------------------------
     strategy: Strategy = Field(
@@ -349,7 +366,9 @@ class Settings(BaseSettings):
     early_stopping_metric: Literal["mse", "mae", "spearman", "accuracy", "macro_f1"] | None = Field(
         default=None, description="Dev metric for early stopping (default: the gate's metric)."
     )
-    regression_loss: Literal["mse", "bce"] = "mse"
+    regression_loss: Literal["mse", "bce"] = Field(
+        default="mse", description="Regression loss: mse, or bce (binary cross-entropy on the 0..1 score)."
+    )
     class_weights: Literal["none", "balanced"] | None = Field(
         default=None, description="Classification loss weights (unset: balanced under the auto recipe)."
     )

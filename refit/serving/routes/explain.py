@@ -31,6 +31,7 @@ def explain_routes(max_items: int) -> APIRouter:
 
     @routes.post("/explain", dependencies=[Depends(authorized)], responses={**UNAUTHORIZED, **NOT_IN_BUILD})
     async def explain(body: ExplainRequest, settings: SettingsDep, champion: ChampionDep) -> dict:
+        """Token and feature attributions per item (integrated gradients); an ensemble's are its members' mean."""
         try:
             # Imported per request, not at the top: explanations are optional in a build, and the
             # app must start (and answer 501 here) without them.

@@ -101,5 +101,6 @@ routes = APIRouter()
 
 @routes.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request, champion: ChampionDep, candidate: CandidateDep) -> PlainTextResponse:
+    """Prometheus metrics: requests by route and status, latency, and per model calls, errors and shadow pairs."""
     text = request.app.state.metrics.render(champion, candidate)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -20,6 +20,7 @@ routes = APIRouter()
 
 @routes.post("/reload", dependencies=[Depends(authorized)], responses={**UNAUTHORIZED, **STORE_AWAY})
 async def reload(champion: ChampionDep, candidate: CandidateDep) -> dict:
+    """Check the champion and candidate pointers now; 503 while the store cannot be read."""
     loop = asyncio.get_running_loop()
     try:
         changed = await loop.run_in_executor(None, champion.refresh)
@@ -42,6 +43,7 @@ async def reload(champion: ChampionDep, candidate: CandidateDep) -> dict:
 
 @routes.get("/version")
 async def version(champion: ChampionDep, candidate: CandidateDep, router: RouterDep) -> dict:
+    """The version served, its reloads and refusals, model calls, the candidate and the shadow work."""
     current = champion.current
     return {
         "model_version": current and current.version,

@@ -29,6 +29,8 @@ def predict_routes(max_items: int) -> APIRouter:
     async def predict(
         body: PredictRequest, background: BackgroundTasks, settings: SettingsDep, router: RouterDep
     ) -> dict:
+        """A satisfaction score (or a label and its probabilities) per item, whether its text was cut, and
+        the version that answered."""
         limit = settings.serve_max_text_chars
         texts = [item.text[:limit] for item in body.items]
         truncated = [len(item.text) > limit for item in body.items]
