@@ -176,22 +176,41 @@ def serve(
 
 
 def predict(
-    file: Annotated[Path, typer.Argument(help="CSV or JSONL with a text column (feedback_id kept).")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write .csv or .jsonl here.")] = None,
-    as_json: JsonOpt = False,
+    file: Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet feedback file with a text column.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write .csv or .jsonl here (default: standard output).")
+    ] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map", help="refit column=file column, e.g. --map text=body (repeatable; wins over REFIT_COLUMN_MAP)."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines on standard output; with -o, the summary as JSON.")
+    ] = False,
 ) -> None:
-    """Score a feedback file with the champion.
+    """Score a feedback file with the champion, row by row, as `/predict` scores a request.
 
-    Each row keeps its feedback_id and gains prediction, class probabilities (classification) and
-    model_version.
+    Each row keeps the input's feedback_id and its row number, and gains /predict's fields:
+    satisfaction (or label and probabilities), truncated and model_version. A row that cannot be
+    scored (not UTF-8, no text) gets an error with its reason, and the others are scored. The
+    file's columns are mapped by REFIT_COLUMN_MAP and --map, as for `refit ingest`.
     """
+    from refit.cli.data import pairs
     from refit.serving.scoring import score_file
 
-    result = score_file(current_settings(), file, output)
+    column_map = pairs(mapping or [], "--map")
+    result = score_file(current_settings(), file, output, as_json=as_json, column_map=column_map)
+    errors = result["errors"]
     if output is None:
         typer.echo(result.pop("content"), nl=False)
+        for error in errors:  # on stderr: the scored rows on stdout stay machine-readable
+            typer.echo(f"refit: row {error['row']} not scored: {error['error']}", err=True)
         return
-    emit(result, as_json, f"scored {result['rows']} rows with {result['model_version']} -> {output}")
+    text = f"scored {result['scored']} of {result['rows']} rows with {result['model_version']} -> {output}"
+    text += "".join(f"\nrow {e['row']} not scored: {e['error']}" for e in errors)
+    emit(result, as_json, text)
 
 
 def tensorboard(

@@ -32,6 +32,7 @@ from refit.registry.layout import candidate_key, pointer_key
 from refit.registry.pointer import read_candidate, read_pointer
 from refit.registry.store import store_for
 from refit.registry.versions import checkout
+from refit.serving.scoring import no_champion_message
 
 log = logging.getLogger("refit.serve")
 STAGES = ("shadow", "canary")
@@ -161,7 +162,7 @@ class Champion(Follower):
             pointer = read_pointer(self.store, self.settings.model_name) if head is not None else None
             if pointer is None:
                 if current is None:
-                    raise NoChampionError("the store has no champion pointer yet: run `refit run` first")
+                    raise NoChampionError(no_champion_message(self.settings))
                 return False
             etag = head.etag
             if current is not None and not force and pointer["version"] == current.version:
