@@ -307,3 +307,31 @@ def source_database(pg_admin) -> Iterator[dict]:
         with pg_admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f"DROP ROLE IF EXISTS {reader}"))
+
+
+# --- drift ---------------------------------------------------------------------------------------
+def ingest_rows(settings, rows: list[dict], path: Path):
+    """Write ``rows`` to ``path`` and ingest them with the settings' rules, as ``refit ingest`` does."""
+    from refit.data.db import get_engine
+    from refit.data.ingest import ingest_file
+    from refit.data.validate import IngestRules
+    from refit.ops.synth import write_feedback
+
+    return ingest_file(
+        get_engine(settings.database_url), write_feedback(rows, path), IngestRules.from_settings(settings)
+    )
+
+
+def dev_split_rows(n: int, split, start=None, seed: int = 31) -> list[dict]:
+    """Base-regime rows of the drift scenarios whose ids fall in the dev split, so the gate's dev set
+    is large enough for the quality signals' intervals."""
+    from refit.data.snapshots import split_of
+    from refit.sim.scenarios import base_rows
+
+    rows = []
+    for row in base_rows(n, seed, id_prefix="dev", start=start):
+        suffix = 0
+        while split_of(f"{row['feedback_id']}-{suffix}", split) != "dev":
+            suffix += 1
+        rows.append({**row, "feedback_id": f"{row['feedback_id']}-{suffix}"})
+    return rows

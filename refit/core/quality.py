@@ -29,7 +29,7 @@ def quality_line(signal: dict) -> str:
     source = SOURCES.get(column, column)
     detail = signal.get("detail") or {}
     if signal.get("score") is None:
-        return f"{column}: not measured ({detail.get('note', 'no reason recorded')})"
+        return f"{column} ({source}): not measured ({detail.get('note', 'no reason recorded')})"
     metric, dev, current = detail.get("metric"), detail.get("dev"), detail.get("current")
     verdict = "drifted" if signal.get("drifted") else "within bounds"
     if column == "performance":

@@ -12,35 +12,17 @@ from sqlalchemy import text
 from refit.core.settings import load_settings
 from refit.data.db import get_engine
 from refit.data.devset import refresh_devset
-from refit.data.ingest import ingest_file
-from refit.data.snapshots import SplitConfig, split_of, take_snapshot
-from refit.data.validate import IngestRules
-from refit.ops.synth import write_feedback
+from refit.data.snapshots import SplitConfig, take_snapshot
 from refit.registry.store import open_store
 from refit.registry.versions import publish_checkpoint
 from refit.sim.scenarios import EXPECTED_SIGNALS, START, base_rows, draw_rows, label_noise_fraction
 from refit.tasks.drift import run_and_announce as run_drift_check
 
+from helpers import dev_split_rows
+from helpers import ingest_rows as _ingest
+
 pytestmark = pytest.mark.integration
 PERIOD = timedelta(days=30)
-
-
-def _ingest(settings, rows, path):
-    return ingest_file(
-        get_engine(settings.database_url), write_feedback(rows, path), IngestRules.from_settings(settings)
-    )
-
-
-def _dev_rows(n: int, split: SplitConfig) -> list[dict]:
-    """Base-regime rows whose ids fall in the dev split, so the gate's dev set is large enough for
-    the performance signal's interval."""
-    rows = []
-    for row in base_rows(n, 31, id_prefix="dev", start=START - PERIOD):
-        suffix = 0
-        while split_of(f"{row['feedback_id']}-{suffix}", split) != "dev":
-            suffix += 1
-        rows.append({**row, "feedback_id": f"{row['feedback_id']}-{suffix}"})
-    return rows
 
 
 @pytest.fixture
@@ -55,7 +37,7 @@ def drift_world(refit_env, drift_champion, tmp_path, monkeypatch):
     engine = get_engine(settings.database_url)
     split = SplitConfig.from_settings(settings)
     _ingest(settings, base_rows(1000, 5, id_prefix="train", start=START), tmp_path / "reference.csv")
-    _ingest(settings, _dev_rows(5000, split), tmp_path / "dev.csv")
+    _ingest(settings, dev_split_rows(5000, split, start=START - PERIOD), tmp_path / "dev.csv")
     snapshot = take_snapshot(engine, split)
     refresh_devset(engine, split, "drift calibration")
     publish_checkpoint(open_store(settings.store_url), drift_champion.folder, "v-calibration")
