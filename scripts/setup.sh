@@ -3,7 +3,7 @@
 #   - a machine with an NVIDIA GPU (nvidia-smi works) gets PyPI's CUDA build;
 #   - a CPU-only machine gets a CPU build: a local wheel when pip's find-links has one,
 #     otherwise PyTorch's CPU index. A CPU machine never downloads the multi-GB CUDA build.
-# Usage: bash scripts/setup.sh [dev]      ("dev" adds the test tools)
+# Usage: bash scripts/setup.sh [dev]      ("dev" adds the test and documentation tools)
 # Override: REFIT_VENV=path, PYTHON=python3.11, REFIT_TORCH_SPEC="torch==2.13.0".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +35,7 @@ else
   rm -rf "$wheels"
 fi
 
+# "dev" brings the documentation tools too: CI builds the site (mkdocs build --strict) and its tests open it.
+if [ "$extras" = dev ]; then extras=dev,docs; fi
 pip install -e ".${extras:+[$extras]}"
 echo "refit is set up in $venv: . $venv/bin/activate"
