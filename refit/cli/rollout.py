@@ -19,6 +19,7 @@ def status(as_json: JsonOpt = False) -> None:
     rollout, the last one and how it ended.
     """
     from refit.gate.rule import GatePolicy
+    from refit.ops.shadow import shadow_estimates, shadow_lines
     from refit.rollout.decision import RolloutPolicy, decide
     from refit.rollout.evidence import gather_evidence, latest_rollout, live_rollout
     from refit.rollout.report import evidence_text, step_summary
@@ -40,4 +41,10 @@ def status(as_json: JsonOpt = False) -> None:
     evidence = gather_evidence(engine, rollout, GatePolicy.from_settings(settings), settings.task, settings.labels)
     decision = decide(evidence, rollout["stage"], evidence.hours_in_stage, RolloutPolicy.from_settings(settings))
     summary = step_summary(rollout, evidence, decision, WOULD[decision.action])
-    emit({"live": True, **summary}, as_json, evidence_text(summary))
+    shown = evidence_text(summary)
+    # fewer labels joined than a stage needs: both models' estimates, as evidence only
+    shadow = shadow_estimates(settings, engine, rollout, evidence.labels)
+    if shadow is not None:
+        summary["shadow_estimates"] = shadow
+        shown += "\n\n" + "\n".join(shadow_lines(shadow))
+    emit({"live": True, **summary}, as_json, shown)

@@ -29,6 +29,7 @@ seed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -75,13 +76,15 @@ _LATENCY = text(
 _WINDOW = (
     "WITH w AS ("
     " SELECT id, role, request_id, text_sha256, feedback_id, user_id, item_id, logged_at, satisfaction, label,"
+    " probabilities,"
     " row_number() OVER (PARTITION BY role, request_id, text_sha256, feedback_id, user_id, item_id ORDER BY id) AS k"
     " FROM prediction_log"
     " WHERE rollout_id = :rollout AND logged_at >= :since AND error IS NULL AND request_id IS NOT NULL),"
     # request items that both models scored; coalesce keeps the join hashable (NULL ids are common)
     " pairs AS ("
     " SELECT c.id, c.feedback_id, c.user_id, c.item_id, least(c.logged_at, d.logged_at) AS logged_at,"
-    " c.satisfaction AS champion_s, c.label AS champion_l, d.satisfaction AS candidate_s, d.label AS candidate_l"
+    " c.satisfaction AS champion_s, c.label AS champion_l, d.satisfaction AS candidate_s, d.label AS candidate_l,"
+    " c.probabilities AS champion_p, d.probabilities AS candidate_p"
     " FROM w c JOIN w d ON c.role = 'champion' AND d.role = 'candidate' AND d.request_id = c.request_id"
     " AND d.k = c.k AND coalesce(d.text_sha256, '') = coalesce(c.text_sha256, '')"
     " AND coalesce(d.feedback_id, '') = coalesce(c.feedback_id, '')"
@@ -92,6 +95,9 @@ _AGREEMENT = text(
     _WINDOW + " SELECT count(*) AS paired, avg(abs(champion_s - candidate_s)) AS mean_abs_diff,"
     " avg(CASE WHEN champion_l = candidate_l THEN 0.0 ELSE 1.0 END) AS label_disagreement FROM pairs"
 )
+
+# Both models' answers on the paired request items, in the order they were logged.
+_PAIRED_ANSWERS = text(_WINDOW + " SELECT champion_s, candidate_s, champion_p, candidate_p FROM pairs ORDER BY id")
 
 # Feedback joined to the paired request items: by feedback_id, else by (user, item) with the
 # feedback at or after the prediction; one row per feedback, its latest pair.
@@ -330,3 +336,27 @@ def gather_evidence(
 
 def _float(value) -> float | None:
     return None if value is None else float(value)
+
+
+def paired_answers(
+    engine: Engine, rollout: dict, task: str, labels: list[str] | tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Both models' answers on the request items both scored in the live stage's window: per
+    role, the satisfaction scores (regression) or the class probabilities in ``labels``' order
+    (classification; items logged without probabilities are left out of both)."""
+    params = {"rollout": rollout["id"], "since": rollout["stage_started_at"]}
+    with engine.connect() as conn:
+        rows = conn.execute(_PAIRED_ANSWERS, params).mappings().all()
+    if task == "regression":
+        rows = [r for r in rows if r["champion_s"] is not None and r["candidate_s"] is not None]
+        return {role: np.array([float(r[f"{role}_s"]) for r in rows]) for role in ROLES}
+    names = list(labels)
+    rows = [r for r in rows if r["champion_p"] and r["candidate_p"]]
+    return {
+        role: np.array([[float(_json(r[f"{role}_p"])[n]) for n in names] for r in rows]).reshape(-1, len(names))
+        for role in ROLES
+    }
+
+
+def _json(value) -> dict:
+    return json.loads(value) if isinstance(value, str) else value

@@ -20,11 +20,13 @@ from refit.flows.drift_check import drift_check_flow
 from refit.registry.promotion import record_decision
 from refit.registry.store import open_store
 from refit.registry.versions import publish_checkpoint
+from refit.rollout.evidence import live_rollout
+from refit.rollout.stages import start_rollout
 from refit.serving.app import create_app
 from refit.serving.follower import Champion
 from refit.sim.scenarios import START, base_rows
 
-from helpers import dev_split_rows, gate_decision, ingest_rows, refit_cli, serving
+from helpers import dev_split_rows, gate_decision, ingest_rows, log_prediction_rows, refit_cli, scored_request, serving
 
 pytestmark = pytest.mark.e2e
 NOW = datetime.now(timezone.utc)
@@ -153,3 +155,38 @@ def test_the_answers_a_real_refit_serve_logged_are_estimated(estimate_world, db_
     served = quality(summary)["estimated_performance_served"]
     assert served["score"] is not None and served["detail"]["current_rows"] == len(texts)
     assert served["detail"]["current"] == pytest.approx(estimate["metrics"]["mse"]["value"], rel=0.25)
+
+    # a window too small to estimate says so, with the count, in one line
+    empty = refit_cli("estimate", "--since", (NOW + timedelta(days=1)).isoformat())
+    assert empty.returncode != 0 and empty.stderr.strip().count("\n") == 0
+    assert "insufficient data: 0 window rows" in empty.stderr
+
+
+def test_a_live_rollout_without_labels_shows_both_models_estimates_as_evidence_only(
+    estimate_world, drift_champion, tmp_path
+):
+    settings, engine, store = estimate_world
+    published = publish_checkpoint(store, drift_champion.folder, "v-candidate")
+    start_rollout(engine, store, published, snapshot_id=None, task="regression", metrics={},
+                            decision=gate_decision(True, "promote: better"), champion_version="v-estimate",
+                            stage="shadow", canary_share=0.1, shadow_share=1.0, actor="test")  # fmt: skip
+    rollout = live_rollout(engine)
+    # both models' answers on 150 shadow items, as refit serve logs them; no label has joined
+    texts = [r["text"] for r in negative(150, 81)]
+    rows = []
+    for i, (text_, score) in enumerate(zip(texts, drift_champion.predict(texts).reshape(-1), strict=True)):
+        rows += scored_request(rollout, f"r{i}", (float(score), 5.0), (float(score), 5.0), text=text_)
+    log_prediction_rows(engine, rows)
+
+    env = {"REFIT_ROLLOUT_MIN_LABELS": "50", "REFIT_ROLLOUT_MIN_REQUESTS": "10"}
+    result = refit_cli("rollout", "status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    estimates = shown["shadow_estimates"]
+    assert estimates["items"] == 150 and "evidence only" in estimates["note"]
+    for role, version in (("champion", "v-estimate"), ("candidate", "v-candidate")):
+        mine = estimates[role]
+        assert mine["version"] == version and mine["metric"] == shown["evidence"]["metric"]
+        assert mine["low"] <= mine["value"] <= mine["high"] and mine["value"] != mine["dev"]
+    # the step still waits for labels: an estimate never advances a stage
+    assert shown["outcome"] == "wait" and shown["evidence"]["labels"] == 0
