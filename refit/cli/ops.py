@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -22,18 +24,65 @@ def demo(
         ".refit/demo"
     ),
     rows: Annotated[int, typer.Option(help="Rows in each of the two phases.")] = 1200,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the demo's Postgres running afterwards, for the commands it prints.")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Run no loop: start an earlier demo's Postgres again and print its settings as export lines "
+            '(eval "$(refit demo --resume)").',
+        ),
+    ] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Run no loop: stop the Postgres that --keep or --resume left running.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show Prefect's log lines too (every task run, the training epochs).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole loop on embedded defaults, before and after a shift in the feedback.
 
     An embedded Postgres, a file:// store, synthetic feedback with a shift in it, and the packaged
-    BERT.
+    BERT. It ends with the commands that carry on from it in another shell: `refit demo --resume`
+    starts its Postgres again and prints the settings that point refit at its database and store.
     """
-    from refit.ops.demo import run_demo
+    from refit.ops import demo as demo_ops
 
-    report = run_demo(data_dir, rows, echo=None if as_json else typer.echo)
+    if resume or stop:
+        if stop:
+            demo_ops.stop_demo(data_dir)
+            emit({"stopped": str(data_dir.resolve())}, as_json, f"stopped the demo's Postgres in {data_dir.resolve()}")
+            return
+        environment = demo_ops.resume_demo(data_dir)
+        emit(environment, as_json, "\n".join(f"export {k}={shlex.quote(v)}" for k, v in environment.items()))
+        if not as_json:
+            where = shlex.quote(str(data_dir.resolve()))
+            typer.echo(f"# the demo's Postgres runs until: {_refit_command()} demo --stop --data-dir {where}", err=True)
+        return
+    # One line per step: Prefect's task-run lines only on request (the demo is read by a person;
+    # --verbose, or `refit run`, shows them)
+    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO" if verbose else "WARNING"
+    report = demo_ops.run_demo(data_dir, rows, echo=None if as_json else typer.echo, keep=keep)
     if as_json:
         emit(report, True, "")
+        return
+    refit, where = _refit_command(), shlex.quote(str(Path(report["data_dir"])))
+    running = "is still running (--keep)" if keep else "stopped with the demo; --resume starts it again"
+    typer.echo(f"\ncarry on in a new shell (the demo's Postgres {running}):")
+    typer.echo(f'  eval "$({refit} demo --resume --data-dir {where})"')
+    typer.echo(f"  {refit} models")
+    typer.echo(f"  {refit} predict {shlex.quote(str(Path(report['data_dir']) / 'feedback_after.jsonl'))} --json")
+    typer.echo(f"  {refit} demo --stop --data-dir {where}    # when you are done")
+
+
+def _refit_command() -> str:
+    """How this ``refit`` was started, so that the printed commands work from any folder: its
+    absolute path when run as the ``refit`` script (``.venv/bin/refit``), else ``refit``."""
+    script = Path(sys.argv[0])
+    return shlex.quote(str(script.resolve())) if script.name == "refit" and script.exists() else "refit"
 
 
 # --- the local stack ----------------------------------------------------------------
