@@ -115,14 +115,14 @@ def test_a_vector_column_goes_through_ingest_training_predict_and_serve(prefect_
     assert scored.returncode == 0, scored.stderr
     out = {r["feedback_id"]: r for r in map(json.loads, (tmp_path / "scored.jsonl").read_text().splitlines())}
     assert set(out) == {"s-1", "s-2", "s-3"}
-    assert all(0 <= r["prediction"] <= 1 and r["model_version"] == version for r in out.values())
-    assert out["s-1"]["prediction"] != pytest.approx(out["s-2"]["prediction"], abs=1e-6)  # the vector is read
+    assert all(0 <= r["satisfaction"] <= 1 and r["model_version"] == version for r in out.values())
+    assert out["s-1"]["satisfaction"] != pytest.approx(out["s-2"]["satisfaction"], abs=1e-6)  # the vector is read
     # a CSV file carries it as a JSON array in the cell, with the same result (what the command runs)
     pd.DataFrame(to_score[:1]).assign(item_vec=json.dumps(to_score[0]["item_vec"])).to_csv(
         tmp_path / "score.csv", index=False
     )
     score_file(settings, tmp_path / "score.csv", tmp_path / "scored.csv")
-    assert pd.read_csv(tmp_path / "scored.csv")["prediction"].tolist() == pytest.approx([out["s-1"]["prediction"]])
+    assert pd.read_csv(tmp_path / "scored.csv")["satisfaction"].tolist() == pytest.approx([out["s-1"]["satisfaction"]])
 
     # --- `/predict` over HTTP with the vector, without it, and with the wrong length
     champion = Champion(settings)
@@ -141,7 +141,7 @@ def test_a_vector_column_goes_through_ingest_training_predict_and_serve(prefect_
         )
         assert response.status_code == 200, response.text
         served = [p["satisfaction"] for p in response.json()["predictions"]]
-        assert served == pytest.approx([out["s-1"]["prediction"], out["s-2"]["prediction"], out["s-3"]["prediction"]])
+        assert served == pytest.approx([out[fid]["satisfaction"] for fid in ("s-1", "s-2", "s-3")])
         wrong = predict([{"text": "fine", "features": {"item_vec": [1.0, 2.0]}}])
         assert wrong.status_code == 422
         assert "has 2 values, expected 4" in wrong.text
