@@ -31,12 +31,14 @@ from refit.models.ensemble import ENSEMBLE_SEED_STRIDE, build_ensemble, member_f
 from refit.models.inference import predict_texts
 from refit.models.int8_artifact import add_int8_artifact
 from refit.models.metrics import task_metrics
+from refit.models.optimization import StepPlan
 from refit.models.predict import Predictor
 from refit.models.saving import save_checkpoint
 from refit.models.train import pick_device, train
 from refit.registry.versions import checkout, new_version
 from refit.training.blend import attach_text_baseline
 from refit.training.modeling import score, train_config, training_data
+from refit.training.progress import ProgressLog
 from refit.training.recipe import Recipe, decide, replay_fraction
 
 log = logging.getLogger("refit.training")
@@ -331,8 +333,14 @@ def epoch_line(record: dict) -> str:
 def _train_and_save(settings: Settings, config, data, test, folder: Path, lineage: dict, logger: logging.Logger):
     """Train one model, score it on the test rows, and write its checkpoint (TensorBoard events inside)."""
     tensorboard_dir = folder / "tensorboard" if settings.tensorboard else None
+    plan = StepPlan.of(config, len(data.train_texts))
+    progress = ProgressLog(logger, plan.steps_per_epoch, config.epochs) if is_main_rank() else None
     result = train(
-        config, data, on_epoch=lambda record: logger.info("%s", epoch_line(record)), tensorboard_dir=tensorboard_dir
+        config,
+        data,
+        on_epoch=lambda record: logger.info("%s", epoch_line(record)),
+        on_step=progress.step if progress else None,
+        tensorboard_dir=tensorboard_dir,
     )
     logger.info(
         "trained on %s at %.1f samples/s; best epoch %d; start: %s",
