@@ -47,15 +47,19 @@ class ProgressLog:
         self.logger, self.every, self.clock = logger, every, clock
         self.steps_per_epoch, self.epochs = max(1, steps_per_epoch), max(1, epochs)
         self.total = self.steps_per_epoch * self.epochs
-        self.started = clock()
+        self.started = 0.0
         self.first_done: int | None = None
         self.next_share = every
 
     def step(self, epoch: int, step: int) -> None:
         """Called after each optimizer step, with the epoch (from 1) and the step in it (from 1)."""
         done = min(self.total, (epoch - 1) * self.steps_per_epoch + step)
-        if self.first_done is None:  # a resumed run starts part-way: its rate counts its own steps
-            self.first_done = done - 1
+        if self.first_done is None:
+            # The rate is timed from the first step on: loading the model and choosing the attention
+            # layout come before it, and a resumed run starts part-way.
+            self.first_done, self.started = done, self.clock()
+            if done < self.total:
+                return
         share = done / self.total
         if share + 1e-9 < self.next_share and done < self.total:
             return

@@ -44,10 +44,16 @@ def test_a_resumed_run_estimates_from_its_own_steps():
     for step in range(1, 11):  # epoch 1 ran before the restart: this process starts at epoch 2
         now[0] += 1.0
         progress.step(2, step)
-    # the first step after the restart says where the run is; the time left is at this run's own rate
-    assert handler.lines[0] == "training: 55% (epoch 2 of 2, step 1 of 10), about 9 s left"
+    # the time left is at this run's own rate, from its first step on
+    assert handler.lines[0] == "training: 60% (epoch 2 of 2, step 2 of 10), about 8 s left"
     assert handler.lines[-1].startswith("training: 100%")
 
 
 def test_durations_read_as_a_person_says_them():
     assert [duration(s) for s in (4.4, 59.6, 200, 3725)] == ["4 s", "1 min 00 s", "3 min 20 s", "1 h 02 min"]
+
+
+def test_a_one_step_run_still_says_it_finished():
+    logger, handler = _logger()
+    ProgressLog(logger, steps_per_epoch=1, epochs=1, clock=lambda: 5.0).step(1, 1)
+    assert handler.lines == ["training: 100% (epoch 1 of 1, step 1 of 1), about 0 s left"]
