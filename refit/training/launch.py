@@ -18,7 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -65,6 +67,9 @@ NO_CHAMPION = "none"
 _RANK_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]:")
+# The child's progress and epoch lines, as its logging writes them to its errors (logging's default
+# format; under torchrun a rank's lines may carry its prefix)
+_PROGRESS_LINE = re.compile(r"^(?:\[rank\d+\]:)?INFO:refit\.training:((?:training: \d+%|epoch \d+: ).*)$")
 
 
 def train_in_child(
@@ -105,7 +110,7 @@ def train_in_child(
     arguments = [str(path), str(snapshot.id), new_version(), champion_version, str(status)]
     started = time.monotonic()
     try:
-        returncode, out, err = _run_child(_child_command(processes, arguments))
+        returncode, out, err = _run_child(_child_command(processes, arguments), on_line=_forward_progress(logger))
     finally:
         path.unlink(missing_ok=True)
         status.unlink(missing_ok=True)
@@ -123,17 +128,42 @@ def _child_command(processes: int, arguments: list[str]) -> list[str]:
     return [*(launcher if processes > 1 else [sys.executable]), "-m", CHILD_MODULE, *arguments]
 
 
-def _run_child(command: list[str]) -> tuple[int, str, str]:
+def _run_child(command: list[str], on_line: Callable[[str], None] | None = None) -> tuple[int, str, str]:
     """Run the child to its end; returns its exit status (negative: the signal that ended it), its
-    output and its errors. Whatever interrupts the wait (the task's timeout) ends the child too."""
+    output and its errors. Each line the child writes to its errors is also given to ``on_line`` as
+    it comes. Whatever interrupts the wait (the task's timeout) ends the child too."""
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+
+    def read_errors() -> None:
+        for line in child.stderr:
+            errors.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read_errors, name="training-child-stderr", daemon=True)
+    reader.start()
     try:
-        out, err = child.communicate()
+        out = child.stdout.read()
+        child.wait()
+        reader.join()
     finally:
         if child.poll() is None:  # the task's timeout interrupted the wait: the child goes too
             child.kill()  # and a torchrun launcher's ranks with it (die_with_launcher)
             child.wait()
-    return child.returncode, out, err
+    return child.returncode, out, "".join(errors)
+
+
+def _forward_progress(logger: logging.Logger) -> Callable[[str], None]:
+    """What passes a child's training progress and epoch lines on to the run's log (the child logs
+    them to its errors; the rest of those stay there, for the failure message)."""
+
+    def forward(line: str) -> None:
+        match = _PROGRESS_LINE.match(line)
+        if match:
+            logger.info("%s", match.group(1))
+
+    return forward
 
 
 def _read_challenger(returncode: int, out: str, err: str, processes: int, seconds: float) -> Challenger:

@@ -57,3 +57,28 @@ def test_a_one_step_run_still_says_it_finished():
     logger, handler = _logger()
     ProgressLog(logger, steps_per_epoch=1, epochs=1, clock=lambda: 5.0).step(1, 1)
     assert handler.lines == ["training: 100% (epoch 1 of 1, step 1 of 1), about 0 s left"]
+
+
+def test_a_child_trainings_progress_and_epoch_lines_reach_the_runs_log_as_they_come():
+    import sys
+
+    from refit.training.launch import _forward_progress, _run_child
+
+    logger, handler = _logger()
+    child = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "log = logging.getLogger('refit.training')\n"
+        "log.info('training: 50% (epoch 1 of 2, step 3 of 6), about 4 s left')\n"
+        "log.info('epoch 1: train loss 0.0954, dev mse 0.0637 (0.4 s)')\n"
+        "log.info('recipe auto: {}')\n"
+        "logging.getLogger('other').info('training: 99% (elsewhere)')\n"
+        'print(\'{"version": "v1"}\')\n'
+    )
+    returncode, out, err = _run_child([sys.executable, "-c", child], on_line=_forward_progress(logger))
+    assert (returncode, out.strip()) == (0, '{"version": "v1"}')
+    assert handler.lines == [
+        "training: 50% (epoch 1 of 2, step 3 of 6), about 4 s left",
+        "epoch 1: train loss 0.0954, dev mse 0.0637 (0.4 s)",
+    ]
+    assert "recipe auto" in err  # the child's other lines stay in its errors, for a failure message
