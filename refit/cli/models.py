@@ -41,6 +41,7 @@ def drift(
     days. The record holds every signal's score, threshold and verdict and the decision's reasons;
     nothing is trained. Slack hears of a retrain.
     """
+    from refit.core.quality import quality_lines
     from refit.registry.table import require_champion
     from refit.tasks.drift import run_and_announce as run_drift_check  # records, then posts a retrain
 
@@ -54,6 +55,7 @@ def drift(
         + f" (threshold {s['threshold']})"
         for s in summary["signals"]
     ]
+    lines += [f"quality: {line}" for line in quality_lines(summary["signals"])]  # estimated or realized
     if summary["html_uri"]:
         lines.append(f"report: {summary['html_uri']}")
     emit(summary, as_json, "\n".join(lines))

@@ -66,7 +66,7 @@ def test_first_run_promotes_then_shift_is_detected_and_gated(prefect_api, refit_
     assert scored.returncode == 0, scored.stderr
     lines = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert [row["feedback_id"] for row in lines] == [f"score-99-{i:07d}" for i in range(5)]
-    assert all(0 <= row["prediction"] <= 1 and row["model_version"] == v1 for row in lines)
+    assert all(0 <= row["satisfaction"] <= 1 and row["model_version"] == v1 for row in lines)
 
     # nothing new: nothing happens
     assert retrain()["outcome"] == "no_new_data"

@@ -81,7 +81,7 @@ def test_a_first_bert_that_loses_to_tfidf_still_leaves_a_tfidf_champion_that_ser
     scored = refit_cli("predict", str(to_score), "--output", str(tmp_path / "scored.jsonl"))
     assert scored.returncode == 0, scored.stderr
     rows = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all(0 <= r["prediction"] <= 1 and r["model_version"] == v1 for r in rows)
+    assert len(rows) == 6 and all(0 <= r["satisfaction"] <= 1 and r["model_version"] == v1 for r in rows)
 
     # refit serve's app, over real HTTP
     serve_settings = settings.with_overrides(serve_token="t0ken", work_dir=str(tmp_path / "serve"))
@@ -104,7 +104,12 @@ def test_a_first_bert_that_loses_to_tfidf_still_leaves_a_tfidf_champion_that_ser
     ingest(settings, generate_feedback(300, seed=4, shifted=True, id_prefix="later"), tmp_path / "later.csv")
     drift = refit_cli("drift", "--json")
     assert drift.returncode == 0, drift.stderr
-    assert json.loads(drift.stdout)["decision"] in ("retrain", "no_drift")
+    checked = json.loads(drift.stdout)
+    assert checked["decision"] in ("retrain", "no_drift")
+    # the TF-IDF champion's quality is realized on the labelled rows and estimated on all of them
+    quality = {s["column"]: s for s in checked["signals"] if s["group"] in ("performance", "estimated_performance")}
+    assert quality["estimated_performance"]["detail"]["labelled_rows"] == 300, quality["estimated_performance"]
+    assert quality["estimated_performance"]["detail"]["realized"] is not None
 
     # the next challenger must beat the TF-IDF champion itself to replace it
     second = retrain(force=True)
