@@ -8,10 +8,11 @@
 # built in. docs/how-to/containers.md shows the builds, the push and the work pools.
 #
 # Build arguments:
-#   BASE_IMAGE      any image with python3 (3.10+) and its venv module, and CA certificates
+#   BASE_IMAGE      any image with python3 (3.11+: tomllib) and its venv module, and CA certificates
 #   TORCH_VARIANT   cpu: PyTorch's CPU build (a local wheel when pip's find-links has one, else
 #                   PyTorch's CPU index); cuda: PyPI's Linux build of torch, which is the CUDA one
 #   TORCH_VERSION   the torch release to install
+#   WORKER_PACKAGES prefect-kubernetes, for a Prefect worker of a Kubernetes work pool
 #   VERSION, GIT_REVISION, SOURCE_URL   the OCI labels
 # Pip settings (a private index, a mirror, find-links) reach the build as a secret, so an index URL
 # with credentials never enters a layer: --secret id=pipconf,src=pip.conf.
@@ -41,12 +42,22 @@ RUN --mount=type=bind,target=/context \
     echo clean > /context-clean
 
 # ---------------------------------------------------------------------------------------------
+# refit's dependencies, from pyproject.toml: the next stage copies this list, not pyproject.toml,
+# so that a change elsewhere in pyproject.toml (a test marker, a lint rule) reuses its layers.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /requirements.txt
+
+# ---------------------------------------------------------------------------------------------
 # torch and refit's dependencies in a virtualenv. These layers change only with the torch build or
 # pyproject.toml's dependencies, not with refit's code; the runtime starts from them, so a code
 # change rebuilds a few megabytes, not the 2.6 GB of torch and the rest.
 FROM ${BASE_IMAGE} AS dependencies
 ARG TORCH_VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
+# What a Prefect worker for a Kubernetes work pool needs besides refit; empty leaves it out.
+ARG WORKER_PACKAGES="prefect-kubernetes>=0.8,<1"
 # build arguments, not ENV: pip's settings stay out of the image's configuration
 ARG PIP_DISABLE_PIP_VERSION_CHECK=1
 ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
@@ -71,16 +82,14 @@ RUN --mount=type=secret,id=pipconf \
       cuda) $pip install "torch==${TORCH_VERSION}" ;; \
       *) echo "TORCH_VARIANT must be cpu or cuda, not '${TORCH_VARIANT}'" >&2; exit 1 ;; \
     esac
-COPY pyproject.toml /tmp/refit/pyproject.toml
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
 # setuptools: refit's build backend, so that its wheel builds with no network
 RUN --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     set -eu; \
     if [ -s /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi; \
-    /opt/refit/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/refit/pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/refit/requirements.txt; \
-    /opt/refit/bin/pip install -r /tmp/refit/requirements.txt "setuptools>=70.1"; \
-    rm -rf /tmp/refit
+    /opt/refit/bin/pip install -r /tmp/requirements.txt "setuptools>=70.1" ${WORKER_PACKAGES}; \
+    rm /tmp/requirements.txt
 
 # ---------------------------------------------------------------------------------------------
 # refit itself, as a wheel (a non-editable install: the package data ships inside it). The

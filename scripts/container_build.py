@@ -46,8 +46,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "refit"
 
 
-def podman(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], check=check, text=True, capture_output=capture)
+def podman(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], check=check, text=True, capture_output=True, env=env)
 
 
 def debian_mirrors() -> list[str]:
@@ -67,9 +67,9 @@ def debian_mirrors() -> list[str]:
     return [main.rstrip("/"), *([security.rstrip("/")] if security else [])]
 
 
-def ensure_debian_base(image: str = DEBIAN_BASE) -> str:
+def ensure_debian_base(image: str = DEBIAN_BASE, env: dict[str, str] | None = None) -> str:
     """The minimal Debian base image: from podman's store, else the cached tarball, else mmdebstrap."""
-    if podman("image", "exists", image, check=False).returncode == 0:
+    if podman("image", "exists", image, check=False, env=env).returncode == 0:
         return image
     tarball = cache_dir() / f"container-base-{DEBIAN_SUITE}.tar"
     if not tarball.is_file():
@@ -87,7 +87,7 @@ def ensure_debian_base(image: str = DEBIAN_BASE) -> str:
             check=True,
         )  # fmt: skip
         partial.rename(tarball)
-    podman("import", "--quiet", "--change", 'CMD ["/bin/bash"]', str(tarball), image, capture=True)
+    podman("import", "--quiet", "--change", 'CMD ["/bin/bash"]', str(tarball), image, env=env)
     return image
 
 
@@ -134,7 +134,8 @@ def build_command(
     tag: str, variant: str, base_image: str | None, context: Path, pip_conf: Path | None, extra: list[str]
 ) -> list[str]:
     command = [
-        "podman", "build", "--network", "host", "--tag", tag,
+        # docker format: the OCI image format has no HEALTHCHECK, and podman drops it there
+        "podman", "build", "--format", "docker", "--network", "host", "--tag", tag,
         "--build-arg", f"TORCH_VARIANT={variant}",
         "--build-arg", f"VERSION={version()}",
         "--build-arg", f"GIT_REVISION={git_revision()}",
@@ -164,7 +165,7 @@ def build(
 ) -> subprocess.CompletedProcess:
     """Build the image; returns podman's completed process (its output captured unless ``capture`` is false)."""
     if debian_base:
-        base_image = ensure_debian_base()
+        base_image = ensure_debian_base(env=env)
     settings = pip_settings()
     with tempfile.TemporaryDirectory(prefix="refit-build-") as scratch:
         pip_conf = None
