@@ -57,8 +57,9 @@ def pytest_configure(config):
 # The tiers are folders; each test is marked with its folder's tier, so `-m unit` and `pytest
 # tests/unit` select the same tests. unit: no services, seconds. model: trains and measures
 # models, no services, minutes. integration: the real Postgres, S3 server, Prefect API and
-# receivers. e2e: whole loops, the stack, orchestration.
-TIERS = ("unit", "model", "integration", "e2e")
+# receivers. e2e: whole loops, the stack, orchestration. container: the image, built and run with
+# podman against the real services (its own step in .ci/run).
+TIERS = ("unit", "model", "integration", "e2e", "container")
 TESTS = Path(__file__).resolve().parent
 
 
