@@ -139,6 +139,9 @@ def build_command(
         "--build-arg", f"TORCH_VARIANT={variant}",
         "--build-arg", f"VERSION={version()}",
         "--build-arg", f"GIT_REVISION={git_revision()}",
+        # the same as labels: buildah reuses a cached LABEL step after its build argument changed
+        "--label", f"org.opencontainers.image.version={version()}",
+        "--label", f"org.opencontainers.image.revision={git_revision()}",
         "--build-arg", f"CONTEXT_CHECK_ID={time.time_ns()}",
         "--file", str(context / "Dockerfile"),
     ]  # fmt: skip
