@@ -288,7 +288,7 @@ def rejudged(signals: list[dict], alpha: float, correction: str) -> list[dict]:
     return out
 
 
-def real_rates(draws: int, sets: list[str]) -> list[dict]:
+def real_rates(draws: int, sets: list[str], tasks: tuple[str, ...] = ("classification", "regression")) -> list[dict]:
     from refit.core.drift_groups import GROUPS
     from refit.drift.check import check_drift
     from refit.drift.policy import DriftPolicy
@@ -301,7 +301,7 @@ def real_rates(draws: int, sets: list[str]) -> list[dict]:
         tiny = tiny_bert(Path(tmp) / "tiny")
         for name in sets:
             frame = real_feedback(name)
-            for task in ("classification", "regression"):
+            for task in tasks:
                 rng = np.random.default_rng(2026)
                 plan = real_plan(name, frame, rng)
                 started = time.perf_counter()
@@ -499,6 +499,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "rates", "timing", "real", "real-timing"], default="all")
     parser.add_argument("--sets", default="amazon_instruments,yelp_reviews", help="Real sets for --part real.")
     parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--tasks", default="classification,regression", help="Tasks for --part real.")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
 
@@ -511,7 +512,7 @@ def main() -> None:
     figures = {}
     if args.part in ("all", "real"):
         figures["categorical_choice"] = categorical_choice()
-        figures["real"] = real_rates(args.draws, args.sets.split(","))
+        figures["real"] = real_rates(args.draws, args.sets.split(","), tuple(args.tasks.split(",")))
     if args.part in ("all", "real", "real-timing"):
         figures["real_timing"] = real_timing()
     if args.part in ("real", "real-timing"):
