@@ -10,7 +10,8 @@
 # Build arguments:
 #   BASE_IMAGE      any image with python3 (3.11+: tomllib) and its venv module, and CA certificates
 #   TORCH_VARIANT   cpu: PyTorch's CPU build (a local wheel when pip's find-links has one, else
-#                   PyTorch's CPU index); cuda: PyPI's Linux build of torch, which is the CUDA one
+#                   PyTorch's CPU index); cuda: PyPI's Linux build of torch, which is the CUDA one.
+#                   The build fails if the torch it installed is not of that kind.
 #   TORCH_VERSION   the torch release to install
 #   WORKER_PACKAGES prefect-kubernetes, for a Prefect worker of a Kubernetes work pool
 #   VERSION, GIT_REVISION, SOURCE_URL   the OCI labels
@@ -81,7 +82,9 @@ RUN --mount=type=secret,id=pipconf \
         rm -rf /tmp/torch ;; \
       cuda) $pip install "torch==${TORCH_VERSION}" ;; \
       *) echo "TORCH_VARIANT must be cpu or cuda, not '${TORCH_VARIANT}'" >&2; exit 1 ;; \
-    esac
+    esac; \
+    /opt/refit/bin/python -c "import sys, torch; cuda = torch.version.cuda is not None; \
+sys.exit(None if cuda == ('${TORCH_VARIANT}' == 'cuda') else f'torch {torch.__version__} is not a ${TORCH_VARIANT} build')"
 COPY --from=requirements /requirements.txt /tmp/requirements.txt
 # setuptools: refit's build backend, so that its wheel builds with no network
 RUN --mount=type=secret,id=pipconf \
