@@ -257,14 +257,22 @@ def s3_env(store_url: str, endpoint: str) -> dict[str, str]:
 
 
 def test_serve_in_the_image_answers_with_the_token_and_refuses_without(
-    podman_env, image, published_champion, s3_endpoint
+    podman_env, image, published_champion, s3_endpoint, tmp_path
 ):
     port = free_port()
     env = {**s3_env(published_champion, s3_endpoint), "REFIT_SERVE_TOKEN": TOKEN, "REFIT_SERVE_PORT": str(port)}
     name = f"refit-serve-{uuid.uuid4().hex[:8]}"
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    podman({**podman_env, **env}, "run", "--detach", "--name", name, *run_args(env), image, "serve", check=True)
+    # as deployments/kubernetes/serve.yaml runs it: a read-only root, the home folder writable (an
+    # emptyDir there; a folder here, since podman 4.3 ignores a tmpfs mode) and /tmp (--read-only mounts it)
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o1777)
+    read_only = ["--read-only", "--volume", f"{home}:/home/refit"]
+    podman(
+        {**podman_env, **env}, "run", "--detach", "--name", name, *read_only, *run_args(env), image, "serve", check=True
+    )
     try:
         ready = None
         while time.monotonic() - started < 300 and ready is None:
