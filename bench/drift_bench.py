@@ -47,6 +47,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from refit.core.drift_groups import GROUPS  # noqa: E402  (the checkout's refit, found through the line above)
+
 
 def rates(champion, dev, draws: int) -> list[dict]:
     from refit.drift.policy import DriftPolicy
@@ -131,17 +133,8 @@ CORE = ("feedback_id", "user_id", "item_id", "text", "rating", "created_at")
 # Trigger sets compared on the same checks (the first is the policy's default).
 TRIGGER_SETS = {
     "default": None,
-    "all groups": (
-        "performance",
-        "estimated_performance",
-        "embeddings",
-        "text",
-        "descriptors",
-        "labels",
-        "predictions",
-        "features",
-    ),  # fmt: skip
-    "no estimate": ("performance", "embeddings", "text", "descriptors", "labels", "predictions", "features"),
+    "all groups": GROUPS,
+    "no estimate": tuple(g for g in GROUPS if g != "estimated_performance"),
     "no features": ("performance", "embeddings", "text", "descriptors", "labels", "predictions"),
     "loss+text+labels": ("performance", "embeddings", "text", "labels"),
 }
@@ -289,7 +282,6 @@ def rejudged(signals: list[dict], alpha: float, correction: str) -> list[dict]:
 
 
 def real_rates(draws: int, sets: list[str], tasks: tuple[str, ...] = ("classification", "regression")) -> list[dict]:
-    from refit.core.drift_groups import GROUPS
     from refit.drift.check import check_drift
     from refit.drift.policy import DriftPolicy
     from refit.sim.scenarios import tiny_bert

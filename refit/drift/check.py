@@ -272,14 +272,13 @@ def run_drift_check(
         history, last_retrain = drift_history(engine, version, max(policy.confirm_m - 1, 0))
         enough = len(reference) >= policy.min_rows and len(current) >= policy.min_rows
         predictor = load_champion(settings, champion) if enough else None
-        served = None
+        labels, served = list(settings.labels), None
         if predictor is not None:
             since = None if policy.window_days is None else now - timedelta(days=policy.window_days)
-            labels = list(settings.labels)
             served = read_served(engine, version, settings.task, labels, since, now, policy.performance_rows)
         result = check_drift(
             reference, current, policy, settings.task, champion=predictor, dev=dev, history=history,
-            last_retrain=last_retrain, now=now, force=force, labels=list(settings.labels), render=render,
+            last_retrain=last_retrain, now=now, force=force, labels=labels, render=render,
             feature_types=schema_types(engine), served=served,
         )  # fmt: skip
     saved = save_drift_report(engine, store, result, snapshot_id, version, created_at=now)
