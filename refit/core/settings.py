@@ -340,6 +340,41 @@ class Settings(BaseSettings):
         description="Blend the BERT's predictions with TF-IDF's, the weight fitted on the validation fold; a"
         " first model that cannot beat TF-IDF is TF-IDF itself.",
     )
+    # --- learning from unlabelled feedback (refit.training.unlabelled, refit.training.adapt) -------
+    adapt: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Continued masked-language-model pre-training of the encoder on the feedback's own text"
+        " (labelled and unlabelled training rows; never dev, validation or test rows) before fine-tuning. auto:"
+        " tried when there are unlabelled rows, and kept only when the validation fold says it pays; on: always"
+        " used; off: never.",
+    )
+    adapt_budget_minutes: float = Field(
+        default=4.0, gt=0, description="Wall-time budget of one adaptation of the encoder; it stops there."
+    )
+    adapt_refresh: float = Field(
+        default=0.5,
+        gt=0,
+        description="A cached adaptation is reused until the corpus has grown by this share of the rows it was"
+        " adapted on; then it is redone.",
+    )
+    self_train: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Self-training: confident pseudo-labels (or pseudo-targets) of unlabelled training rows, from"
+        " the champion or the run's own first pass, added to the training rows. auto: tried when there are"
+        " unlabelled rows and kept only when the validation fold says it pays; on: always used; off: never.",
+    )
+    pseudo_confidence: float = Field(
+        default=0.8,
+        gt=0,
+        lt=1,
+        description="Classification: the teacher's probability a pseudo-label needs. Regression: the share of"
+        " unlabelled rows ranked least uncertain that may be kept.",
+    )
+    pseudo_share: float = Field(
+        default=1.0,
+        gt=0,
+        description="Most pseudo-labelled rows, as a multiple of the labelled training rows.",
+    )
     seed: int = Field(default=13, description="Seed of training, sampling and the bootstraps.")
     retention_days: int | None = Field(
         default=None, ge=1, description="Feedback older than this many days is left out of training (kept)."
