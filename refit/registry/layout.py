@@ -9,6 +9,8 @@
     models/<name>/candidate.json                     the version in live rollout, its stage and
                                                      share (only while one is live), by ETag
     reports/drift/<id>/report.{html,json}
+    adapted/<base key>/<corpus version>/...          an encoder adapted to the feedback's text
+                                                     (refit.training.adapt), adaptation.json last
 
 The keys of a version and of the pointer are built here only.
 """
@@ -31,6 +33,11 @@ def pointer_key(model_name: str = DEFAULT_MODEL) -> str:
 def candidate_key(model_name: str = DEFAULT_MODEL) -> str:
     """The store key of ``model_name``'s candidate pointer (the version in live rollout)."""
     return f"models/{model_name}/candidate.json"
+
+
+def adapted_prefix(base_key: str, corpus_version: str | None = None) -> str:
+    """The store prefix of the encoder adaptations of one base model, or of the one on ``corpus_version``."""
+    return f"adapted/{base_key}" + (f"/{corpus_version}" if corpus_version else "")
 
 
 POINTER = pointer_key()
