@@ -106,6 +106,7 @@ def retrain(
         train_seconds=challenger.train_seconds,
         stopped_by=challenger.stopped_by,
         train_samples=challenger.train_rows * challenger.epochs_run,
+        unlabelled=challenger.unlabelled,
         champion=published.version if outcome == "promoted" else champion and champion["version"],
     )
     if rollout is not None:
@@ -135,6 +136,12 @@ def describe_run(summary: dict) -> str:
             lines.append(f"model kind: {gate['kind']}")
     if summary.get("version"):
         lines.append(f"challenger: {summary['version']} at {summary['uri']}")
+    unlabelled = summary.get("unlabelled") or {}
+    if unlabelled.get("arms"):
+        chosen = ", ".join(unlabelled.get("chosen") or ["plain"])
+        lines.append(f"unlabelled rows: chose {chosen} on the validation fold")
+    elif unlabelled.get("why"):
+        lines.append(f"unlabelled rows: not used ({unlabelled['why']})")
     if summary.get("stopped_by") == "budget":
         lines.append("training stopped at REFIT_TRAIN_BUDGET_MINUTES, with the best weights so far")
     if summary.get("champion"):

@@ -332,6 +332,12 @@ class Settings(BaseSettings):
         description="Share of the training rows held out as the early-stopping and blending fold; never the"
         " gate's dev set.",
     )
+    val_max_rows: int = Field(
+        default=600,
+        ge=0,
+        description="The validation fold's most rows (0: no cap): past a few hundred rows it chooses the epoch and"
+        " the blend as well, and every row held out of it trains the model instead.",
+    )
     train_budget_minutes: float | None = Field(
         default=None, gt=0, description="Training stops at this budget with the best weights so far (unset: none)."
     )

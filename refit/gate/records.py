@@ -120,6 +120,7 @@ def model_card(version: str, metadata: dict, decision: dict, snapshot: dict) -> 
         f"- validation-fold metrics as served: {', '.join(f'{k}={_f(v)}' for k, v in dev.items())}",
         f"- kind: {_kind_line(metadata)}",
         f"- recipe: {_recipe_line(metadata)}",
+        f"- unlabelled feedback: {_unlabelled_line(metadata)}",
         "",
         "## Gate decision",
         decision_markdown(decision, version),
@@ -159,6 +160,28 @@ def _recipe_line(metadata: dict) -> str:
     )
     reasons = "; ".join(f"{k}: {v}" for k, v in (recipe.get("reasons") or {}).items())
     return f"{chosen} ({reasons})" if reasons else chosen
+
+
+def _unlabelled_line(metadata: dict) -> str:
+    """What the run tried with its unlabelled rows (refit.training.arms), each arm with its fold figure."""
+    record = metadata.get("unlabelled") or {}
+    pool = record.get("pool") or {}
+    if not record or not pool.get("unlabelled_rows"):
+        return "none in the snapshot"
+    head = f"{pool.get('unlabelled_rows')} rows, {pool.get('pool_rows')} usable"
+    if record.get("why"):
+        return f"{head}; not used: {record['why']}"
+    metric = record.get("metric", "")
+    arms = []
+    for arm in record.get("arms") or []:
+        if not arm.get("tried"):
+            arms.append(f"{arm['arm']} not tried ({arm.get('why')})")
+            continue
+        figure = (arm.get("fold") or {}).get(metric)
+        gain = arm.get("improvement")
+        change = f", {gain['point']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]" if gain else ""
+        arms.append(f"{arm['arm']} fold {metric} {_f(figure)}{change} {'kept' if arm.get('kept') else 'not kept'}")
+    return f"{head}; chosen: {', '.join(record.get('chosen') or ['plain'])}; " + "; ".join(arms)
 
 
 def _features_line(metadata: dict) -> str:

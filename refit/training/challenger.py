@@ -22,7 +22,7 @@ from refit.data.db import engine_for
 from refit.data.devset import DevSet, devset_for
 from refit.data.feature_types import feature_types_for
 from refit.data.schema import schema_types
-from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, snapshot_rows
+from refit.data.snapshots import Snapshot, SplitConfig, features_frame, get_snapshot, labelled, snapshot_rows
 from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainConfig, TrainData
 from refit.models.dev_sample import write_dev_sample
@@ -36,10 +36,12 @@ from refit.models.predict import Predictor
 from refit.models.saving import save_checkpoint
 from refit.models.train import pick_device, train
 from refit.registry.versions import checkout, new_version
+from refit.training.arms import Arm, fold_prediction, learn_from_unlabelled
 from refit.training.blend import attach_text_baseline
 from refit.training.modeling import score, train_config, training_data
 from refit.training.progress import ProgressLog
 from refit.training.recipe import Recipe, decide, replay_fraction
+from refit.training.unlabelled import Pool, unlabelled_pool
 
 log = logging.getLogger("refit.training")
 
@@ -71,6 +73,7 @@ class Challenger:
     samples_per_second: float
     train_seconds: float = 0.0  # wall time of the training itself (every member), not of the whole challenger
     stopped_by: str | None = None  # "patience" or "budget" when training ended before its last epoch
+    unlabelled: dict | None = None  # what the run tried with its unlabelled rows, and what it kept
 
 
 def member_seeds(seed: int, size: int) -> list[int]:
@@ -134,6 +137,9 @@ def train_challenger(
         return _other_rank_challenger(version, folder, results, len(plan.data.train_texts))
     result = results[0]
     ensemble_metrics = _gather_members(settings, engine, members, folder, lineage, plan, logger)
+    train_rows, unlabelled = len(plan.data.train_texts), None
+    if plan.pool is not None:
+        result, train_rows, unlabelled = _unlabelled(settings, plan, champion, folder, lineage, result, logger)
     dev_metrics = result.dev_metrics if ensemble_metrics is None else ensemble_metrics
     if plan.recipe.blend:
         dev_metrics = _blend(settings, folder, plan, logger)
@@ -144,11 +150,45 @@ def train_challenger(
         dev_metrics=dev_metrics,
         best_epoch=result.best_epoch,
         epochs_run=len(result.history),
-        train_rows=len(plan.data.train_texts),
+        train_rows=train_rows,
         samples_per_second=result.samples_per_second,
         train_seconds=round(sum(r.train_seconds for r in results), 2),
         stopped_by=result.stopped_by,
+        unlabelled=unlabelled,
     )
+
+
+def _unlabelled(
+    settings: Settings, plan: TrainingPlan, champion: dict | None, folder: Path, lineage: dict, result, logger
+) -> tuple[object, int, dict]:
+    """Learn from the snapshot's unlabelled rows where the recipe may and the fold says it pays
+    (refit.training.arms); returns the kept model's training result, its training rows, and the
+    record of what was tried (also written into the checkpoint)."""
+    pool = plan.pool
+    if not pool.usable or plan.pool_note:
+        record = {"pool": pool.summary(), "chosen": ["plain"], "arms": [], "why": plan.pool_note or pool.left_out}
+        if pool.seen:
+            logger.info("unlabelled rows: %d, not used: %s", pool.seen, record["why"])
+        meta = read_metadata(folder)
+        meta["unlabelled"] = record
+        write_metadata(folder, meta)
+        return result, len(plan.data.train_texts), record
+    logger.info(
+        "unlabelled rows: %d in the pool (%d outside the training split or the fold, %d repeats dropped)",
+        len(pool.rows),
+        pool.outside_train,
+        pool.repeats,
+    )
+
+    def fit(config: TrainConfig, data: TrainData, target: Path, arm_lineage: dict):
+        return _train_and_save(settings, config, data, plan.test, target, arm_lineage, logger)
+
+    teacher = None
+    if champion is not None:
+        teacher = Path(plan.config.init_from) if plan.config.init_from else checkout(settings, champion["version"])
+    first = Arm("plain", folder, result, plan.config, plan.data, fold_prediction(folder, plan.data), {})
+    best, record = learn_from_unlabelled(settings, pool, first, fit, teacher, logger)
+    return best.result, len(best.data.train_texts), record
 
 
 @dataclass
@@ -161,6 +201,10 @@ class TrainingPlan:
         devset: the gate's dev set (created with the first training).
         recipe: the training recipe's choices for this data, and why.
         config: the trainer's config, warm start and feature types included.
+        pool: the snapshot's unlabelled rows a run may learn from (None when the recipe never
+            looks at them: no unlabelled row, or adaptation and self-training both off).
+        pool_note: why the pool is not used by this run even when it is usable (an ensemble, a
+            data-parallel run), or None.
     """
 
     data: TrainData
@@ -168,6 +212,8 @@ class TrainingPlan:
     devset: DevSet
     recipe: Recipe
     config: TrainConfig
+    pool: Pool | None = None
+    pool_note: str | None = None
 
 
 def plan_training(
@@ -191,6 +237,10 @@ def plan_training(
     champion_folder, champion_watermark = _warm_start(settings, engine, champion)
     on_cpu = pick_device(settings.device).type == "cpu"
     warm = champion_folder is not None
+    pool = _pool(settings, rows, split)
+    note = None
+    if settings.ensemble_size > 1 or settings.train_processes > 1:
+        note = "an ensemble or a data-parallel run trains on the labelled rows alone"
     data = training_data(
         rows,
         settings.task,
@@ -201,6 +251,8 @@ def plan_training(
         replay_fraction=replay_fraction(settings, on_cpu, warm=warm),
         seed=settings.seed,
         val_fraction=settings.val_fraction,
+        fold_by_id=pool is not None and pool.usable and note is None,
+        val_max_rows=settings.val_max_rows,
     )
     recipe = decide(settings, len(data.train_texts), data.train_targets, on_cpu=on_cpu, warm=warm)
     logger.info("recipe %s: %s", recipe.name, json.dumps(recipe.reasons))
@@ -210,7 +262,19 @@ def plan_training(
     config = replace(config, feature_types=types)
     logger.info("behaviour features: %s", json.dumps(config.feature_types) if config.feature_types else "none")
     test = rows[rows["split"] == "test"]
-    return TrainingPlan(data=data, test=test, devset=devset, recipe=recipe, config=config)
+    return TrainingPlan(data=data, test=test, devset=devset, recipe=recipe, config=config, pool=pool, pool_note=note)
+
+
+def _pool(settings: Settings, rows: pd.DataFrame, split: SplitConfig) -> Pool | None:
+    """The unlabelled rows this run may learn from, checked; None when it never looks at them
+    (no unlabelled row, adaptation and self-training off, or the manual recipe without an ``on``)."""
+    wanted = {settings.adapt, settings.self_train}
+    if wanted == {"off"} or (settings.recipe != "auto" and "on" not in wanted):
+        return None
+    if labelled(rows).all():
+        return None
+    train_texts = rows.loc[(rows["split"] == "train") & labelled(rows), "text"].tolist()
+    return unlabelled_pool(rows, split, settings.val_fraction, train_texts)
 
 
 def _warm_start(settings: Settings, engine, champion: dict | None) -> tuple[Path | None, int | None]:

@@ -15,6 +15,7 @@ from refit.data.snapshots import features_frame, labelled
 from refit.models.config import TrainConfig, TrainData
 from refit.models.metrics import baseline_prediction, task_metrics
 from refit.training.recipe import Recipe, decide
+from refit.training.unlabelled import fold_by_id as fold_by_id_split
 
 
 def resolve_base_model(name: str) -> str:
@@ -129,6 +130,8 @@ def training_data(
     replay_fraction: float | None = None,
     seed: int = 0,
     val_fraction: float | None = None,
+    fold_by_id: bool = False,
+    val_max_rows: int = 0,
 ) -> TrainData:
     """Train and dev data (texts, targets, features) from snapshot rows that carry a ``split`` column.
 
@@ -149,6 +152,10 @@ def training_data(
             window new since the champion) plus a seeded sample of ``replay_fraction`` times as
             many older rows, so the model does not forget; without them, on every training row.
         seed: the seed of the replay sample and of the validation fold.
+        fold_by_id: draw the validation fold by a stable hash of each row's id
+            (:func:`refit.training.unlabelled.fold_by_id`), the same rows in every run, instead
+            of a seeded stratified draw: a run that learns from unlabelled rows needs it.
+        val_max_rows: the fold's most rows (0: no cap); its share shrinks to keep it there.
 
     Returns:
         The texts, targets and features the trainer takes.
@@ -161,7 +168,11 @@ def training_data(
         train = replay_window(train, new_after, replay_fraction, seed)
     if max_train_rows is not None and len(train) > max_train_rows:
         train = train.sort_values("id").tail(max_train_rows)
-    if val_fraction is not None:
+    if val_fraction is not None and val_max_rows and len(train):
+        val_fraction = min(val_fraction, val_max_rows / len(train))
+    if val_fraction is not None and fold_by_id:
+        train, dev = fold_by_id_split(train, val_fraction)
+    elif val_fraction is not None:
         train, dev = validation_fold(train, val_fraction, task, seed)
     dev = rows[rows["split"] == "dev"] if dev is None else dev
     dev = dev[labelled(dev)]

@@ -44,6 +44,22 @@ def test_the_early_stopping_fold_and_the_gate_dev_set_never_share_a_row():
     assert set(data.dev_texts).isdisjoint(data.train_texts)
 
 
+def test_the_fold_stops_growing_at_its_cap_and_every_row_past_it_trains():
+    rows = _rows(4000, seed=2)
+    train_rows = int((rows["split"] == "train").sum())
+    labels = ["negative", "neutral", "positive"]
+    uncapped = training_data(rows, "classification", labels, seed=13, val_fraction=0.15)
+    capped = training_data(rows, "classification", labels, seed=13, val_fraction=0.15, val_max_rows=300)
+    assert len(uncapped.dev_texts) == pytest.approx(0.15 * train_rows, abs=3)
+    assert len(capped.dev_texts) == pytest.approx(300, abs=3)
+    assert len(capped.train_texts) + len(capped.dev_texts) == train_rows
+    # Under the cap, nothing changes.
+    small = _rows(400)
+    assert training_data(small, "regression", labels, seed=13, val_fraction=0.15, val_max_rows=300).dev_texts == (
+        training_data(small, "regression", labels, seed=13, val_fraction=0.15).dev_texts
+    )
+
+
 def test_a_fold_leaves_a_training_row_and_refuses_a_single_row():
     rows = _rows(3)
     fit, fold = validation_fold(rows, 0.4, "regression", seed=1)

@@ -1,0 +1,242 @@
+"""Learning from unlabelled feedback, chosen by measurement: the recipe's arms, each judged on the
+validation fold against the best model so far.
+
+With a usable pool of unlabelled rows (:mod:`refit.training.unlabelled`), after the run's plain
+model has trained, the auto recipe tries:
+
+- **adaptation** (``REFIT_ADAPT``): the encoder's masked-language-model pre-training continued on
+  the feedback's own text (:mod:`refit.training.adapt`, cached), then fine-tuned as the plain model
+  was. On a cold start only: a warm start's encoder is the champion's.
+- **self-training** (``REFIT_SELF_TRAIN``): the teacher (the champion, or the best model of this
+  run on a first run) labels the pool; the rows it is surest of join the training rows
+  (:func:`refit.training.unlabelled.pseudo_rows`), and the model trains again from the same start.
+
+An arm replaces the best model only when it beats it on the fold beyond the fold's noise: the
+lower end of a paired bootstrap interval (``KEEP_CONFIDENCE``) of its improvement is above zero.
+``on`` keeps an arm without asking; ``off`` never tries it. What was tried, with its fold figures,
+is recorded in the checkpoint (``refit.json``'s ``unlabelled``) and on the model card.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from refit.core.settings import Settings
+from refit.gate.bootstrap import paired_bootstrap
+from refit.models.checkpoint import read_metadata, write_metadata
+from refit.models.config import TrainConfig, TrainData
+from refit.models.metrics import task_metrics
+from refit.models.predict import Predictor
+from refit.models.text_baseline import TextBaseline
+from refit.training.unlabelled import Pool, pseudo_rows
+
+KEEP_CONFIDENCE = 0.8  # two-sided: an arm is kept when its improvement's 10th percentile is above 0
+RESAMPLES = 1000
+
+# fit(config, data, folder, lineage) trains one model and writes its checkpoint in folder.
+Fit = Callable[[TrainConfig, TrainData, Path, dict], object]
+
+
+@dataclass
+class Arm:
+    """One trained candidate: where it is, how it was trained, and its fold predictions."""
+
+    name: str
+    folder: Path
+    result: object
+    config: TrainConfig
+    data: TrainData
+    fold_prediction: np.ndarray
+    lineage: dict
+
+
+def learn_from_unlabelled(
+    settings: Settings,
+    pool: Pool,
+    first: Arm,
+    fit: Fit,
+    teacher_folder: Path | None,
+    logger: logging.Logger,
+) -> tuple[Arm, dict]:
+    """Try the arms the settings allow on the pool; the best model ends in ``first.folder``.
+
+    Args:
+        settings: refit's settings (``adapt``, ``self_train``, their knobs, the seed).
+        pool: the unlabelled rows (usable).
+        first: the run's plain model, already trained into the challenger's folder.
+        fit: trains one model into a folder (the challenger's own training, scoring and saving).
+        teacher_folder: the champion's checkpoint, the self-training teacher; None on a first run
+            (the best model of this run teaches).
+        logger: where each arm's figures go.
+
+    Returns:
+        The kept arm (its files in ``first.folder``) and the record of what was tried.
+    """
+    metric, n_labels = first.config.metric, _n_labels(first.config)
+    record: dict = {"pool": pool.summary(), "metric": metric, "keep_confidence": KEEP_CONFIDENCE, "arms": []}
+    record["arms"].append(_arm_line(first, metric, n_labels, None, kept=True, why="the plain recipe"))
+    best = first
+    work = first.folder.parent / f"{first.folder.name}-arms"
+    for name, mode, trainer in (
+        ("adapt", settings.adapt, _adapted),
+        ("self_train", settings.self_train, _self_trained),
+    ):
+        if mode == "off":
+            record["arms"].append({"arm": name, "tried": False, "why": f"REFIT_{name.upper()}=off"})
+            continue
+        started = time.monotonic()
+        arm, why = trainer(settings, pool, best, fit, work / name, teacher_folder, logger)
+        if arm is None:
+            record["arms"].append({"arm": name, "tried": False, "why": why})
+            logger.info("unlabelled rows, %s: not tried (%s)", name, why)
+            continue
+        interval = paired_bootstrap(
+            metric,
+            arm.data.dev_targets,
+            arm.fold_prediction,
+            best.fold_prediction,
+            n_labels=n_labels,
+            resamples=RESAMPLES,
+            confidence=KEEP_CONFIDENCE,
+            seed=settings.seed,
+        )
+        keep = mode == "on" or interval.low > 0
+        if mode == "on":
+            verdict = f"REFIT_{name.upper()}=on"
+        else:
+            verdict = "beyond the fold's noise" if keep else "within the fold's noise"
+        line = _arm_line(arm, metric, n_labels, interval.as_dict(), kept=keep, why=f"{why}; {verdict}")
+        line["seconds"] = round(time.monotonic() - started, 1)
+        record["arms"].append(line)
+        logger.info(
+            "unlabelled rows, %s: fold %s %.4f against %.4f (improvement %+.4f, %d%% interval %+.4f..%+.4f): %s",
+            name,
+            metric,
+            line["fold"][metric],
+            _fold_metrics(best, metric, n_labels)[metric],
+            interval.point,
+            round(100 * KEEP_CONFIDENCE),
+            interval.low,
+            interval.high,
+            "kept" if keep else "not kept",
+        )
+        if keep:
+            best = arm
+    record["chosen"] = [a["arm"] for a in record["arms"] if a.get("kept") and a["arm"] != "plain"] or ["plain"]
+    if best is not first:
+        shutil.rmtree(first.folder)
+        shutil.move(str(best.folder), first.folder)
+        best = replace(best, folder=first.folder)
+    shutil.rmtree(work, ignore_errors=True)
+    meta = read_metadata(best.folder)
+    meta["unlabelled"] = record
+    meta.setdefault("lineage", {}).update(best.lineage)
+    write_metadata(best.folder, meta)
+    return best, record
+
+
+def fold_prediction(folder: Path, data: TrainData) -> np.ndarray:
+    """A checkpoint's predictions of the validation fold (its BERT alone: no blend is attached yet)."""
+    return Predictor(folder, verify=False).predict(data.dev_texts, data.dev_features)
+
+
+def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
+    """The adaptation arm: the encoder adapted on the training texts and the pool, then fine-tuned."""
+    if best.config.init_from:
+        return None, "warm-started from the champion, whose encoder this run keeps"
+    from refit.training.adapt import adapted_encoder  # torch and transformers' MLM head, only when tried
+
+    corpus = list(best.data.train_texts) + pool.texts
+    adapted = adapted_encoder(settings, best.config.base_model, corpus, logger)
+    config = replace(best.config, base_model=str(adapted.folder))
+    lineage = {**best.lineage, "adapted": adapted.lineage()}
+    result = fit(config, best.data, folder, lineage)
+    arm = Arm("adapt", folder, result, config, best.data, fold_prediction(folder, best.data), lineage)
+    how = "reused the cached adaptation" if adapted.reused else "adapted anew"
+    return arm, f"{how} on corpus {adapted.corpus_version} ({adapted.corpus_rows} texts)"
+
+
+def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
+    """The self-training arm: the teacher's surest pseudo-labels added to the training rows."""
+    teacher = Predictor(teacher_folder or best.folder, verify=False)
+    who = f"champion {teacher.version}" if teacher_folder else f"this run's {best.name} model"
+    prediction = teacher.predict(pool.texts, pool.rows.pipe(_features, best.data))
+    uncertainty = None
+    data = best.data
+    if best.config.task == "regression":
+        # Two views of each row: where the BERT and a TF-IDF ridge on the labelled rows disagree
+        # least, the score is surest.
+        text = TextBaseline.fit("regression", data.train_texts, data.train_targets, 1)
+        uncertainty = np.abs(np.asarray(prediction, dtype=float) - np.clip(text.predict(pool.texts), 0, 1))
+    pseudo = pseudo_rows(
+        pool,
+        prediction,
+        best.config.task,
+        data.train_targets,
+        confidence=settings.pseudo_confidence,
+        share=settings.pseudo_share,
+        uncertainty=uncertainty,
+        teacher=who,
+    )
+    if not pseudo.record["pseudo_rows"]:
+        return None, f"the teacher ({who}) was sure of no unlabelled row"
+    student = TrainData(
+        train_texts=list(data.train_texts) + pseudo.texts,
+        train_targets=np.concatenate([data.train_targets, pseudo.targets.astype(data.train_targets.dtype)]),
+        dev_texts=data.dev_texts,
+        dev_targets=data.dev_targets,
+        train_features=_joined(data.train_features, pseudo.features),
+        dev_features=data.dev_features,
+    )
+    lineage = {**best.lineage, "pseudo_labelled": pseudo.record}
+    result = fit(best.config, student, folder, lineage)
+    arm = Arm("self_train", folder, result, best.config, student, fold_prediction(folder, best.data), lineage)
+    return arm, f"{pseudo.record['pseudo_rows']} pseudo-labelled rows from {who}"
+
+
+def _features(rows: pd.DataFrame, data: TrainData) -> pd.DataFrame | None:
+    """The pool rows' behaviour features, as the training rows carry them (None for text only)."""
+    from refit.data.snapshots import features_frame
+
+    if data.train_features is None or data.train_features.shape[1] == 0:
+        return None
+    return features_frame(rows).reindex(columns=data.train_features.columns).reset_index(drop=True)
+
+
+def _joined(labelled: pd.DataFrame | None, pseudo: pd.DataFrame | None) -> pd.DataFrame | None:
+    if labelled is None:
+        return None
+    if pseudo is None:
+        return labelled
+    return pd.concat([labelled, pseudo.reindex(columns=labelled.columns)], ignore_index=True)
+
+
+def _n_labels(config: TrainConfig) -> int:
+    return 1 if config.task == "regression" else len(config.labels)
+
+
+def _fold_metrics(arm: Arm, metric: str, n_labels: int) -> dict:
+    return task_metrics(arm.config.task, arm.data.dev_targets, arm.fold_prediction, n_labels)
+
+
+def _arm_line(arm: Arm, metric: str, n_labels: int, interval: dict | None, kept: bool, why: str) -> dict:
+    fold = _fold_metrics(arm, metric, n_labels)
+    line = {
+        "arm": arm.name,
+        "tried": True,
+        "kept": kept,
+        "fold": {k: round(float(v), 4) for k, v in fold.items()},
+        "train_rows": len(arm.data.train_texts),
+        "why": why,
+    }
+    if interval is not None:
+        line["improvement"] = {k: interval[k] for k in ("point", "low", "high")}
+    return line

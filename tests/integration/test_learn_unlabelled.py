@@ -1,0 +1,134 @@
+"""Learning from unlabelled feedback through the real training (tiny BERT, real Postgres, real S3):
+no dev, validation or test row reaches adaptation or self-training; without unlabelled rows (or with
+a pool that is left out) a run is what it was; self-training and adaptation are tried, judged on
+the fold and recorded, and a checkpoint trained on an adapted encoder loads from its folder alone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from refit.core.settings import load_settings
+from refit.data.db import get_engine
+from refit.data.snapshots import SplitConfig, snapshot_rows, split_of, take_snapshot
+from refit.gate.records import model_card
+from refit.models.checkpoint import read_metadata
+from refit.models.predict import Predictor
+from refit.ops.synth import generate_feedback
+from refit.training import challenger
+from refit.training.unlabelled import in_fold
+
+from helpers import gate_decision, ingest_rows
+
+pytestmark = pytest.mark.integration
+
+
+def unlabelled(rows: list[dict]) -> list[dict]:
+    """The rows with their rating cleared: stored unlabelled by ingest."""
+    return [{**row, "rating": ""} for row in rows]
+
+
+def settings_with(monkeypatch, **values):
+    for key, value in values.items():
+        monkeypatch.setenv(f"REFIT_{key.upper()}", str(value))
+    return load_settings()
+
+
+def recipe_of(folder: Path) -> dict:
+    return read_metadata(folder)["train_config"]["recipe"]
+
+
+def test_no_dev_validation_or_test_row_reaches_adaptation_or_self_training(refit_env, monkeypatch, tmp_path):
+    settings = settings_with(monkeypatch, adapt="auto", self_train="auto")
+    split = SplitConfig.from_settings(settings)
+    engine = get_engine(settings.database_url)
+    ingest_rows(settings, generate_feedback(160, seed=1, id_prefix="lab"), tmp_path / "labelled.csv")
+    pool_rows = unlabelled(generate_feedback(400, seed=2, id_prefix="unl"))
+    ingest_rows(settings, pool_rows, tmp_path / "unlabelled.csv")
+    snapshot = take_snapshot(engine, split)
+
+    plan = challenger.plan_training(settings, engine, snapshot, None, challenger.log)
+
+    assert plan.pool is not None and plan.pool.usable
+    # What adaptation reads (the training texts and the pool) and what self-training may label
+    # (the pool): no row whose id is in the dev or test split, or in the validation fold.
+    rows = snapshot_rows(engine, snapshot, split)
+    kept_out = rows[
+        rows["feedback_id"].map(lambda fid: split_of(fid, split) != "train" or in_fold(fid, settings.val_fraction))
+    ]
+    seen = set(plan.data.train_texts) | set(plan.pool.texts)
+    assert set(plan.pool.rows["feedback_id"]).isdisjoint(kept_out["feedback_id"])
+    assert not (set(kept_out["text"]) - set(rows.loc[~rows.index.isin(kept_out.index), "text"])) & seen
+    unlabelled_outside = [r["feedback_id"] for r in pool_rows if r["feedback_id"] in set(kept_out["feedback_id"])]
+    assert unlabelled_outside and plan.pool.outside_train == len(unlabelled_outside)
+    # The fold is the same rows in every run, by id: a pool row labelled later trains, never judges.
+    fold_ids = {fid for fid in rows["feedback_id"] if in_fold(fid, settings.val_fraction)}
+    assert len(plan.data.dev_texts) == len(rows[rows["feedback_id"].isin(fold_ids) & rows["split"].eq("train")])
+    later = plan.pool.rows.iloc[:30]
+    ingest_rows(
+        settings,
+        [{**r, "rating": 5} for r in pool_rows if r["feedback_id"] in set(later["feedback_id"])],
+        tmp_path / "labels.csv",
+    )
+    plan = challenger.plan_training(settings, engine, take_snapshot(engine, split), None, challenger.log)
+    assert set(later["text"]) <= set(plan.data.train_texts)
+    assert not set(later["text"]) & set(plan.data.dev_texts)
+
+
+def test_without_unlabelled_rows_or_with_a_pool_left_out_a_run_is_what_it_was(refit_env, monkeypatch, tmp_path):
+    engine = get_engine(refit_env.database_url)
+    ingest_rows(refit_env, generate_feedback(200, seed=3), tmp_path / "labelled.csv")
+    snapshot = take_snapshot(engine, SplitConfig.from_settings(refit_env))
+    before = challenger.train_challenger(refit_env, snapshot, None)  # adaptation and self-training off
+    auto = settings_with(monkeypatch, adapt="auto", self_train="auto")
+    after = challenger.train_challenger(auto, snapshot, None)
+
+    assert after.unlabelled is None
+    assert recipe_of(after.folder) == recipe_of(before.folder)
+    assert after.dev_metrics == before.dev_metrics
+    assert (after.best_epoch, after.train_rows) == (before.best_epoch, before.train_rows)
+
+    # A pool that is mostly one repeated text is left out with its reason, and the run is unchanged.
+    spam = unlabelled(generate_feedback(150, seed=4, id_prefix="spam"))
+    spam = [{**row, "text": "Great app!!! Click here for a FREE gift"} for row in spam[:120]] + spam[120:]
+    ingest_rows(auto, spam, tmp_path / "spam.csv")
+    left_out = challenger.train_challenger(auto, take_snapshot(engine, SplitConfig.from_settings(auto)), None)
+
+    assert left_out.unlabelled["why"].startswith("mostly one repeated text: 'great app!!! click here")
+    assert left_out.unlabelled["arms"] == [] and left_out.unlabelled["chosen"] == ["plain"]
+    assert left_out.dev_metrics == before.dev_metrics and left_out.train_rows == before.train_rows
+    assert read_metadata(left_out.folder)["unlabelled"]["why"] == left_out.unlabelled["why"]
+
+
+def test_self_training_and_adaptation_are_tried_judged_on_the_fold_and_recorded(refit_env, monkeypatch, tmp_path):
+    settings = settings_with(monkeypatch, adapt="on", self_train="on", adapt_budget_minutes=0.2)
+    engine = get_engine(settings.database_url)
+    ingest_rows(settings, generate_feedback(160, seed=5, id_prefix="lab"), tmp_path / "labelled.csv")
+    ingest_rows(settings, unlabelled(generate_feedback(300, seed=6, id_prefix="unl")), tmp_path / "unl.csv")
+    snapshot = take_snapshot(engine, SplitConfig.from_settings(settings))
+
+    result = challenger.train_challenger(settings, snapshot, None)
+
+    record = result.unlabelled
+    arms = {arm["arm"]: arm for arm in record["arms"]}
+    assert set(arms) == {"plain", "adapt", "self_train"} and all(arm["tried"] for arm in arms.values())
+    assert record["chosen"] == ["adapt", "self_train"]  # `on` keeps them without asking the fold
+    for name in ("adapt", "self_train"):
+        assert arms[name]["kept"] and "improvement" in arms[name] and record["metric"] in arms[name]["fold"]
+    meta = read_metadata(result.folder)
+    pseudo = meta["lineage"]["pseudo_labelled"]
+    assert pseudo["pseudo_rows"] > 0 and pseudo["pseudo_rows"] <= pseudo["cap"]
+    assert result.train_rows == arms["plain"]["train_rows"] + pseudo["pseudo_rows"]
+    adapted = meta["lineage"]["adapted"]
+    assert adapted["adapted_on"] and adapted["corpus_rows"] == arms["plain"]["train_rows"] + record["pool"]["pool_rows"]
+
+    card = model_card(result.version, meta, gate_decision(True).as_dict(), {})
+    assert "unlabelled feedback: 300 rows" in card and "chosen: adapt, self_train" in card
+
+    # The checkpoint holds the adapted encoder's fine-tuned weights: it loads and predicts with the
+    # adaptation's cache (work dir) gone.
+    shutil.rmtree(Path(settings.work_dir) / "adapted")
+    prediction = Predictor(result.folder).predict(["The knife set is terrible, broke after a day."])
+    assert prediction.shape[0] == 1
