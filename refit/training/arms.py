@@ -38,6 +38,15 @@ from refit.models.predict import Predictor
 from refit.models.text_baseline import TextBaseline
 from refit.training.unlabelled import Pool, pseudo_rows
 
+# Masked-LM samples per second of the packaged MiniLM-L6 on a CPU core pair (2 threads, fp32,
+# max_length 128, batch 16), measured unloaded on the 2-core reference machine: a 4-minute budget
+# then covers about 3,400 texts, a third of one pass over 10,000. Under ``auto``, adaptation is
+# tried on a CPU only when the budget covers a whole pass over the corpus at this rate; a GPU
+# always tries it. ``REFIT_ADAPT=on`` tries it anywhere.
+CPU_ADAPT_SAMPLES_PER_SECOND = 14.0
+# The teacher scores at most this many times the pseudo-label cap: enough to choose the surest
+# rows among, without scoring a pool of 100,000 to keep 1,000.
+SCORED_PER_PSEUDO = 4
 KEEP_CONFIDENCE = 0.8  # two-sided: an arm is kept when its improvement's 10th percentile is above 0
 RESAMPLES = 1000
 
@@ -152,9 +161,16 @@ def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple
     """The adaptation arm: the encoder adapted on the training texts and the pool, then fine-tuned."""
     if best.config.init_from:
         return None, "warm-started from the champion, whose encoder this run keeps"
+    corpus = list(best.data.train_texts) + pool.texts
+    if settings.adapt == "auto" and _on_cpu(settings):
+        passes = settings.adapt_budget_minutes * 60 * CPU_ADAPT_SAMPLES_PER_SECOND / len(corpus)
+        if passes < 1:
+            return None, (
+                f"on a CPU the {settings.adapt_budget_minutes:g}-minute budget covers about {passes:.0%} of one pass"
+                f" over {len(corpus)} texts (REFIT_ADAPT=on tries it anyway)"
+            )
     from refit.training.adapt import adapted_encoder  # torch and transformers' MLM head, only when tried
 
-    corpus = list(best.data.train_texts) + pool.texts
     adapted = adapted_encoder(settings, best.config.base_model, corpus, logger)
     config = replace(best.config, base_model=str(adapted.folder))
     lineage = {**best.lineage, "adapted": adapted.lineage()}
@@ -168,6 +184,9 @@ def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> 
     """The self-training arm: the teacher's surest pseudo-labels added to the training rows."""
     teacher = Predictor(teacher_folder or best.folder, verify=False)
     who = f"champion {teacher.version}" if teacher_folder else f"this run's {best.name} model"
+    scored = SCORED_PER_PSEUDO * max(1, int(settings.pseudo_share * len(best.data.train_texts)))
+    if len(pool.rows) > scored:  # a seeded sample of a large pool
+        pool = replace(pool, rows=pool.rows.sample(n=scored, random_state=settings.seed).reset_index(drop=True))
     prediction = teacher.predict(pool.texts, pool.rows.pipe(_features, best.data))
     uncertainty = None
     data = best.data
@@ -200,6 +219,12 @@ def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> 
     result = fit(best.config, student, folder, lineage)
     arm = Arm("self_train", folder, result, best.config, student, fold_prediction(folder, best.data), lineage)
     return arm, f"{pseudo.record['pseudo_rows']} pseudo-labelled rows from {who}"
+
+
+def _on_cpu(settings: Settings) -> bool:
+    from refit.models.train import pick_device  # torch, only when adaptation is considered
+
+    return pick_device(settings.device).type == "cpu"
 
 
 def _features(rows: pd.DataFrame, data: TrainData) -> pd.DataFrame | None:

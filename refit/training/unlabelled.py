@@ -262,7 +262,7 @@ def pseudo_rows(
     digest = hashlib.sha256("\x1f".join(map(str, rows["feedback_id"])).encode()).hexdigest()[:16]
     record = {
         "teacher": teacher,
-        "pool_rows": len(pool.rows),
+        "scored_rows": len(pool.rows),
         "pseudo_rows": int(len(index)),
         "cap": cap,
         "confidence": confidence,

@@ -132,3 +132,25 @@ def test_self_training_and_adaptation_are_tried_judged_on_the_fold_and_recorded(
     shutil.rmtree(Path(settings.work_dir) / "adapted")
     prediction = Predictor(result.folder).predict(["The knife set is terrible, broke after a day."])
     assert prediction.shape[0] == 1
+
+
+def test_auto_tries_what_pays_for_itself_and_keeps_an_arm_only_beyond_the_folds_noise(refit_env, monkeypatch, tmp_path):
+    # A budget that covers a sliver of one pass over the corpus on a CPU: auto does not adapt.
+    settings = settings_with(monkeypatch, adapt="auto", self_train="auto", adapt_budget_minutes=0.05)
+    engine = get_engine(settings.database_url)
+    ingest_rows(settings, generate_feedback(160, seed=7, id_prefix="lab"), tmp_path / "labelled.csv")
+    ingest_rows(settings, unlabelled(generate_feedback(300, seed=8, id_prefix="unl")), tmp_path / "unl.csv")
+
+    result = challenger.train_challenger(settings, take_snapshot(engine, SplitConfig.from_settings(settings)), None)
+
+    arms = {arm["arm"]: arm for arm in result.unlabelled["arms"]}
+    assert not arms["adapt"]["tried"] and arms["adapt"]["why"].startswith("on a CPU the 0.05-minute budget covers")
+    student = arms["self_train"]
+    assert student["tried"] and student["train_rows"] > arms["plain"]["train_rows"]
+    gain = student["improvement"]
+    assert gain["low"] <= gain["point"] <= gain["high"]
+    # Kept exactly when the interval's lower end is above zero, and then it is the model shipped.
+    assert student["kept"] == (gain["low"] > 0)
+    assert result.unlabelled["chosen"] == (["self_train"] if student["kept"] else ["plain"])
+    assert result.train_rows == (student if student["kept"] else arms["plain"])["train_rows"]
+    assert ("pseudo_labelled" in read_metadata(result.folder)["lineage"]) == student["kept"]
