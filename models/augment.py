@@ -61,7 +61,7 @@ class AugmentConfig:
 def synonyms() -> dict[str, tuple[str, ...]]:
     """The shipped word list as word -> its synonyms (every other member of its groups)."""
     table: dict[str, set[str]] = {}
-    text = resources.files("models").joinpath("data/synonyms.txt").read_text(encoding="utf-8")
+    text = resources.files("refit.models").joinpath("data/synonyms.txt").read_text(encoding="utf-8")
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
