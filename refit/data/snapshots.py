@@ -25,6 +25,8 @@ import pyarrow as pa
 from pyarrow import csv as pacsv
 from sqlalchemy import Engine, text
 
+from refit.core.hashing import stable_fraction
+
 SPLITS = ("train", "dev", "test")
 
 
@@ -64,7 +66,7 @@ class Snapshot:
 
 def split_of(feedback_id: str, config: SplitConfig) -> str:
     """The split of a feedback row, from a stable hash of its id: the same id, the same split."""
-    bucket = int.from_bytes(hashlib.sha256(feedback_id.encode()).digest()[:8], "big") / 2**64
+    bucket = stable_fraction(feedback_id)
     if bucket < config.dev_fraction:
         return "dev"
     if bucket < config.dev_fraction + config.test_fraction:

@@ -24,7 +24,6 @@ evidence both leave.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
+from refit.core.hashing import stable_fraction
 from refit.serving.batching import Batcher, model_call
 from refit.serving.follower import Candidate, Champion, Loaded, Rollout
 from refit.serving.predlog import PredictionLog
@@ -57,8 +57,7 @@ def canary_draw(rollout_id: int | None, user_id: str) -> float:
     A hash, not a random number, so that the same user gets the same model on every request
     (and on every replica); the rollout id in it gives each rollout a fresh set of canary users.
     """
-    digest = hashlib.sha256(f"{rollout_id}:{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return stable_fraction(f"{rollout_id}:{user_id}")
 
 
 def disagree(served: dict, shadow: dict) -> bool:

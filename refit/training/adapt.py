@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from refit.core.errors import CheckpointError, StoreError
+from refit.core.hashing import sha256_file
 from refit.core.settings import Settings
 from refit.models.checkpoint import verify_folder
 from refit.models.paths import resolve_precision
@@ -348,8 +349,6 @@ def _publish(store: ObjectStore, folder: Path, record: dict, logger: logging.Log
 
 def _files(folder: Path) -> dict[str, dict]:
     """Every file of an adaptation but its record, with its size and SHA-256."""
-    from refit.core.hashing import sha256_file
-
     return {
         path.relative_to(folder).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         for path in sorted(folder.rglob("*"))

@@ -30,12 +30,14 @@ import numpy as np
 import pandas as pd
 
 from refit.core.settings import Settings
+from refit.data.snapshots import features_frame
 from refit.gate.bootstrap import paired_bootstrap
 from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainConfig, TrainData
 from refit.models.metrics import task_metrics
 from refit.models.predict import Predictor
 from refit.models.text_baseline import TextBaseline
+from refit.models.train import pick_device
 from refit.training.unlabelled import Pool, pseudo_rows
 
 # Masked-LM samples per second of the packaged MiniLM-L6 on a CPU core pair (2 threads, fp32,
@@ -222,15 +224,11 @@ def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> 
 
 
 def _on_cpu(settings: Settings) -> bool:
-    from refit.models.train import pick_device  # torch, only when adaptation is considered
-
     return pick_device(settings.device).type == "cpu"
 
 
 def _features(rows: pd.DataFrame, data: TrainData) -> pd.DataFrame | None:
     """The pool rows' behaviour features, as the training rows carry them (None for text only)."""
-    from refit.data.snapshots import features_frame
-
     if data.train_features is None or data.train_features.shape[1] == 0:
         return None
     return features_frame(rows).reindex(columns=data.train_features.columns).reset_index(drop=True)

@@ -271,9 +271,10 @@ def _pool(settings: Settings, rows: pd.DataFrame, split: SplitConfig) -> Pool | 
     wanted = {settings.adapt, settings.self_train}
     if wanted == {"off"} or (settings.recipe != "auto" and "on" not in wanted):
         return None
-    if labelled(rows).all():
+    has_target = labelled(rows)
+    if has_target.all():
         return None
-    train_texts = rows.loc[(rows["split"] == "train") & labelled(rows), "text"].tolist()
+    train_texts = rows.loc[(rows["split"] == "train") & has_target, "text"].tolist()
     return unlabelled_pool(rows, split, settings.val_fraction, train_texts)
 
 

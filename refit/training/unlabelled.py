@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from refit.core.hashing import stable_fraction
 from refit.data.snapshots import SplitConfig, features_frame, labelled, split_of
 
 # A pool whose most frequent text is more than this share of it is "one repeated text".
@@ -41,8 +42,7 @@ _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 def in_fold(feedback_id: str, fraction: float) -> bool:
     """Whether a row is in the validation fold, by a stable hash of its id (salted apart from the
     split's hash, so the fold is a share of every split's rows, not a slice of one)."""
-    bucket = int.from_bytes(hashlib.sha256(f"fold:{feedback_id}".encode()).digest()[:8], "big") / 2**64
-    return bucket < fraction
+    return stable_fraction(f"fold:{feedback_id}") < fraction
 
 
 def fold_by_id(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
