@@ -346,7 +346,7 @@ class Settings(BaseSettings):
         description="Blend the BERT's predictions with TF-IDF's, the weight fitted on the validation fold; a"
         " first model that cannot beat TF-IDF is TF-IDF itself.",
     )
-    # --- learning from unlabelled feedback (refit.training.unlabelled, refit.training.adapt) -------
+    # --- learning from unlabelled feedback: the pool, adaptation, self-training ---------------
     adapt: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Continued masked-language-model pre-training of the encoder on the feedback's own text"

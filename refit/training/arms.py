@@ -103,6 +103,12 @@ def learn_from_unlabelled(
         if mode == "off":
             record["arms"].append({"arm": name, "tried": False, "why": f"REFIT_{name.upper()}=off"})
             continue
+        declined = _declined_by_champion(settings, name, mode, pool, teacher_folder)
+        if declined is not None:
+            why, judged_on = declined
+            record["arms"].append({"arm": name, "tried": False, "why": why, "declined_on_pool_rows": judged_on})
+            logger.info("unlabelled rows, %s: not tried (%s)", name, why)
+            continue
         started = time.monotonic()
         arm, why = trainer(settings, pool, best, fit, work / name, teacher_folder, logger)
         if arm is None:
@@ -126,6 +132,8 @@ def learn_from_unlabelled(
             verdict = "beyond the fold's noise" if keep else "within the fold's noise"
         line = _arm_line(arm, metric, n_labels, interval.as_dict(), kept=keep, why=f"{why}; {verdict}")
         line["seconds"] = round(time.monotonic() - started, 1)
+        if not keep:
+            line["declined_on_pool_rows"] = len(pool.rows)
         record["arms"].append(line)
         logger.info(
             "unlabelled rows, %s: fold %s %.4f against %.4f (improvement %+.4f, %d%% interval %+.4f..%+.4f): %s",
@@ -159,6 +167,29 @@ def fold_prediction(folder: Path, data: TrainData) -> np.ndarray:
     return Predictor(folder, verify=False).predict(data.dev_texts, data.dev_features)
 
 
+def _declined_by_champion(
+    settings: Settings, name: str, mode: str, pool: Pool, champion: Path | None
+) -> tuple[str, int] | None:
+    """Why a warm retrain does not try an arm again, and the pool size it was judged on; None to try it.
+
+    Each arm costs a second training. When the champion's own run found, on its fold, that the arm did
+    not pay on a pool of N rows, trying it again on about the same pool would pay that cost every
+    retrain for the same verdict. Under ``auto`` the verdict stands until the pool has grown by
+    ``REFIT_ADAPT_REFRESH`` (a share of N); ``on`` always tries.
+    """
+    if mode != "auto" or champion is None:
+        return None
+    meta = read_metadata(champion)
+    lines = meta.get("unlabelled", {}).get("arms", [])
+    judged_on = next((line.get("declined_on_pool_rows") for line in lines if line.get("arm") == name), None)
+    if judged_on is None or len(pool.rows) >= judged_on * (1 + settings.adapt_refresh):
+        return None
+    again = int(np.ceil(judged_on * (1 + settings.adapt_refresh)))
+    version = meta.get("version") or champion.name  # a checked-out champion's folder is its version
+    why = f"champion {version}'s fold found it did not pay on {judged_on} unlabelled rows"
+    return f"{why}; tried again once the pool reaches {again} (REFIT_ADAPT_REFRESH)", int(judged_on)
+
+
 def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
     """The adaptation arm: the encoder adapted on the training texts and the pool, then fine-tuned."""
     if best.config.init_from:
@@ -185,7 +216,7 @@ def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple
 def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
     """The self-training arm: the teacher's surest pseudo-labels added to the training rows."""
     teacher = Predictor(teacher_folder or best.folder, verify=False)
-    who = f"champion {teacher.version}" if teacher_folder else f"this run's {best.name} model"
+    who = f"champion {teacher.version or teacher_folder.name}" if teacher_folder else f"this run's {best.name} model"
     scored = SCORED_PER_PSEUDO * max(1, int(settings.pseudo_share * len(best.data.train_texts)))
     if len(pool.rows) > scored:  # a seeded sample of a large pool
         pool = replace(pool, rows=pool.rows.sample(n=scored, random_state=settings.seed).reset_index(drop=True))

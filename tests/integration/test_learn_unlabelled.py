@@ -154,3 +154,60 @@ def test_auto_tries_what_pays_for_itself_and_keeps_an_arm_only_beyond_the_folds_
     assert result.unlabelled["chosen"] == (["self_train"] if student["kept"] else ["plain"])
     assert result.train_rows == (student if student["kept"] else arms["plain"])["train_rows"]
     assert ("pseudo_labelled" in read_metadata(result.folder)["lineage"]) == student["kept"]
+
+
+def test_a_warm_retrain_keeps_the_champions_verdict_on_an_arm_until_the_pool_grows(refit_env, monkeypatch, tmp_path):
+    from refit.models.checkpoint import write_metadata
+    from refit.registry.promotion import record_decision
+    from refit.registry.store import store_for
+    from refit.registry.table import champion as champion_row
+    from refit.registry.versions import publish_checkpoint
+
+    settings = settings_with(monkeypatch, adapt="off", self_train="auto")
+    engine = get_engine(settings.database_url)
+    split = SplitConfig.from_settings(settings)
+    ingest_rows(settings, generate_feedback(160, seed=7, id_prefix="lab"), tmp_path / "labelled.csv")
+    ingest_rows(settings, unlabelled(generate_feedback(300, seed=8, id_prefix="unl")), tmp_path / "unl.csv")
+    snapshot = take_snapshot(engine, split)
+    first = challenger.train_challenger(settings, snapshot, None)
+    pool_rows = first.unlabelled["pool"]["pool_rows"]
+    judged = {arm["arm"]: arm for arm in first.unlabelled["arms"]}["self_train"]
+    assert judged["tried"] and judged.get("declined_on_pool_rows") == (None if judged["kept"] else pool_rows)
+    # The champion is the run's plain model, whose fold turned self-training down on this pool (the
+    # verdict its run records when the interval's lower end is not above zero).
+    meta = read_metadata(first.folder)
+    meta["unlabelled"]["arms"] = [
+        {**arm, "kept": False, "declined_on_pool_rows": pool_rows} if arm["arm"] == "self_train" else arm
+        for arm in meta["unlabelled"]["arms"]
+    ]
+    meta["unlabelled"]["chosen"] = ["plain"]
+    write_metadata(first.folder, meta)
+    store = store_for(settings)
+    record_decision(
+        engine,
+        store,
+        publish_checkpoint(store, first.folder, first.version),
+        snapshot_id=None,
+        task=settings.task,
+        metrics={"dev": first.dev_metrics},
+        decision=gate_decision(True),
+        champion_version=None,
+    )
+
+    def retrain(snapshot):
+        result = challenger.train_challenger(settings, snapshot, champion_row(engine))
+        return result, {arm["arm"]: arm for arm in result.unlabelled["arms"]}
+
+    # The same pool: the verdict stands, and the retrain trains once, on the labelled rows.
+    second, arms = retrain(snapshot)
+    assert not arms["self_train"]["tried"] and arms["self_train"]["declined_on_pool_rows"] == pool_rows
+    assert arms["self_train"]["why"].startswith(f"champion {first.version}'s fold found it did not pay on {pool_rows}")
+    assert second.train_rows == arms["plain"]["train_rows"] and second.unlabelled["chosen"] == ["plain"]
+    assert "pseudo_labelled" not in read_metadata(second.folder)["lineage"]
+
+    # Half as many unlabelled rows again: the arm is judged anew, the champion teaching.
+    ingest_rows(settings, unlabelled(generate_feedback(200, seed=9, id_prefix="more")), tmp_path / "more.csv")
+    third, arms = retrain(take_snapshot(engine, split))
+    assert third.unlabelled["pool"]["pool_rows"] >= 1.5 * pool_rows
+    assert arms["self_train"]["tried"]
+    assert f"pseudo-labelled rows from champion {first.version}" in arms["self_train"]["why"]
