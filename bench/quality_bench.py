@@ -51,6 +51,9 @@ Models, per dataset, size and task:
     continued masked-LM pre-training of the encoder on the feedback text, alone.
   - ``self_train``: the same rows, ``REFIT_ADAPT=off REFIT_SELF_TRAIN=on``: pseudo-labels, alone.
   - ``auto``: the same rows with refit's defaults (``auto`` for both): what a user gets.
+  - ``manual``: the labelled rows only, ``REFIT_RECIPE=manual``: the fixed defaults of earlier
+    releases (3 epochs, patience 1, no class weights, the head at the encoder's rate), to show
+    what the auto recipe's choices cost or gain at each size.
 
   "The unlabelled rest" is every row of the training period after the labelled ones, written to
   ``train.csv`` after them with empty ``rating`` (and ``label``) cells, so that ``refit ingest``
@@ -125,6 +128,9 @@ ARMS = {
     "adapt": ({"REFIT_ADAPT": "on", "REFIT_SELF_TRAIN": "off"}, True),
     "self_train": ({"REFIT_ADAPT": "off", "REFIT_SELF_TRAIN": "on"}, True),
     "auto": ({}, True),
+    # The fixed defaults of earlier releases (REFIT_RECIPE=manual: no class weights, the head at the
+    # encoder's rate, patience 1), labelled rows only: what the auto recipe's choices cost or gain.
+    "manual": ({"REFIT_RECIPE": "manual", "REFIT_ADAPT": "off", "REFIT_SELF_TRAIN": "off"}, False),
 }
 RETRAIN_ARMS = ("current", "auto")  # the arms --retrain runs twice: the cost goal compares them
 CHOICE_WORDS = ("adapt", "self_train", "pseudo", "tried", "kept", "chosen")  # summary keys on the recipe's choices

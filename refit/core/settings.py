@@ -361,7 +361,8 @@ class Settings(BaseSettings):
         default=0.5,
         gt=0,
         description="A cached adaptation is reused until the corpus has grown by this share of the rows it was"
-        " adapted on; then it is redone.",
+        " adapted on; then it is redone. Likewise, under auto a warm retrain does not try an arm the champion's"
+        " validation fold turned down until the unlabelled pool has grown by this share.",
     )
     self_train: Literal["auto", "on", "off"] = Field(
         default="auto",
