@@ -470,6 +470,25 @@ def refit_loop(
             result["model_version"] = scored[0].get("model_version") if scored else None
             result.update(score(task, targets(task, test), prediction))
 
+        def score_rejected() -> None:
+            # A first run the gate rejected leaves no champion, so `refit predict` has nothing to
+            # score with: the bench scores the published challenger itself, for the record (a user
+            # gets no model from such a run; ``outcome`` says so).
+            from refit.models.predict import Predictor
+            from refit.registry.store import open_store
+            from refit.registry.versions import fetch_checkpoint
+            from refit.serving.scoring import read_rows
+
+            frame, _ = read_rows(folder / "test.csv")
+            checkout = fetch_checkpoint(open_store((folder / "store").as_uri()), result["version"], folder / "rejected")
+            predictor = Predictor(checkout)
+            prediction = predictor.predict([str(t) for t in frame["text"]], frame)
+            if task == "classification":  # the checkpoint's label order, as the bench's
+                order = [list(predictor.labels).index(name) for name in LABELS]
+                prediction = np.asarray(prediction, dtype=float)[:, order]
+            result["model_version"] = f"{result['version']} (rejected; scored by the bench)"
+            result.update(score(task, targets(task, test), prediction))
+
         def run_again() -> None:
             # The same rows again, in the same database and store: what a retrain costs once the
             # first run has cached what it may reuse (auto's adaptation).
@@ -496,7 +515,10 @@ def refit_loop(
                 return False
 
         if attempt("error", first_run):
-            attempt("error", predict)
+            if result.get("outcome") == "rejected" and not result.get("champion"):
+                attempt("error", score_rejected)
+            else:
+                attempt("error", predict)
             if retrain:
                 attempt("retrain_error", run_again)
     return result
