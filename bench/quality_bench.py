@@ -132,6 +132,9 @@ ARMS = {
     # encoder's rate, patience 1), labelled rows only: what the auto recipe's choices cost or gain.
     "manual": ({"REFIT_RECIPE": "manual", "REFIT_ADAPT": "off", "REFIT_SELF_TRAIN": "off"}, False),
 }
+# One `refit` command's limit: a run on Amazon's whole training period (7,182 rows) on 2 cores
+# shared with another run passed an hour at its third epoch, and was lost to a one-hour limit.
+CLI_TIMEOUT = 6 * 3600
 RETRAIN_ARMS = ("current", "auto")  # the arms --retrain runs twice: the cost goal compares them
 CHOICE_WORDS = ("adapt", "self_train", "pseudo", "tried", "kept", "chosen")  # summary keys on the recipe's choices
 
@@ -411,7 +414,7 @@ def refit_loop(
         )
         (folder / "cwd").mkdir()
 
-        def cli(*args: str, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
+        def cli(*args: str, timeout: float = CLI_TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
             started = time.perf_counter()
             done = subprocess.run(
                 [refit, *args], env=env, cwd=folder / "cwd", capture_output=True, text=True, timeout=timeout
