@@ -14,7 +14,9 @@ model has trained, the auto recipe tries:
 An arm replaces the best model only when it beats it on the fold beyond the fold's noise: the
 lower end of a paired bootstrap interval (``KEEP_CONFIDENCE``) of its improvement is above zero.
 ``on`` keeps an arm without asking; ``off`` never tries it. What was tried, with its fold figures,
-is recorded in the checkpoint (``refit.json``'s ``unlabelled``) and on the model card.
+is recorded in the checkpoint (``refit.json``'s ``unlabelled``) and on the model card. A warm
+retrain under ``auto`` does not try again an arm the champion's fold turned down, until the pool
+has grown by ``REFIT_ADAPT_REFRESH``.
 """
 
 from __future__ import annotations
