@@ -98,6 +98,7 @@ def learn_from_unlabelled(
     record["arms"].append(_arm_line(first, metric, n_labels, None, kept=True, why="the plain recipe"))
     best = first
     work = first.folder.parent / f"{first.folder.name}-arms"
+    champion_verdicts = _champion_verdicts(teacher_folder)
     for name, mode, trainer in (
         ("adapt", settings.adapt, _adapted),
         ("self_train", settings.self_train, _self_trained),
@@ -105,7 +106,7 @@ def learn_from_unlabelled(
         if mode == "off":
             record["arms"].append({"arm": name, "tried": False, "why": f"REFIT_{name.upper()}=off"})
             continue
-        declined = _declined_by_champion(settings, name, mode, pool, teacher_folder)
+        declined = _declined_by_champion(settings, name, mode, pool, champion_verdicts)
         if declined is not None:
             why, judged_on = declined
             record["arms"].append({"arm": name, "tried": False, "why": why, "declined_on_pool_rows": judged_on})
@@ -169,8 +170,22 @@ def fold_prediction(folder: Path, data: TrainData) -> np.ndarray:
     return Predictor(folder, verify=False).predict(data.dev_texts, data.dev_features)
 
 
+def _champion_verdicts(champion: Path | None) -> tuple[str, dict[str, int]] | None:
+    """The champion's version, and each arm its own run turned down with the pool size it judged it
+    on (None without a champion)."""
+    if champion is None:
+        return None
+    meta = read_metadata(champion)
+    declined = {
+        line["arm"]: int(line["declined_on_pool_rows"])
+        for line in meta.get("unlabelled", {}).get("arms", [])
+        if line.get("declined_on_pool_rows") is not None
+    }
+    return _version(meta, champion), declined
+
+
 def _declined_by_champion(
-    settings: Settings, name: str, mode: str, pool: Pool, champion: Path | None
+    settings: Settings, name: str, mode: str, pool: Pool, verdicts: tuple[str, dict[str, int]] | None
 ) -> tuple[str, int] | None:
     """Why a warm retrain does not try an arm again, and the pool size it was judged on; None to try it.
 
@@ -179,17 +194,21 @@ def _declined_by_champion(
     retrain for the same verdict. Under ``auto`` the verdict stands until the pool has grown by
     ``REFIT_ADAPT_REFRESH`` (a share of N); ``on`` always tries.
     """
-    if mode != "auto" or champion is None:
+    if mode != "auto" or verdicts is None:
         return None
-    meta = read_metadata(champion)
-    lines = meta.get("unlabelled", {}).get("arms", [])
-    judged_on = next((line.get("declined_on_pool_rows") for line in lines if line.get("arm") == name), None)
+    version, declined = verdicts
+    judged_on = declined.get(name)
     if judged_on is None or len(pool.rows) >= judged_on * (1 + settings.adapt_refresh):
         return None
     again = int(np.ceil(judged_on * (1 + settings.adapt_refresh)))
-    version = meta.get("version") or champion.name  # a checked-out champion's folder is its version
     why = f"champion {version}'s fold found it did not pay on {judged_on} unlabelled rows"
-    return f"{why}; tried again once the pool reaches {again} (REFIT_ADAPT_REFRESH)", int(judged_on)
+    return f"{why}; tried again once the pool reaches {again} (REFIT_ADAPT_REFRESH)", judged_on
+
+
+def _version(meta: dict, folder: Path) -> str:
+    """A checkpoint's version: its record's, or a checked-out champion's folder name, which is its
+    version (a checkpoint records none until it is published)."""
+    return meta.get("version") or folder.name
 
 
 def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
@@ -218,7 +237,7 @@ def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple
 def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
     """The self-training arm: the teacher's surest pseudo-labels added to the training rows."""
     teacher = Predictor(teacher_folder or best.folder, verify=False)
-    who = f"champion {teacher.version or teacher_folder.name}" if teacher_folder else f"this run's {best.name} model"
+    who = f"champion {_version(teacher.meta, teacher_folder)}" if teacher_folder else f"this run's {best.name} model"
     scored = SCORED_PER_PSEUDO * max(1, int(settings.pseudo_share * len(best.data.train_texts)))
     if len(pool.rows) > scored:  # a seeded sample of a large pool
         pool = replace(pool, rows=pool.rows.sample(n=scored, random_state=settings.seed).reset_index(drop=True))
