@@ -45,11 +45,14 @@ Models, per dataset, size and task:
   the arm's settings (the classification file carries a ``label`` column derived from the stars).
   Each arm is a separate fresh database and store. ``--arms`` (default ``current``) picks them:
 
-  - ``current``: the labelled rows only, ``REFIT_ADAPT=off REFIT_SELF_TRAIN=off``: refit's recipe
-    before learning from unlabelled feedback (the bench's only refit run before ``--arms``).
-  - ``adapt``: the labelled rows plus the unlabelled rest, ``REFIT_ADAPT=on REFIT_SELF_TRAIN=off``:
-    continued masked-LM pre-training of the encoder on the feedback text, alone.
-  - ``self_train``: the same rows, ``REFIT_ADAPT=off REFIT_SELF_TRAIN=on``: pseudo-labels, alone.
+  - ``current``: the labelled rows only, ``REFIT_ADAPT=off REFIT_SETFIT=off REFIT_SELF_TRAIN=off``:
+    refit's recipe before learning from unlabelled feedback (the bench's only refit run before ``--arms``).
+  - ``adapt``: the labelled rows plus the unlabelled rest, ``REFIT_ADAPT=on`` and the other arms
+    off: continued masked-LM pre-training of the encoder on the feedback text, alone.
+  - ``setfit``: the same rows, ``REFIT_SETFIT=on`` and the others off: SetFit's contrastive stage on
+    pairs of the labelled training rows, alone (classification; it uses no unlabelled row, but is
+    one of the arms a run with unlabelled rows tries).
+  - ``self_train``: the same rows, ``REFIT_SELF_TRAIN=on`` and the others off: pseudo-labels, alone.
   - ``auto``: the same rows with refit's defaults (``auto`` for both): what a user gets.
   - ``manual``: the labelled rows only, ``REFIT_RECIPE=manual``: the fixed defaults of earlier
     releases (3 epochs, patience 1, no class weights, the head at the encoder's rate), to show
@@ -64,8 +67,8 @@ Models, per dataset, size and task:
   names the run's outcome, the champion's kind when the run reports one (``gate.kind``: bert,
   tfidf, blend...), why training stopped, how many dev rows the gate judged on, the unlabelled rows
   ingested, and what the run summary says about the recipe's choices: its ``unlabelled`` block in a
-  few words (``chosen``), and every key naming ``adapt``, ``self_train``, ``pseudo``, ``tried``,
-  ``kept``, ``chosen`` or ``unlabelled`` (``choices``). ``--retrain`` runs ``refit run --force
+  few words (``chosen``), and every key naming ``adapt``, ``setfit``, ``contrastive``, ``self_train``,
+  ``pseudo``, ``tried``, ``kept``, ``chosen`` or ``unlabelled`` (``choices``). ``--retrain`` runs ``refit run --force
   --json`` a second time in the ``current`` and ``auto`` arms' database and store, after the first
   run's predictions are scored (the scores are the first run's), and records its wall time
   (``retrain_seconds``), its outcome and choices: a retrain may reuse what the first run cached (an
@@ -123,20 +126,23 @@ TRAIN_SHARE = 0.7
 PRIMARY = {"classification": "macro_f1", "regression": "mse"}
 COLUMNS = (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("mse", "MSE"), ("spearman", "Spearman"))
 # Each arm of refit: its settings, and whether the training period's unlabelled rest is ingested.
+NO_ARMS = {"REFIT_ADAPT": "off", "REFIT_SETFIT": "off", "REFIT_SELF_TRAIN": "off"}
 ARMS = {
-    "current": ({"REFIT_ADAPT": "off", "REFIT_SELF_TRAIN": "off"}, False),
-    "adapt": ({"REFIT_ADAPT": "on", "REFIT_SELF_TRAIN": "off"}, True),
-    "self_train": ({"REFIT_ADAPT": "off", "REFIT_SELF_TRAIN": "on"}, True),
+    "current": (NO_ARMS, False),
+    "adapt": ({**NO_ARMS, "REFIT_ADAPT": "on"}, True),
+    "setfit": ({**NO_ARMS, "REFIT_SETFIT": "on"}, True),
+    "self_train": ({**NO_ARMS, "REFIT_SELF_TRAIN": "on"}, True),
     "auto": ({}, True),
     # The fixed defaults of earlier releases (REFIT_RECIPE=manual: no class weights, the head at the
     # encoder's rate, patience 1), labelled rows only: what the auto recipe's choices cost or gain.
-    "manual": ({"REFIT_RECIPE": "manual", "REFIT_ADAPT": "off", "REFIT_SELF_TRAIN": "off"}, False),
+    "manual": ({**NO_ARMS, "REFIT_RECIPE": "manual"}, False),
 }
 # One `refit` command's limit: a run on Amazon's whole training period (7,182 rows) on 2 cores
 # shared with another run passed an hour at its third epoch, and was lost to a one-hour limit.
 CLI_TIMEOUT = 6 * 3600
 RETRAIN_ARMS = ("current", "auto")  # the arms --retrain runs twice: the cost goal compares them
-CHOICE_WORDS = ("adapt", "self_train", "pseudo", "tried", "kept", "chosen")  # summary keys on the recipe's choices
+# Summary keys on the recipe's choices.
+CHOICE_WORDS = ("adapt", "setfit", "contrastive", "self_train", "pseudo", "tried", "kept", "chosen")
 
 
 def arm_key(arm: str) -> str:

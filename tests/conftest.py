@@ -45,11 +45,12 @@ TINY_TRAINING = {
     # different layouts: CI saw dev MAE 0.170 against 0.159. The probe is tested on purpose in
     # tests/model/test_trainer.py.
     "REFIT_TRAIN_ATTENTION": "padded",
-    # Learning from unlabelled rows trains two or three models per run (an adaptation, a
-    # self-trained student): the loop tests that ingest unlabelled rows test the drift check and the
-    # gate, not that. tests/integration/test_learn_unlabelled.py turns it on on purpose.
+    # Learning from unlabelled rows trains up to four models per run (an adaptation, a SetFit
+    # encoder, a self-trained student): the loop tests that ingest unlabelled rows test the drift
+    # check and the gate, not that. tests/integration/test_learn_unlabelled.py turns it on on purpose.
     "REFIT_ADAPT": "off",
     "REFIT_SELF_TRAIN": "off",
+    "REFIT_SETFIT": "off",
 }
 
 

@@ -382,6 +382,22 @@ class Settings(BaseSettings):
         gt=0,
         description="Most pseudo-labelled rows, as a multiple of the labelled training rows.",
     )
+    setfit: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="SetFit's contrastive stage for few labels (classification): the encoder tuned on pairs of"
+        " labelled training rows (same class or not) before fine-tuning. auto: tried alongside the other ways of"
+        " learning more from the data, when the labelled training rows are at most REFIT_SETFIT_MAX_ROWS, and kept"
+        " only when the validation fold says it pays; on: always used; off: never.",
+    )
+    setfit_max_rows: int = Field(
+        default=500,
+        ge=1,
+        description="Under auto, SetFit's stage is tried up to this many labelled training rows (after the"
+        " validation fold); above it the labels are enough for a plain fine-tune.",
+    )
+    setfit_budget_minutes: float = Field(
+        default=3.0, gt=0, description="Wall-time budget of SetFit's contrastive stage; it stops there."
+    )
     seed: int = Field(default=13, description="Seed of training, sampling and the bootstraps.")
     retention_days: int | None = Field(
         default=None, ge=1, description="Feedback older than this many days is left out of training (kept)."

@@ -7,6 +7,11 @@ model has trained, the auto recipe tries:
 - **adaptation** (``REFIT_ADAPT``): the encoder's masked-language-model pre-training continued on
   the feedback's own text (:mod:`refit.training.adapt`, cached), then fine-tuned as the plain model
   was. On a cold start only: a warm start's encoder is the champion's.
+- **SetFit's contrastive stage** (``REFIT_SETFIT``; classification, at most ``REFIT_SETFIT_MAX_ROWS``
+  labelled training rows under ``auto``): the encoder tuned on pairs of the labelled training rows
+  (:mod:`refit.training.contrastive`), then fine-tuned as the plain model was. On a cold start only.
+  It needs no unlabelled row, but is tried with the other arms only: a run with no unlabelled rows
+  stays exactly the plain recipe.
 - **self-training** (``REFIT_SELF_TRAIN``): the teacher (the champion, or the best model of this
   run on a first run) labels the pool; the rows it is surest of join the training rows
   (:func:`refit.training.unlabelled.pseudo_rows`), and the model trains again from the same start.
@@ -101,6 +106,7 @@ def learn_from_unlabelled(
     champion_verdicts = _champion_verdicts(teacher_folder)
     for name, mode, trainer in (
         ("adapt", settings.adapt, _adapted),
+        ("setfit", settings.setfit, _setfit),
         ("self_train", settings.self_train, _self_trained),
     ):
         if mode == "off":
@@ -232,6 +238,36 @@ def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple
     arm = Arm("adapt", folder, result, config, best.data, fold_prediction(folder, best.data), lineage)
     how = "reused the cached adaptation" if adapted.reused else "adapted anew"
     return arm, f"{how} on corpus {adapted.corpus_version} ({adapted.corpus_rows} texts)"
+
+
+def _setfit(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
+    """SetFit's arm: the encoder tuned on pairs of the labelled training rows, then fine-tuned."""
+    if best.config.task != "classification":
+        return None, "contrastive pairs need classes (SetFit has no regression)"
+    if best.config.init_from:
+        return None, "warm-started from the champion, whose encoder this run keeps"
+    rows = len(best.data.train_texts)
+    if settings.setfit == "auto" and rows > settings.setfit_max_rows:
+        return None, f"{rows} labelled training rows, more than REFIT_SETFIT_MAX_ROWS ({settings.setfit_max_rows})"
+    from refit.training.contrastive import contrastive_encoder  # torch and transformers, only when tried
+
+    tuned = contrastive_encoder(
+        settings,
+        best.config.base_model,
+        list(best.data.train_texts),
+        best.data.train_targets,
+        folder.parent / f"{folder.name}-encoder",
+        logger,
+    )
+    config = replace(best.config, base_model=str(tuned.folder))
+    lineage = {**best.lineage, "contrastive": tuned.lineage()}
+    result = fit(config, best.data, folder, lineage)
+    arm = Arm("setfit", folder, result, config, best.data, fold_prediction(folder, best.data), lineage)
+    record = tuned.record
+    return arm, (
+        f"the encoder tuned on {record['pairs_trained']} of {record['pairs_planned']} pairs of {rows} rows"
+        f" ({record['stopped_by']} ended it)"
+    )
 
 
 def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:

@@ -202,7 +202,7 @@ class TrainingPlan:
         recipe: the training recipe's choices for this data, and why.
         config: the trainer's config, warm start and feature types included.
         pool: the snapshot's unlabelled rows a run may learn from (None when the recipe never
-            looks at them: no unlabelled row, or adaptation and self-training both off).
+            looks at them: no unlabelled row, or every arm off).
         pool_note: why the pool is not used by this run even when it is usable (an ensemble, a
             data-parallel run), or None.
     """
@@ -267,8 +267,8 @@ def plan_training(
 
 def _pool(settings: Settings, rows: pd.DataFrame, split: SplitConfig) -> Pool | None:
     """The unlabelled rows this run may learn from, checked; None when it never looks at them
-    (no unlabelled row, adaptation and self-training off, or the manual recipe without an ``on``)."""
-    wanted = {settings.adapt, settings.self_train}
+    (no unlabelled row, every arm off, or the manual recipe without an ``on``)."""
+    wanted = {settings.adapt, settings.setfit, settings.self_train}
     if wanted == {"off"} or (settings.recipe != "auto" and "on" not in wanted):
         return None
     has_target = labelled(rows)

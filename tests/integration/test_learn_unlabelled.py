@@ -82,7 +82,7 @@ def test_without_unlabelled_rows_or_with_a_pool_left_out_a_run_is_what_it_was(re
     ingest_rows(refit_env, generate_feedback(200, seed=3), tmp_path / "labelled.csv")
     snapshot = take_snapshot(engine, SplitConfig.from_settings(refit_env))
     before = challenger.train_challenger(refit_env, snapshot, None)  # adaptation and self-training off
-    auto = settings_with(monkeypatch, adapt="auto", self_train="auto")
+    auto = settings_with(monkeypatch, adapt="auto", self_train="auto", setfit="auto")
     after = challenger.train_challenger(auto, snapshot, None)
 
     assert after.unlabelled is None
@@ -113,7 +113,8 @@ def test_self_training_and_adaptation_are_tried_judged_on_the_fold_and_recorded(
 
     record = result.unlabelled
     arms = {arm["arm"]: arm for arm in record["arms"]}
-    assert set(arms) == {"plain", "adapt", "self_train"} and all(arm["tried"] for arm in arms.values())
+    assert {name for name, arm in arms.items() if arm["tried"]} == {"plain", "adapt", "self_train"}
+    assert arms["setfit"] == {"arm": "setfit", "tried": False, "why": "REFIT_SETFIT=off"}
     assert record["chosen"] == ["adapt", "self_train"]  # `on` keeps them without asking the fold
     for name in ("adapt", "self_train"):
         assert arms[name]["kept"] and "improvement" in arms[name] and record["metric"] in arms[name]["fold"]
@@ -132,6 +133,51 @@ def test_self_training_and_adaptation_are_tried_judged_on_the_fold_and_recorded(
     shutil.rmtree(Path(settings.work_dir) / "adapted")
     prediction = Predictor(result.folder).predict(["The knife set is terrible, broke after a day."])
     assert prediction.shape[0] == 1
+
+
+def test_setfit_tunes_the_encoder_on_the_training_rows_alone_and_its_checkpoint_stands_alone(
+    refit_env, monkeypatch, tmp_path
+):
+    from dataclasses import replace
+
+    from refit.training.arms import Arm, _setfit
+    from refit.training.contrastive import rows_digest
+
+    settings = settings_with(monkeypatch, task="classification", setfit="on", setfit_budget_minutes=0.1)
+    engine = get_engine(settings.database_url)
+    labels = {1: "negative", 2: "negative", 3: "neutral", 4: "positive", 5: "positive"}
+    rows = [{**row, "label": labels[row["rating"]]} for row in generate_feedback(160, seed=5, id_prefix="lab")]
+    ingest_rows(settings, rows, tmp_path / "labelled.csv")
+    ingest_rows(settings, unlabelled(generate_feedback(100, seed=6, id_prefix="unl")), tmp_path / "unl.csv")
+    snapshot = take_snapshot(engine, SplitConfig.from_settings(settings))
+
+    result = challenger.train_challenger(settings, snapshot, None)
+
+    arms = {arm["arm"]: arm for arm in result.unlabelled["arms"]}
+    assert [name for name, arm in arms.items() if arm["tried"]] == ["plain", "setfit"]
+    assert arms["setfit"]["kept"] and result.unlabelled["chosen"] == ["setfit"]  # `on` keeps it
+    # The pairs were drawn from the training rows alone, with their labels: not the validation
+    # fold, the gate's dev rows or a test split, and no unlabelled row.
+    plan = challenger.plan_training(settings, engine, snapshot, None, challenger.log)
+    tuned = read_metadata(result.folder)["lineage"]["contrastive"]
+    assert tuned["rows"] == len(plan.data.train_texts) == arms["plain"]["train_rows"]
+    assert tuned["rows_digest"] == rows_digest(plan.data.train_texts, plan.data.train_targets)
+    assert 0 < tuned["pairs_trained"] <= tuned["pairs_planned"]
+    # The tuned encoder was a scratch folder, gone with the run: the checkpoint holds its weights.
+    assert not list(Path(settings.work_dir).rglob("*-encoder"))
+    assert Predictor(result.folder).predict(["The knife set is terrible, broke after a day."]).shape[0] == 1
+
+    # Under auto it is not tried for regression, nor above REFIT_SETFIT_MAX_ROWS.
+    plain = Arm("plain", result.folder, None, plan.config, plan.data, None, {})
+    regression = replace(plain, config=replace(plan.config, task="regression", loss="mse", metric="mse"))
+    assert _setfit(settings, None, regression, None, tmp_path / "r", None, challenger.log) == (
+        None,
+        "contrastive pairs need classes (SetFit has no regression)",
+    )
+    few = settings_with(monkeypatch, setfit="auto", setfit_max_rows=10)
+    arm, why = _setfit(few, None, plain, None, tmp_path / "f", None, challenger.log)
+    assert arm is None
+    assert why == f"{len(plan.data.train_texts)} labelled training rows, more than REFIT_SETFIT_MAX_ROWS (10)"
 
 
 def test_auto_tries_what_pays_for_itself_and_keeps_an_arm_only_beyond_the_folds_noise(refit_env, monkeypatch, tmp_path):
