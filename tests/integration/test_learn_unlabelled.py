@@ -178,6 +178,12 @@ def test_setfit_tunes_the_encoder_on_the_training_rows_alone_and_its_checkpoint_
     arm, why = _setfit(few, None, plain, None, tmp_path / "f", None, challenger.log)
     assert arm is None
     assert why == f"{len(plan.data.train_texts)} labelled training rows, more than REFIT_SETFIT_MAX_ROWS (10)"
+    # Nor on a CPU when its budget covers only part of its pairs.
+    short = settings_with(monkeypatch, setfit="auto", setfit_max_rows=500, setfit_budget_minutes=0.1, device="cpu")
+    arm, why = _setfit(short, None, plain, None, tmp_path / "s", None, challenger.log)
+    pairs = 20 * len(plan.data.train_texts)
+    assert arm is None and why.startswith("on a CPU the 0.1-minute budget covers about ")
+    assert f"of the {pairs} pairs of {len(plan.data.train_texts)} rows" in why
 
 
 def test_auto_tries_what_pays_for_itself_and_keeps_an_arm_only_beyond_the_folds_noise(refit_env, monkeypatch, tmp_path):
