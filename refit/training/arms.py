@@ -239,10 +239,7 @@ def _adapted(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple
     from refit.training.adapt import adapted_encoder  # torch and transformers' MLM head, only when tried
 
     adapted = adapted_encoder(settings, best.config.base_model, corpus, logger)
-    config = replace(best.config, base_model=str(adapted.folder))
-    lineage = {**best.lineage, "adapted": adapted.lineage()}
-    result = fit(config, best.data, folder, lineage)
-    arm = Arm("adapt", folder, result, config, best.data, fold_prediction(folder, best.data), lineage)
+    arm = _fine_tuned_from("adapt", adapted.folder, {"adapted": adapted.lineage()}, best, fit, folder)
     how = "reused the cached adaptation" if adapted.reused else "adapted anew"
     return arm, f"{how} on corpus {adapted.corpus_version} ({adapted.corpus_rows} texts)"
 
@@ -275,15 +272,21 @@ def _setfit(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[
         folder.parent / f"{folder.name}-encoder",
         logger,
     )
-    config = replace(best.config, base_model=str(tuned.folder))
-    lineage = {**best.lineage, "contrastive": tuned.lineage()}
-    result = fit(config, best.data, folder, lineage)
-    arm = Arm("setfit", folder, result, config, best.data, fold_prediction(folder, best.data), lineage)
+    arm = _fine_tuned_from("setfit", tuned.folder, {"contrastive": tuned.lineage()}, best, fit, folder)
     record = tuned.record
     return arm, (
         f"the encoder tuned on {record['pairs_trained']} of {record['pairs_planned']} pairs of {rows} rows"
         f" ({record['stopped_by']} ended it)"
     )
+
+
+def _fine_tuned_from(name: str, encoder: Path, lineage: dict, best: Arm, fit: Fit, folder: Path) -> Arm:
+    """An arm fine-tuned as ``best`` was, from another encoder (an adapted or a SetFit-tuned one),
+    its lineage recording where that encoder came from."""
+    config = replace(best.config, base_model=str(encoder))
+    lineage = {**best.lineage, **lineage}
+    result = fit(config, best.data, folder, lineage)
+    return Arm(name, folder, result, config, best.data, fold_prediction(folder, best.data), lineage)
 
 
 def _self_trained(settings, pool, best, fit, folder, teacher_folder, logger) -> tuple[Arm | None, str]:
