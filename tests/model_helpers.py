@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
+import pytest
 
+from refit.core.settings import Settings
 from refit.models.config import TrainConfig, TrainData
 from refit.ops.synth import generate_feedback
 
@@ -44,3 +48,22 @@ def tiny_config(tiny_model, **overrides) -> TrainConfig:
         "precision": "fp32",  # as the thresholds were calibrated; bf16 is tested on purpose
     }
     return TrainConfig(**{**values, **overrides})
+
+
+def clean_settings(**values) -> Settings:
+    """Settings from ``values`` alone: no .env, and no REFIT_* from the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [key for key in os.environ if key.startswith("REFIT_")]:
+            patch.delenv(key)
+        return Settings(_env_file=None, **values)
+
+
+class Clock:
+    """A clock that moves one second each time it is read: a budget runs out after a few steps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now

@@ -3,7 +3,6 @@ corpus's words, saves an encoder that fine-tuning starts from, and is cached per
 corpus in the work dir and in a ``file://`` store, as another worker would find it."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from refit.models.train import train
 from refit.registry.store import open_store
 from refit.training.adapt import RECORD, adapted_encoder, corpus_version
 
-from model_helpers import review_data, tiny_config
+from model_helpers import Clock, clean_settings, review_data, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CORPUS_ROWS = 300
 
@@ -34,34 +35,12 @@ def _corpus(n: int, seed: int = 1) -> list[str]:
 
 def _settings(root: Path, **overrides) -> Settings:
     """The settings of a worker whose work dir and store are under ``root`` (no .env, no REFIT_*)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key in [key for key in os.environ if key.startswith("REFIT_")]:
-            patch.delenv(key)
-        values = {"max_length": 64, "batch_size": 16, "num_threads": 1, "seed": 3, **overrides}
-        return Settings(_env_file=None, work_dir=root / "work", store_url=(root / "store").as_uri(), **values)
+    values = {"max_length": 64, "batch_size": 16, "num_threads": 1, "seed": 3, **overrides}
+    return clean_settings(work_dir=root / "work", store_url=(root / "store").as_uri(), **values)
 
 
 def _folders(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in (root / "work" / "adapted").glob("*/*"))
-
-
-class Clock:
-    """A clock that moves one second each time it is read: the budget runs out after a few steps."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine's cores are shared; more threads run slower there
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 encoder that pulls rows of one class together and pushes other classes apart on rows it never saw,
 saved as a base-model folder, and a budget that stops it."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,35 +11,15 @@ import torch
 from refit.core.settings import Settings
 from refit.training.contrastive import PAIRS_PER_ROW, contrastive_encoder, rows_digest, sentence_pairs
 
-from model_helpers import review_data
+from model_helpers import Clock, clean_settings, review_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(root: Path, **overrides) -> Settings:
-    """Settings with no .env and no REFIT_* from the environment."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key in [key for key in os.environ if key.startswith("REFIT_")]:
-            patch.delenv(key)
-        values = {"max_length": 64, "batch_size": 16, "num_threads": 1, "seed": 3, **overrides}
-        return Settings(_env_file=None, work_dir=root / "work", **values)
-
-
-class Clock:
-    """A clock that moves one second each time it is read."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine's cores are shared; more threads run slower there
-    yield
-    torch.set_num_threads(previous)
+    """Settings with a work dir under ``root`` (no .env, no REFIT_*)."""
+    values = {"max_length": 64, "batch_size": 16, "num_threads": 1, "seed": 3, **overrides}
+    return clean_settings(work_dir=root / "work", **values)
 
 
 def test_pairs_are_setfits_a_positive_and_a_negative_per_row_and_round():
