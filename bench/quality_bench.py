@@ -479,24 +479,56 @@ def refit_loop(
             result["model_version"] = scored[0].get("model_version") if scored else None
             result.update(score(task, targets(task, test), prediction))
 
-        def score_rejected() -> None:
-            # A first run the gate rejected leaves no champion, so `refit predict` has nothing to
-            # score with: the bench scores the published challenger itself, for the record (a user
-            # gets no model from such a run; ``outcome`` says so).
+        def checkout(version: str, into: str):
+            """The published checkpoint ``version`` from the run's store, loaded, and the test rows as
+            ``refit predict`` reads them."""
             from refit.models.predict import Predictor
             from refit.registry.store import open_store
             from refit.registry.versions import fetch_checkpoint
             from refit.serving.scoring import read_rows
 
             frame, _ = read_rows(folder / "test.csv")
-            checkout = fetch_checkpoint(open_store((folder / "store").as_uri()), result["version"], folder / "rejected")
-            predictor = Predictor(checkout)
-            prediction = predictor.predict([str(t) for t in frame["text"]], frame)
+            return Predictor(fetch_checkpoint(open_store((folder / "store").as_uri()), version, folder / into)), frame
+
+        def in_bench_order(predictor, prediction) -> np.ndarray:
+            prediction = np.asarray(prediction, dtype=float)
             if task == "classification":  # the checkpoint's label order, as the bench's
-                order = [list(predictor.labels).index(name) for name in LABELS]
-                prediction = np.asarray(prediction, dtype=float)[:, order]
+                prediction = prediction[:, [list(predictor.labels).index(name) for name in LABELS]]
+            return prediction
+
+        def score_rejected() -> None:
+            # A first run the gate rejected leaves no champion, so `refit predict` has nothing to
+            # score with: the bench scores the published challenger itself, for the record (a user
+            # gets no model from such a run; ``outcome`` says so).
+            predictor, frame = checkout(result["version"], "rejected")
+            prediction = predictor.predict([str(t) for t in frame["text"]], frame)
             result["model_version"] = f"{result['version']} (rejected; scored by the bench)"
-            result.update(score(task, targets(task, test), prediction))
+            result.update(score(task, targets(task, test), in_bench_order(predictor, prediction)))
+
+        def score_parts() -> None:
+            # What the scored model's parts give alone on the test rows: its BERT, and the TF-IDF
+            # model it blends in. The blend's share was fitted on the validation fold; this says what
+            # it cost or gained on later feedback, from the same training.
+            version = result["version"] if result.get("outcome") == "promoted" or not result.get("champion") else None
+            version = version or result["champion"]
+            predictor, frame = checkout(version, "parts")
+            texts = [str(t) for t in frame["text"]]
+            parts = {"version": version, "kind": predictor.kind, "bert_weight": predictor.bert_weight}
+            text_model = predictor.text_model
+            predictor.text_model, predictor.bert_weight = None, 1.0
+            parts["bert"] = score(task, targets(task, test), in_bench_order(predictor, predictor.predict(texts, frame)))
+            if text_model is not None:
+                parts["tfidf"] = score(task, targets(task, test), in_bench_order(predictor, text_model.predict(texts)))
+            result["parts"] = parts
+            print(
+                f"    parts of {version} ({parts['kind']}, BERT share {parts['bert_weight']:.2f}): "
+                + "; ".join(
+                    f"{name} " + ", ".join(f"{k} {v:.4f}" for k, v in parts[name].items())
+                    for name in ("bert", "tfidf")
+                    if name in parts
+                ),
+                flush=True,
+            )
 
         def run_again() -> None:
             # The same rows again, in the same database and store: what a retrain costs once the
@@ -518,16 +550,26 @@ def refit_loop(
             try:
                 step()
                 return True
-            except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
+            except (
+                RuntimeError,
+                subprocess.TimeoutExpired,
+                json.JSONDecodeError,
+                KeyError,
+                TypeError,
+                ValueError,
+                OSError,
+            ) as exc:
                 result[key] = str(exc)
                 print(f"    refit: FAILED - {exc}", flush=True)
                 return False
 
         if attempt("error", first_run):
             if result.get("outcome") == "rejected" and not result.get("champion"):
-                attempt("error", score_rejected)
+                scored = attempt("error", score_rejected)
             else:
-                attempt("error", predict)
+                scored = attempt("error", predict)
+            if scored:
+                attempt("parts_error", score_parts)
             if retrain:
                 attempt("retrain_error", run_again)
     return result
@@ -608,6 +650,11 @@ def table(results: dict) -> list[str]:
                     if arm_key(arm) in models:
                         refit = models[arm_key(arm)]
                         rows.append((f"refit {arm}", {**refit, "seconds": refit.get("run_seconds")}, refit_note(refit)))
+                        parts = refit.get("parts") or {}
+                        for part in ("bert", "tfidf"):
+                            if part in parts:
+                                note = f"{parts['kind']}, BERT share {parts['bert_weight']:.2f}, {parts['version']}"
+                                rows.append((f"refit {arm}: its {part} alone", parts[part], note))
                 for name, values, note in rows:
                     seconds = values.get("seconds", values.get("train_seconds"))
                     lines.append(
