@@ -7,6 +7,8 @@
     python bench/quality_bench.py --datasets yelp,amazon --sizes 300,1000 --skip-plain --synthetic-rows 0 \\
         --arms current,adapt,self_train,auto --retrain --json /tmp/quality_unlabelled.json
     python bench/quality_bench.py --datasets amazon --sizes all --plain-lrs 5e-5 --synthetic-rows 0
+    python bench/quality_bench.py --sizes 300 --tasks classification --skip-plain --synthetic-rows 0 \
+        --arms current,auto --seeds 13,14,15 --json /tmp/quality_seeds.json
 
 Data (``--datasets``, default ``yelp``): ``yelp`` is ``../shared/data/yelp_reviews.csv`` (1,499 real
 Yelp reviews); ``amazon`` is ``../shared/data/amazon_instruments.csv`` (10,261 real Amazon reviews of
@@ -72,7 +74,12 @@ Models, per dataset, size and task:
   --json`` a second time in the ``current`` and ``auto`` arms' database and store, after the first
   run's predictions are scored (the scores are the first run's), and records its wall time
   (``retrain_seconds``), its outcome and choices: a retrain may reuse what the first run cached (an
-  adaptation). For a plain epoch, ``seconds`` is its training time so far (the test pass after each
+  adaptation). After the test rows are scored, the scored checkpoint's parts are scored alone on them
+  too (``parts``): its BERT, and the TF-IDF model it blends in, with the BERT's share the validation
+  fold gave it; so each run says what its blend cost or gained on later feedback. ``--seeds 13,14,15``
+  runs each arm once per ``REFIT_SEED`` (each in its own database and store): the arm's figures are
+  the means, with each seed's run, the spread, and auto - current seed by seed in the goal lines. At
+  300 labelled rows one run cannot resolve a 0.03 gap. For a plain epoch, ``seconds`` is its training time so far (the test pass after each
   epoch left out); for TF-IDF, its fit and predict.
 
 ``--synthetic-rows N`` (default 800, 0 to skip) repeats majority/mean, TF-IDF and the refit arms on
@@ -604,6 +611,19 @@ def chosen(summary: dict) -> str | None:
 # --- the run -------------------------------------------------------------------------------------
 
 
+def over_seeds(runs: dict[str, dict]) -> dict:
+    """An arm run once per seed: each metric's mean and spread over the seeds that scored, with every run
+    kept under ``seeds``. One run at 300 rows cannot resolve a 0.03 gap: its seed alone moves it more."""
+    summary: dict = {"seeds": runs}
+    for key in (*(k for k, _ in COLUMNS), "run_seconds", "retrain_seconds"):
+        values = [run[key] for run in runs.values() if run.get(key) is not None]
+        if values:
+            summary[key] = float(np.mean(values))
+            summary[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            summary[f"{key}_n"] = len(values)
+    return summary
+
+
 def merge(into: dict, new: dict) -> dict:
     for key, value in new.items():
         # A refit arm's figures are one run's: replaced whole, never mixed with an older run's.
@@ -649,12 +669,15 @@ def table(results: dict) -> list[str]:
                 for arm in ARMS:
                     if arm_key(arm) in models:
                         refit = models[arm_key(arm)]
-                        rows.append((f"refit {arm}", {**refit, "seconds": refit.get("run_seconds")}, refit_note(refit)))
-                        parts = refit.get("parts") or {}
-                        for part in ("bert", "tfidf"):
-                            if part in parts:
-                                note = f"{parts['kind']}, BERT share {parts['bert_weight']:.2f}, {parts['version']}"
-                                rows.append((f"refit {arm}: its {part} alone", parts[part], note))
+                        seeded = refit.get("seeds") or {}
+                        for seed, run in seeded.items():
+                            rows += refit_rows(f"refit {arm}, seed {seed}", run)
+                        if seeded:
+                            metric = PRIMARY[task]
+                            spread = f"sd {refit.get(f'{metric}_sd', float('nan')):.4f} over {len(seeded)} seeds"
+                            rows.append((f"refit {arm}, mean", {**refit, "seconds": refit.get("run_seconds")}, spread))
+                        else:
+                            rows += refit_rows(f"refit {arm}", refit)
                 for name, values, note in rows:
                     seconds = values.get("seconds", values.get("train_seconds"))
                     lines.append(
@@ -663,6 +686,17 @@ def table(results: dict) -> list[str]:
                         + f" | {cell(seconds, 0)} | {note.replace('|', '/')[:240]} |"
                     )
     return lines
+
+
+def refit_rows(name: str, refit: dict) -> list[tuple[str, dict, str]]:
+    """A refit run's table rows: its figures, then its parts alone (its BERT, the TF-IDF it blends in)."""
+    rows = [(name, {**refit, "seconds": refit.get("run_seconds")}, refit_note(refit))]
+    parts = refit.get("parts") or {}
+    for part in ("bert", "tfidf"):
+        if part in parts:
+            note = f"{parts['kind']}, BERT share {parts['bert_weight']:.2f}, {parts['version']}"
+            rows.append((f"{name}: its {part} alone", parts[part], note))
+    return rows
 
 
 def refit_note(refit: dict) -> str:
@@ -793,7 +827,7 @@ def unlabelled_goals(results: dict) -> list[str]:
                     lines.append(
                         f"{tag} classification: auto macro-F1 {auto_c['macro_f1']:.4f} - current"
                         f" {current_c['macro_f1']:.4f} = {delta:+.4f} (goal >= {need:+.2f}: {verdict(delta >= need)}"
-                        f" by {delta - need:+.4f})"
+                        f" by {delta - need:+.4f})" + seed_deltas(auto_c, current_c, "macro_f1")
                     )
                 if auto_r.get("mse") is not None and current_r.get("mse") is not None:
                     delta = current_r["mse"] - auto_r["mse"]
@@ -801,6 +835,7 @@ def unlabelled_goals(results: dict) -> list[str]:
                         f"{tag} regression: auto MSE {auto_r['mse']:.4f} vs current {current_r['mse']:.4f} (goal auto"
                         f" <= current: {verdict(delta >= 0)} by {delta:+.4f}); Spearman {auto_r['spearman']:.4f} vs"
                         f" {current_r['spearman']:.4f} ({auto_r['spearman'] - current_r['spearman']:+.4f})"
+                        + seed_deltas(auto_r, current_r, "mse")
                     )
             if dataset == "amazon" and size == "all":
                 lines += plain_goal(tag, per_task)
@@ -823,6 +858,18 @@ def unlabelled_goals(results: dict) -> list[str]:
                         f" by {1.3 - ratio:+.2f})"
                     )
     return ["\ngoals (unlabelled feedback):", *lines] if lines else []
+
+
+def seed_deltas(auto: dict, current: dict, metric: str) -> str:
+    """Auto minus current seed by seed, where both ran the same seeds; the goal line reads the means."""
+    pairs = [
+        (seed, run[metric] - current["seeds"][seed][metric])
+        for seed, run in (auto.get("seeds") or {}).items()
+        if run.get(metric) is not None and ((current.get("seeds") or {}).get(seed) or {}).get(metric) is not None
+    ]
+    if not pairs:
+        return ""
+    return "; seed by seed " + ", ".join(f"{seed}: {delta:+.4f}" for seed, delta in pairs)
 
 
 def plain_goal(tag: str, per_task: dict) -> list[str]:
@@ -875,12 +922,24 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="REFIT_X=V", help="a setting for refit's run (repeatable)"
     )
+    parser.add_argument(
+        "--seeds",
+        default="",
+        help="REFIT_SEED values, comma-separated: each refit arm runs once per seed and its figures are the mean"
+        " (default: refit's own seed, one run)",
+    )
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)
     if any(not key.startswith("REFIT_") for key in extra):
         parser.error("--set takes REFIT_ settings, e.g. --set REFIT_TRAIN_PRECISION=fp32")
     if set(extra) & {"REFIT_ADAPT", "REFIT_SELF_TRAIN"}:
         parser.error("the arms set REFIT_ADAPT and REFIT_SELF_TRAIN: pick them with --arms")
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes whole numbers, comma-separated, not {args.seeds!r}")
+    if seeds and "REFIT_SEED" in extra:
+        parser.error("give the seeds with --seeds or --set REFIT_SEED, not both")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if unknown := sorted(set(tasks) - set(TASKS)):
         sys.exit(f"quality_bench: unknown task(s) {', '.join(unknown)}; expected {', '.join(TASKS)}")
@@ -996,16 +1055,19 @@ def main() -> None:
                 continue
             for arm in arms:
                 settings, with_unlabelled = ARMS[arm]
-                print(f"  refit {arm} ({task}):", flush=True)
-                run = refit_loop(
-                    task,
-                    train,
-                    test_rows,
-                    args.model,
-                    {**extra, **settings},
-                    unlabelled=rest if with_unlabelled else None,
-                    retrain=args.retrain and arm in RETRAIN_ARMS,
-                )
+                runs = {}
+                for seed in seeds or [None]:
+                    print(f"  refit {arm} ({task})" + (f", seed {seed}:" if seed is not None else ":"), flush=True)
+                    runs[str(seed)] = refit_loop(
+                        task,
+                        train,
+                        test_rows,
+                        args.model,
+                        {**extra, **settings, **({"REFIT_SEED": str(seed)} if seed is not None else {})},
+                        unlabelled=rest if with_unlabelled else None,
+                        retrain=args.retrain and arm in RETRAIN_ARMS,
+                    )
+                run = runs["None"] if not seeds else over_seeds(runs)
                 save({dataset: {size: {task: {arm_key(arm): {"arm": arm, **run}}}}})
     print("\n".join(table(results) + goals(results)))
     if args.json:
