@@ -521,6 +521,7 @@ def refit_loop(
             predictor, frame = checkout(version, "parts")
             texts = [str(t) for t in frame["text"]]
             parts = {"version": version, "kind": predictor.kind, "bert_weight": predictor.bert_weight}
+            parts["blend_record"] = predictor.blend  # what the fold said: its rows and each part's score there
             text_model = predictor.text_model
             predictor.text_model, predictor.bert_weight = None, 1.0
             parts["bert"] = score(task, targets(task, test), in_bench_order(predictor, predictor.predict(texts, frame)))
