@@ -87,8 +87,8 @@ class TrainConfig:
         if self.grad_accum_steps < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("epochs, batch_size and grad_accum_steps must be at least 1")
         if isinstance(self.class_weights, str):
-            if self.class_weights not in ("none", "balanced"):
-                raise ValueError(f"class_weights must be none, balanced or a list, not {self.class_weights!r}")
+            if self.class_weights not in ("none", "balanced", "sqrt"):
+                raise ValueError(f"class_weights must be none, balanced, sqrt or a list, not {self.class_weights!r}")
         elif len(self.class_weights) != len(self.labels):
             raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(self.labels)} labels")
         _ = self.augmentation  # validates the rates

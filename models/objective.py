@@ -23,11 +23,12 @@ def per_sample_loss(
 
 
 def class_weight_tensor(config: TrainConfig, targets: np.ndarray) -> torch.Tensor | None:
-    """Per-label loss weights: none, given, or balanced (n / (k * count), unseen labels weigh 1)."""
+    """Per-label loss weights: none, given, balanced (n / (k * count), unseen labels weigh 1), or sqrt
+    (the square root of balanced: half the correction, in log terms)."""
     if config.task != "classification" or config.class_weights == "none":
         return None
-    if config.class_weights == "balanced":
+    if config.class_weights in ("balanced", "sqrt"):
         counts = np.bincount(np.asarray(targets, dtype=int), minlength=config.n_outputs).astype(float)
         weights = np.where(counts > 0, counts.sum() / (config.n_outputs * np.maximum(counts, 1)), 1.0)
-        return torch.tensor(weights, dtype=torch.float32)
+        return torch.tensor(np.sqrt(weights) if config.class_weights == "sqrt" else weights, dtype=torch.float32)
     return torch.tensor(config.class_weights, dtype=torch.float32)

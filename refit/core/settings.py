@@ -427,8 +427,10 @@ class Settings(BaseSettings):
     regression_loss: Literal["mse", "bce"] = Field(
         default="mse", description="Regression loss: mse, or bce (binary cross-entropy on the 0..1 score)."
     )
-    class_weights: Literal["none", "balanced"] | None = Field(
-        default=None, description="Classification loss weights (unset: balanced under the auto recipe)."
+    class_weights: Literal["none", "balanced", "sqrt"] | None = Field(
+        default=None,
+        description="Classification loss weights: none; balanced (n / (k * count)); sqrt (their square root)"
+        " (unset: the auto recipe decides).",
     )
     warm_start: bool = Field(default=True, description="Start from the champion when its architecture matches.")
     replay_fraction: float | None = Field(

@@ -1,5 +1,6 @@
 """The trainer: strategies, warm start, resume, threads, accumulation, and the settings that drive it."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -180,6 +181,10 @@ def test_accumulation_threads_curve_and_class_weights(tiny_model, tmp_path):
     assert json.loads((folder / "refit.json").read_text())["train_config"]["class_weights"] == "balanced"
     weights = class_weight_tensor(config, np.array([0, 0, 0, 2]))
     assert weights.tolist() == pytest.approx([4 / 9, 1.0, 4 / 3])  # the unseen label weighs 1
+    softer = class_weight_tensor(dataclasses.replace(config, class_weights="sqrt"), np.array([0, 0, 0, 2]))
+    assert softer.tolist() == pytest.approx([(4 / 9) ** 0.5, 1.0, (4 / 3) ** 0.5])
+    with pytest.raises(ValueError, match="class_weights must be none, balanced, sqrt"):
+        dataclasses.replace(config, class_weights="inverse")
 
 
 def test_settings_drive_the_trainer(monkeypatch, tmp_path):
