@@ -68,14 +68,16 @@ def test_a_fold_leaves_a_training_row_and_refuses_a_single_row():
         validation_fold(rows.iloc[:1], 0.15, "regression", seed=1)
 
 
-def test_class_weights_are_balanced_by_default_for_classification():
+def test_class_weights_are_the_square_root_of_balanced_by_default_for_classification():
     settings = load_settings(task="classification")
     recipe = decide(settings, 420, np.array([0] * 42 + [1] * 105 + [2] * 273))
-    assert recipe.class_weights == "balanced"
+    assert recipe.class_weights == "sqrt"
     assert "macro-F1" in recipe.reasons["class_weights"] and "65%" in recipe.reasons["class_weights"]
-    assert train_config(settings, base_model="x", recipe=recipe).class_weights == "balanced"
+    assert train_config(settings, base_model="x", recipe=recipe).class_weights == "sqrt"
     assert decide(load_settings(task="regression"), 420).class_weights == "none"
-    assert decide(load_settings(task="classification", class_weights="none"), 420).class_weights == "none"
+    for pinned in ("none", "balanced"):
+        assert decide(load_settings(task="classification", class_weights=pinned), 420).class_weights == pinned
+    assert decide(load_settings(task="classification", recipe="manual"), 420).class_weights == "none"
 
 
 def test_schedules_follow_the_data_size_and_pins_win():
