@@ -79,8 +79,8 @@ Models, per dataset, size and task:
   fold gave it; so each run says what its blend cost or gained on later feedback. ``--seeds 13,14,15``
   runs each arm once per ``REFIT_SEED`` (each in its own database and store): the arm's figures are
   the means, with each seed's run, the spread, and auto - current seed by seed in the goal lines. At
-  300 labelled rows one run cannot resolve a 0.03 gap. For a plain epoch, ``seconds`` is its training time so far (the test pass after each
-  epoch left out); for TF-IDF, its fit and predict.
+  300 labelled rows one run cannot resolve a 0.03 gap. For a plain epoch, ``seconds`` is its
+  training time so far (the test pass after each epoch left out); for TF-IDF, its fit and predict.
 
 ``--synthetic-rows N`` (default 800, 0 to skip) repeats majority/mean, TF-IDF and the refit arms on
 the demo's synthetic feedback at a small size: N/2 rows of the first regime, then N/2 of the shifted
