@@ -516,8 +516,7 @@ def refit_loop(
             # What the scored model's parts give alone on the test rows: its BERT, and the TF-IDF
             # model it blends in. The blend's share was fitted on the validation fold; this says what
             # it cost or gained on later feedback, from the same training.
-            version = result["version"] if result.get("outcome") == "promoted" or not result.get("champion") else None
-            version = version or result["champion"]
+            version = result.get("champion") or result["version"]  # the promoted one, or the rejected first
             predictor, frame = checkout(version, "parts")
             texts = [str(t) for t in frame["text"]]
             parts = {"version": version, "kind": predictor.kind, "bert_weight": predictor.bert_weight}
