@@ -522,8 +522,18 @@ def refit_loop(
             parts = {"version": version, "kind": predictor.kind, "bert_weight": predictor.bert_weight}
             parts["blend_record"] = predictor.blend  # what the fold said: its rows and each part's score there
             text_model = predictor.text_model
-            predictor.text_model, predictor.bert_weight = None, 1.0
-            parts["bert"] = score(task, targets(task, test), in_bench_order(predictor, predictor.predict(texts, frame)))
+            if predictor.kind == "bert":
+                # served as its BERT alone: the run's own figures are the BERT's, and the TF-IDF
+                # model it turned down is still in the checkpoint (the first gate may use it)
+                from refit.models.metrics import DIRECTION
+                from refit.models.text_baseline import TextBaseline, has_text_model
+
+                parts["bert"] = {k: result[k] for k in DIRECTION if k in result}
+                text_model = TextBaseline.load(predictor.folder) if has_text_model(predictor.folder) else None
+            else:
+                predictor.text_model, predictor.bert_weight = None, 1.0
+                prediction = predictor.predict(texts, frame)
+                parts["bert"] = score(task, targets(task, test), in_bench_order(predictor, prediction))
             if text_model is not None:
                 parts["tfidf"] = score(task, targets(task, test), in_bench_order(predictor, text_model.predict(texts)))
             result["parts"] = parts

@@ -146,6 +146,8 @@ def _kind_line(metadata: dict) -> str:
     line = f"{kind} (BERT weight {_f(weight)}, TF-IDF weight {_f(1 - weight)}, chosen on the {where})"
     if blend.get("fold"):
         line += "; validation fold " + ", ".join(f"{k} {_f(v)}" for k, v in blend["fold"].items())
+    if blend.get("why"):
+        line += f"; {blend['why']}"
     return line
 
 

@@ -352,12 +352,13 @@ def _gather_members(
 def _blend(settings: Settings, folder: Path, plan: TrainingPlan, logger: logging.Logger) -> dict:
     """Blend the checkpoint with TF-IDF (the recipe asked for it); returns the blend's dev metrics."""
     n_labels = 1 if settings.task == "regression" else len(settings.labels)
-    dev_metrics = attach_text_baseline(folder, plan.data, settings.task, n_labels, plan.config.metric)
+    dev_metrics = attach_text_baseline(folder, plan.data, settings.task, n_labels, plan.config.metric, settings.seed)
     blend = read_metadata(folder)["blend"]
     logger.info(
-        "blend with TF-IDF: BERT weight %.2f (%s), on the validation fold %s",
+        "blend with TF-IDF: BERT weight %.2f (%s: %s), on the validation fold %s",
         blend["bert_weight"],
         blend["kind"],
+        blend["why"],
         json.dumps(blend["fold"]),
     )
     if len(plan.test):

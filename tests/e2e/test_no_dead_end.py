@@ -125,7 +125,7 @@ def test_a_blended_first_model_is_never_below_tfidf_on_the_dev_set(prefect_api, 
     first = retrain()
     assert first["outcome"] == "promoted", first["gate"]["reason"]
     gate = first["gate"]
-    assert gate["kind"] in ("blend", "tfidf")
+    assert gate["kind"] in ("bert", "blend", "tfidf")  # bert: the mix did not beat it on the fold
     metric = gate["metric"]  # mse here: lower is better
     served = gate["metrics"].get("champion candidate", gate["metrics"]["challenger"])[metric]
     assert served <= gate["metrics"]["tfidf"][metric] + 1e-12
