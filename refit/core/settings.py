@@ -343,8 +343,9 @@ class Settings(BaseSettings):
     )
     blend_text_baseline: bool = Field(
         default=True,
-        description="Blend the BERT's predictions with TF-IDF's, the weight fitted on the validation fold; a"
-        " first model that cannot beat TF-IDF is TF-IDF itself.",
+        description="Blend the BERT's predictions with TF-IDF's, the weight fitted on the validation fold and"
+        " the mix served only when it beats the BERT alone there beyond the fold's noise; a first model that"
+        " cannot beat TF-IDF is TF-IDF itself.",
     )
     # --- learning from unlabelled feedback: the pool, adaptation, self-training ---------------
     adapt: Literal["auto", "on", "off"] = Field(
