@@ -38,7 +38,7 @@ import pandas as pd
 
 from refit.core.settings import Settings
 from refit.data.snapshots import features_frame
-from refit.gate.bootstrap import paired_bootstrap
+from refit.gate.bootstrap import Interval, paired_bootstrap
 from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainConfig, TrainData
 from refit.models.metrics import task_metrics
@@ -65,6 +65,17 @@ CPU_SETFIT_PAIRS_PER_SECOND = 6.4
 SCORED_PER_PSEUDO = 4
 KEEP_CONFIDENCE = 0.8  # two-sided: an arm is kept when its improvement's 10th percentile is above 0
 RESAMPLES = 1000
+
+
+def beats_beyond_noise(
+    metric: str, y_true: np.ndarray, candidate: np.ndarray, reference: np.ndarray, n_labels: int, seed: int
+) -> tuple[Interval, bool]:
+    """The candidate's improvement over the reference on the fold, and whether it is beyond the
+    fold's noise: the lower end of its paired bootstrap interval (``KEEP_CONFIDENCE``) above zero.
+    The rule an arm and the TF-IDF blend (:mod:`refit.training.blend`) are kept by."""
+    interval = paired_bootstrap(metric, y_true, candidate, reference, n_labels, RESAMPLES, KEEP_CONFIDENCE, seed)
+    return interval, interval.low > 0
+
 
 # fit(config, data, folder, lineage) trains one model and writes its checkpoint in folder.
 Fit = Callable[[TrainConfig, TrainData, Path, dict], object]
@@ -131,17 +142,10 @@ def learn_from_unlabelled(
             record["arms"].append({"arm": name, "tried": False, "why": why})
             logger.info("unlabelled rows, %s: not tried (%s)", name, why)
             continue
-        interval = paired_bootstrap(
-            metric,
-            arm.data.dev_targets,
-            arm.fold_prediction,
-            best.fold_prediction,
-            n_labels=n_labels,
-            resamples=RESAMPLES,
-            confidence=KEEP_CONFIDENCE,
-            seed=settings.seed,
+        interval, beyond = beats_beyond_noise(
+            metric, arm.data.dev_targets, arm.fold_prediction, best.fold_prediction, n_labels, settings.seed
         )
-        keep = mode == "on" or interval.low > 0
+        keep = mode == "on" or beyond
         if mode == "on":
             verdict = f"REFIT_{name.upper()}=on"
         else:

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from refit.gate.bootstrap import paired_bootstrap
 from refit.models.checkpoint import read_metadata, write_metadata
 from refit.models.config import TrainData
 from refit.models.metrics import DIRECTION, task_metrics
 from refit.models.predict import Predictor
 from refit.models.text_baseline import TextBaseline, fit_blend_weight, write_blend
-from refit.training.arms import KEEP_CONFIDENCE, RESAMPLES
+from refit.training.arms import beats_beyond_noise
 
 # The fold is small and drawn from the training period, so its scores say little about later
 # feedback: on Yelp a BERT at 0.56 macro-F1 on the fold (TF-IDF 0.52) scored 0.69 on the next year
@@ -74,8 +73,8 @@ def choose_bert_weight(
     """The BERT share of the served mix, chosen on the validation fold, and why.
 
     The fold's best share (at least ``MIN_BERT_WEIGHT``) is kept only when the mix beats the BERT
-    alone there beyond the fold's noise: the lower end of the paired bootstrap interval
-    (``KEEP_CONFIDENCE``) of its improvement is above zero. Otherwise the BERT serves alone.
+    alone there beyond the fold's noise (:func:`refit.training.arms.beats_beyond_noise`, the rule the
+    arms are kept by). Otherwise the BERT serves alone.
 
     Returns:
         ``bert_weight`` (the share served), ``fitted_weight`` (the fold's best), ``over_bert`` (the
@@ -89,10 +88,10 @@ def choose_bert_weight(
 
     fitted = fit_blend_weight(scored, y_true, bert, tfidf, low=MIN_BERT_WEIGHT)
     mixed = fitted * bert + (1 - fitted) * tfidf
-    interval = None
+    interval, keep = None, False
     if fitted < 1.0 and len(y_true):
-        interval = paired_bootstrap(metric, y_true, mixed, bert, n_labels, RESAMPLES, KEEP_CONFIDENCE, seed).as_dict()
-    keep = interval is not None and interval["low"] > 0
+        judged, keep = beats_beyond_noise(metric, y_true, mixed, bert, n_labels, seed)
+        interval = judged.as_dict()
     if fitted >= 1.0:
         why = "the fold's best share is the BERT alone"
     elif keep:
